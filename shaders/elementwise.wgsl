@@ -1,0 +1,80 @@
+// Elementwise kernels: out[i] = beta * out[i] + f(a[i], b[i]).
+// beta is 0 (overwrite) or 1 (accumulate a gradient); out is never read when beta == 0, so it may
+// hold anything. Unary kernels bind `a` twice.
+
+struct Params {
+    n: u32,
+    cols: u32,   // row length for add_row (b broadcast along rows)
+    alpha: f32,
+    beta: f32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+const WG: u32 = 256u;
+
+fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x) * WG + lid;
+}
+
+fn store(i: u32, v: f32) {
+    if (p.beta != 0.0) {
+        out[i] = p.beta * out[i] + v;
+    } else {
+        out[i] = v;
+    }
+}
+
+@compute @workgroup_size(256)
+fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store(i, p.alpha * (a[i] + b[i])); }
+}
+
+@compute @workgroup_size(256)
+fn add_row(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store(i, p.alpha * (a[i] + b[i % p.cols])); }
+}
+
+@compute @workgroup_size(256)
+fn mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store(i, p.alpha * a[i] * b[i]); }
+}
+
+@compute @workgroup_size(256)
+fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store(i, p.alpha * a[i]); }
+}
+
+@compute @workgroup_size(256)
+fn relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store(i, max(a[i], 0.0)); }
+}
+
+// a = upstream gradient, b = the relu's input.
+@compute @workgroup_size(256)
+fn relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store(i, select(0.0, a[i], b[i] > 0.0)); }
+}
+
+// out[i] = alpha (a constant fill), used to seed gradients.
+@compute @workgroup_size(256)
+fn fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store(i, p.alpha); }
+}

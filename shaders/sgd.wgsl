@@ -1,0 +1,32 @@
+// SGD with momentum over one flat parameter buffer (PyTorch torch.optim.SGD semantics):
+//   d = g + wd * w;  v = momentum * v + d;  w -= lr * (nesterov ? d + momentum * v : v)
+// The momentum buffer starts at zero, so the first step sets v = d as PyTorch does.
+
+struct Params {
+    n: u32,
+    nesterov: u32,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    _p0: f32,
+    _p1: f32,
+    _p2: f32,
+}
+
+@group(0) @binding(0) var<storage, read_write> w: array<f32>;
+@group(0) @binding(1) var<storage, read> g: array<f32>;
+@group(0) @binding(2) var<storage, read_write> v: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+@compute @workgroup_size(256)
+fn step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (i >= p.n) { return; }
+    let d = g[i] + p.weight_decay * w[i];
+    let vn = p.momentum * v[i] + d;
+    v[i] = vn;
+    var upd = vn;
+    if (p.nesterov != 0u) { upd = d + p.momentum * vn; }
+    w[i] = w[i] - p.lr * upd;
+}

@@ -1,0 +1,301 @@
+//! Kernel benchmarks: each case is a set of recorded launches with its FLOP and byte counts;
+//! [`time_case`] replays it after warm-up and reports the median.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use crate::gpu::{Dispatch, Gpu};
+use crate::ops::{cross_entropy, elementwise, matmul, reduce};
+use crate::rng::Rng64;
+use crate::tape::Tape;
+use crate::tensor::{DType, Tensor};
+
+/// A kernel at one shape, ready to replay.
+pub struct Case {
+    pub kernel: String,
+    pub shape: String,
+    /// Floating-point operations of one launch set.
+    pub flops: f64,
+    /// Minimum bytes moved through device memory (each input read once, each output written once).
+    pub bytes: f64,
+    dispatches: Vec<Dispatch>,
+    _keep: Vec<Tensor>,
+    _tape: Option<Tape>,
+}
+
+/// One measured case.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub kernel: String,
+    pub shape: String,
+    /// Median milliseconds per launch set.
+    pub ms: f64,
+    pub gflops: f64,
+    pub gbs: f64,
+    /// `gpu-timestamp` or `wall-clock`.
+    pub timer: &'static str,
+    /// Samples taken (the median is over these).
+    pub samples: usize,
+    /// Launch sets per sample.
+    pub repeats: usize,
+}
+
+/// The kernels `longtail bench` knows, with their default shapes.
+pub const KERNELS: &[(&str, &[&str])] = &[
+    ("matmul", &["1024x1024x1024", "128x64x64", "128x10x64", "4096x64x128"]),
+    ("add", &["1048576"]),
+    ("mul", &["1048576"]),
+    ("scale", &["1048576"]),
+    ("relu", &["1048576"]),
+    ("reduce_sum", &["1024x1024", "1x262144"]),
+    ("cross_entropy", &["128x10", "256x1000"]),
+    ("sgd", &["466906"]),
+];
+
+fn dims(shape: &str, n: usize) -> Result<Vec<usize>> {
+    let v: Result<Vec<usize>, _> = shape.split('x').map(str::parse::<usize>).collect();
+    match v {
+        Ok(v) if v.len() == n && v.iter().all(|&d| d > 0) => Ok(v),
+        _ => bail!(
+            "shape {shape:?}: expected {n} positive integers joined by 'x' (e.g. {})",
+            vec!["64"; n].join("x")
+        ),
+    }
+}
+
+fn random(gpu: &Gpu, rng: &mut Rng64, shape: &[usize]) -> Result<Tensor> {
+    let n = shape.iter().product();
+    Tensor::from_f32(gpu, shape, &rng.vec_f32(n, -1.0, 1.0))
+}
+
+/// Build the case `kernel` at `shape`.
+pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
+    let mut rng = Rng64::new(7);
+    let mk = |dispatches, flops: f64, bytes: f64, keep| Case {
+        kernel: kernel.to_string(),
+        shape: shape.to_string(),
+        flops,
+        bytes,
+        dispatches,
+        _keep: keep,
+        _tape: None,
+    };
+    Ok(match kernel {
+        "matmul" => {
+            let d = dims(shape, 3)?;
+            let (m, n, k) = (d[0], d[1], d[2]);
+            let a = random(gpu, &mut rng, &[m, k])?;
+            let b = random(gpu, &mut rng, &[k, n])?;
+            let c = Tensor::zeros(gpu, &[m, n], DType::F32)?;
+            let disp = matmul::dispatch(gpu, &a, &b, &c, false, false, 1.0, 0.0)?;
+            let f = 2.0 * (m * n * k) as f64;
+            let by = 4.0 * (m * k + k * n + m * n) as f64;
+            mk(vec![disp], f, by, vec![a, b, c])
+        }
+        "add" | "mul" | "scale" | "relu" => {
+            let n = dims(shape, 1)?[0];
+            let a = random(gpu, &mut rng, &[n])?;
+            let b = random(gpu, &mut rng, &[n])?;
+            let c = Tensor::zeros(gpu, &[n], DType::F32)?;
+            let entry: &'static str = match kernel {
+                "add" => "add",
+                "mul" => "mul",
+                "scale" => "scale",
+                _ => "relu",
+            };
+            let binary = matches!(kernel, "add" | "mul");
+            let rhs = if binary { &b } else { &a };
+            let disp = elementwise::dispatch(gpu, entry, &a, rhs, &c, 1.0, 0.0, 0)?;
+            let by = 4.0 * n as f64 * if binary { 3.0 } else { 2.0 };
+            mk(vec![disp], n as f64, by, vec![a, b, c])
+        }
+        "reduce_sum" => {
+            let d = dims(shape, 2)?;
+            let x = random(gpu, &mut rng, &[d[0], d[1]])?;
+            let o = Tensor::zeros(gpu, &[d[0]], DType::F32)?;
+            let disp = reduce::sum_dispatch(gpu, &x, &o, [d[0], d[1], 1], 1.0, 0.0)?;
+            let n = (d[0] * d[1]) as f64;
+            mk(vec![disp], n, 4.0 * (n + d[0] as f64), vec![x, o])
+        }
+        "cross_entropy" => {
+            let d = dims(shape, 2)?;
+            let (b, c) = (d[0], d[1]);
+            let z = random(gpu, &mut rng, &[b, c])?.requiring_grad();
+            let labels: Vec<u32> = (0..b).map(|i| (i % c) as u32).collect();
+            let y = Tensor::from_u32(gpu, &[b], &labels)?;
+            let mut tape = Tape::new(gpu);
+            let loss = cross_entropy::cross_entropy(&mut tape, &z, &y, None)?;
+            tape.backward(&loss)?;
+            // Forward and backward together: the loss is always used with its gradient.
+            let n = (b * c) as f64;
+            let mut cs = mk(Vec::new(), 8.0 * n, 4.0 * 3.0 * n, vec![z, y]);
+            cs._tape = Some(tape);
+            cs
+        }
+        "sgd" => {
+            let n = dims(shape, 1)?[0];
+            let mut pb = crate::params::ParamsBuilder::default();
+            pb.add("w", &[n], rng.vec_f32(n, -1.0, 1.0))?;
+            let params = pb.build(gpu)?;
+            let sgd = crate::optim::Sgd::new(
+                gpu,
+                &params,
+                crate::optim::SgdConfig {
+                    lr: 1e-3,
+                    momentum: 0.9,
+                    weight_decay: 2e-4,
+                    nesterov: false,
+                },
+            )?;
+            let keep = vec![params.flat_values()?, params.flat_grads()?, sgd.momentum.clone()];
+            let mut cs = mk(Vec::new(), 6.0 * n as f64, 4.0 * 5.0 * n as f64, keep);
+            cs.dispatches = vec![sgd.into_dispatch()];
+            cs
+        }
+        _ => bail!(
+            "unknown kernel {kernel:?}; known kernels: {}",
+            KERNELS.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// Every case selected by the optional kernel name and shape.
+pub fn select(gpu: &Gpu, kernel: Option<&str>, shape: Option<&str>) -> Result<Vec<Case>> {
+    let mut out = Vec::new();
+    if let Some(k) = kernel
+        && !KERNELS.iter().any(|(n, _)| *n == k)
+    {
+        bail!(
+            "unknown kernel {k:?}; known kernels: {}",
+            KERNELS.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")
+        );
+    }
+    for (name, shapes) in KERNELS {
+        if kernel.is_some_and(|k| k != *name) {
+            continue;
+        }
+        match shape {
+            Some(s) => out.push(case(gpu, name, s)?),
+            None => {
+                for s in *shapes {
+                    out.push(case(gpu, name, s)?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Case {
+    fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.dispatches {
+            d.encode(pass);
+        }
+        if let Some(t) = &self._tape {
+            t.encode_forward(pass);
+            t.encode_backward(pass);
+        }
+    }
+
+    /// Run one launch set and wait for it (criterion's iteration).
+    pub fn run_once(&self, gpu: &Gpu) -> Result<f64> {
+        self.run_wall(gpu, 1)
+    }
+
+    /// Submit `repeats` launch sets in one pass and wait; returns wall seconds.
+    fn run_wall(&self, gpu: &Gpu, repeats: usize) -> Result<f64> {
+        let t0 = Instant::now();
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..repeats {
+                self.encode(&mut pass);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.wait()?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
+
+    /// Submit `repeats` launch sets in one pass bracketed by GPU timestamps; returns seconds.
+    fn run_timestamps(&self, gpu: &Gpu, repeats: usize, qs: &wgpu::QuerySet) -> Result<f64> {
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps read"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("bench"),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: qs,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            });
+            for _ in 0..repeats {
+                self.encode(&mut pass);
+            }
+        }
+        enc.resolve_query_set(qs, 0..2, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16);
+        gpu.queue.submit([enc.finish()]);
+        let bytes = crate::gpu::map_read(gpu, &read, 16)?;
+        let t: &[u64] = bytemuck::cast_slice(&bytes);
+        let ticks = t[1].saturating_sub(t[0]) as f64;
+        Ok(ticks * gpu.queue.get_timestamp_period() as f64 * 1e-9)
+    }
+}
+
+/// Time `case`: warm up, pick a repeat count so one sample lasts >= ~20 ms, take `samples`
+/// samples and report the median per launch set.
+pub fn time_case(gpu: &Gpu, case: &Case, samples: usize) -> Result<Measurement> {
+    case.run_wall(gpu, 1)?; // compile, first-touch
+    let one = case.run_wall(gpu, 1)?.max(1e-6);
+    let repeats = ((0.02 / one).ceil() as usize).clamp(1, 200);
+    let qs = gpu.has_timestamps().then(|| {
+        gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("bench"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        })
+    });
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples.max(1) {
+        let s = match &qs {
+            // Some drivers report zeros for pass timestamps: fall back to the wall clock.
+            Some(q) => match case.run_timestamps(gpu, repeats, q)? {
+                t if t > 0.0 => t,
+                _ => case.run_wall(gpu, repeats)?,
+            },
+            None => case.run_wall(gpu, repeats)?,
+        };
+        times.push(s / repeats as f64);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let med = times[times.len() / 2];
+    Ok(Measurement {
+        kernel: case.kernel.clone(),
+        shape: case.shape.clone(),
+        ms: med * 1e3,
+        gflops: case.flops / med / 1e9,
+        gbs: case.bytes / med / 1e9,
+        timer: if qs.is_some() {
+            "gpu-timestamp"
+        } else {
+            "wall-clock"
+        },
+        samples: times.len(),
+        repeats,
+    })
+}

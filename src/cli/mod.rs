@@ -1,0 +1,4 @@
+//! Subcommands of the binary.
+
+pub mod bench;
+pub mod mlp;

@@ -1,0 +1,10 @@
+//! The GPU runtime: adapter selection, the device, buffers with memory accounting, and the
+//! compiled-kernel cache.
+
+mod buffer;
+mod context;
+mod kernel;
+
+pub use buffer::{GpuBuffer, map_read, read_bytes};
+pub use context::{AdapterSummary, Backend, Gpu, GpuOptions, list_adapters};
+pub use kernel::{Access, Binding, Dispatch, Kernel, KernelCache, grid_1d, submit};

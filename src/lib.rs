@@ -1,0 +1,19 @@
+//! longtail: GPU-native training of long-tailed image classifiers on wgpu compute shaders.
+//!
+//! Layout: [`gpu`] (device, buffers, kernel cache), [`tensor`], [`tape`] (autodiff), [`ops`] (one
+//! file per op: forward, backward, CPU reference), [`params`] and [`optim`] (flat parameters, SGD),
+//! [`step`] (a whole training step in one submission), [`verify`] (the op-checking harness),
+//! [`bench`] (kernel benchmarks), [`models`].
+
+pub mod bench;
+pub mod gpu;
+pub mod models;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod shaders;
+pub mod step;
+pub mod tape;
+pub mod tensor;
+pub mod verify;

@@ -1,0 +1,73 @@
+//! The `longtail` command line.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use longtail::gpu::{Backend, Gpu, GpuOptions, list_adapters};
+
+mod cli;
+
+/// Train long-tailed image classifiers end to end on any GPU (Vulkan, Metal, DX12, GL).
+#[derive(Parser)]
+#[command(name = "longtail", version, about)]
+struct Cli {
+    /// Graphics backend to use.
+    #[arg(long, global = true, env = "LONGTAIL_BACKEND", value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
+    /// Adapter: index from `longtail devices`, or a name substring.
+    #[arg(long, global = true, env = "LONGTAIL_ADAPTER")]
+    adapter: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every GPU adapter with its limits and features.
+    Devices {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time kernels: median ms, GFLOP/s and GB/s per kernel and shape.
+    Bench(cli::bench::BenchArgs),
+    /// Train a small MLP on synthetic blobs (a smoke test of the whole stack).
+    Mlp(cli::mlp::MlpArgs),
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let opts = GpuOptions {
+        backend: cli.backend,
+        adapter: cli.adapter,
+    };
+    match cli.command {
+        Command::Devices { json } => {
+            let list = list_adapters(opts.backend);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                // Reuse the library's no-adapter message (how to get one).
+                Gpu::new(&opts)?;
+            } else {
+                for a in &list {
+                    println!("{a}");
+                }
+            }
+            Ok(())
+        }
+        Command::Bench(args) => cli::bench::run(&Gpu::new(&opts)?, args),
+        Command::Mlp(args) => cli::mlp::run(&Gpu::new(&opts)?, args),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

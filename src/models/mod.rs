@@ -1,0 +1,3 @@
+//! Networks built from the ops.
+
+pub mod mlp;

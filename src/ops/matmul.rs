@@ -1,0 +1,158 @@
+//! Matrix multiply with optional transposes: `C = op(A) op(B)`.
+//!
+//! Kernel: `shaders/matmul.wgsl`, 64x64 output tiles per 16x16 workgroup, 4x4 register blocks per
+//! invocation, K staged through workgroup memory in slabs of 16.
+
+use anyhow::{Result, bail};
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{Dispatch, Gpu};
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+
+/// Output tile edge of the kernel (rows and columns per workgroup).
+pub const TILE: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    ta: u32,
+    tb: u32,
+    batch: u32,
+    alpha: f32,
+    beta: f32,
+}
+
+/// `(M, K)` of `op(A)` and `(K, N)` of `op(B)` from 2-D shapes and transpose flags.
+pub fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<(usize, usize, usize)> {
+    if a.len() != 2 || b.len() != 2 {
+        bail!("matmul takes 2-D operands, got {a:?} and {b:?}");
+    }
+    let (m, ka) = if ta { (a[1], a[0]) } else { (a[0], a[1]) };
+    let (kb, n) = if tb { (b[1], b[0]) } else { (b[0], b[1]) };
+    if ka != kb {
+        bail!("matmul: inner dimensions differ: op(A) is {m}x{ka}, op(B) is {kb}x{n}");
+    }
+    Ok((m, n, ka))
+}
+
+/// Record `C = alpha * op(A) op(B) + beta * C`.
+#[allow(clippy::too_many_arguments)] // mirrors the kernel's parameter block one to one
+pub fn dispatch(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    ta: bool,
+    tb: bool,
+    alpha: f32,
+    beta: f32,
+) -> Result<Dispatch> {
+    let (m, n, k) = dims(a.shape(), b.shape(), ta, tb)?;
+    if c.shape() != [m, n] {
+        bail!("matmul: output must be [{m}, {n}], got {:?}", c.shape());
+    }
+    let p = Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        ta: ta as u32,
+        tb: tb as u32,
+        batch: 1,
+        alpha,
+        beta,
+    };
+    Dispatch::build(
+        gpu,
+        "matmul",
+        "matmul",
+        &[a.read(), b.read(), c.write()],
+        bytemuck::bytes_of(&p),
+        [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1],
+    )
+}
+
+/// `op(A) op(B)` where `op` transposes when the flag is set.
+pub fn matmul(tape: &mut Tape, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    let (m, n, _) = dims(a.shape(), b.shape(), ta, tb)?;
+    let c = tape.output(&[m, n], &[a, b])?;
+    let fwd = dispatch(tape.gpu(), a, b, &c, ta, tb, 1.0, 0.0)?;
+    let (sa, sb) = (a.clone(), b.clone());
+    tape.push(
+        "matmul",
+        vec![a.clone(), b.clone()],
+        &c,
+        vec![fwd],
+        Box::new(move |gpu, g, gin| {
+            let mut v = Vec::new();
+            if let Some(t) = &gin[0] {
+                // dA = G op(B)^T, or its transpose when A was transposed.
+                v.push(if ta {
+                    dispatch(gpu, &sb, g, &t.tensor, tb, true, 1.0, t.beta())?
+                } else {
+                    dispatch(gpu, g, &sb, &t.tensor, false, !tb, 1.0, t.beta())?
+                });
+            }
+            if let Some(t) = &gin[1] {
+                // dB = op(A)^T G, or its transpose when B was transposed.
+                v.push(if tb {
+                    dispatch(gpu, g, &sa, &t.tensor, true, ta, 1.0, t.beta())?
+                } else {
+                    dispatch(gpu, &sa, g, &t.tensor, !ta, false, 1.0, t.beta())?
+                });
+            }
+            Ok(v)
+        }),
+    )?;
+    Ok(c)
+}
+
+/// CPU references (f64).
+pub mod reference {
+    /// `op(A) op(B)` for row-major `a`, `b` with `op(A)` of `m x k` and `op(B)` of `k x n`.
+    pub fn matmul(
+        a: &[f64],
+        b: &[f64],
+        (m, n, k): (usize, usize, usize),
+        ta: bool,
+        tb: bool,
+    ) -> Vec<f64> {
+        let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+        let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+            }
+        }
+        c
+    }
+
+    /// Gradients of [`matmul`] for upstream `g` (`m x n`), in the operands' stored layouts.
+    pub fn matmul_grad(
+        a: &[f64],
+        b: &[f64],
+        g: &[f64],
+        (m, n, k): (usize, usize, usize),
+        ta: bool,
+        tb: bool,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut ga = vec![0.0; m * k];
+        let mut gb = vec![0.0; k * n];
+        for i in 0..m {
+            for j in 0..n {
+                let gij = g[i * n + j];
+                for p in 0..k {
+                    let a_idx = if ta { p * m + i } else { i * k + p };
+                    let b_idx = if tb { j * k + p } else { p * n + j };
+                    ga[a_idx] += gij * b[b_idx];
+                    gb[b_idx] += gij * a[a_idx];
+                }
+            }
+        }
+        (ga, gb)
+    }
+}

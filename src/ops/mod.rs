@@ -1,0 +1,20 @@
+//! Differentiable ops. Each file holds one op family: the functions that record its forward on a
+//! [`crate::tape::Tape`], its backward builder, and its f64 CPU reference (`*_ref`), which the
+//! verification harness ([`crate::verify`]) compares against.
+
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod matmul;
+pub mod reduce;
+
+use anyhow::{Result, bail};
+
+use crate::tensor::Tensor;
+
+/// Fail unless `t` has exactly `shape`.
+pub(crate) fn expect_shape(op: &str, what: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.shape() != shape {
+        bail!("{op}: {what} must have shape {shape:?}, got {:?}", t.shape());
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! SGD with momentum and L2 weight decay (PyTorch `torch.optim.SGD` semantics), one dispatch over
+//! the flat parameter buffer.
+
+use anyhow::Result;
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{Dispatch, Gpu, grid_1d};
+use crate::params::Params;
+use crate::tensor::{DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Uniform {
+    n: u32,
+    nesterov: u32,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    _p: [f32; 3],
+}
+
+/// SGD hyper-parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct SgdConfig {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+/// The optimizer: its momentum buffer and its recorded launch.
+pub struct Sgd {
+    cfg: SgdConfig,
+    n: u32,
+    /// The momentum buffer (saved with checkpoints for exact resume).
+    pub momentum: Tensor,
+    dispatch: Dispatch,
+}
+
+impl Sgd {
+    /// Record the update of all of `params`.
+    pub fn new(gpu: &Gpu, params: &Params, cfg: SgdConfig) -> Result<Self> {
+        let values = params.flat_values()?;
+        let grads = params.flat_grads()?;
+        let n = values.numel() as u32;
+        let momentum = Tensor::zeros(gpu, &[n as usize], DType::F32)?;
+        let u = Self::uniform(n, &cfg);
+        let dispatch = Dispatch::build(
+            gpu,
+            "sgd",
+            "step",
+            &[values.write(), grads.read(), momentum.write()],
+            bytemuck::bytes_of(&u),
+            grid_1d(gpu, n.div_ceil(256)),
+        )?;
+        Ok(Self {
+            cfg,
+            n,
+            momentum,
+            dispatch,
+        })
+    }
+
+    fn uniform(n: u32, c: &SgdConfig) -> Uniform {
+        Uniform {
+            n,
+            nesterov: c.nesterov as u32,
+            lr: c.lr,
+            momentum: c.momentum,
+            weight_decay: c.weight_decay,
+            _p: [0.0; 3],
+        }
+    }
+
+    /// Change the learning rate for the next steps (a queued 32-byte write, nothing rebuilt).
+    pub fn set_lr(&mut self, gpu: &Gpu, lr: f32) {
+        self.cfg.lr = lr;
+        self.dispatch
+            .set_params(gpu, bytemuck::bytes_of(&Self::uniform(self.n, &self.cfg)));
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> SgdConfig {
+        self.cfg
+    }
+
+    /// The recorded launch (benchmarks replay it alone).
+    pub fn into_dispatch(self) -> Dispatch {
+        self.dispatch
+    }
+
+    /// Encode the update.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        self.dispatch.encode(pass);
+    }
+}

@@ -1,0 +1,33 @@
+//! Every WGSL kernel of `shaders/`, embedded at compile time.
+
+use anyhow::{Result, bail};
+
+/// (name, source) of every shader; `name` is the file stem under `shaders/`.
+pub const ALL: &[(&str, &str)] = &[
+    ("elementwise", include_str!("../shaders/elementwise.wgsl")),
+    ("matmul", include_str!("../shaders/matmul.wgsl")),
+    ("reduce", include_str!("../shaders/reduce.wgsl")),
+    ("cross_entropy", include_str!("../shaders/cross_entropy.wgsl")),
+    ("sgd", include_str!("../shaders/sgd.wgsl")),
+];
+
+/// The WGSL source of shader `name`.
+pub fn source(name: &str) -> Result<&'static str> {
+    match ALL.iter().find(|(n, _)| *n == name) {
+        Some((_, s)) => Ok(s),
+        None => bail!("no shader named {name:?} is embedded"),
+    }
+}
+
+/// Parse and validate one WGSL source with naga, as the device would.
+pub fn validate(name: &str, src: &str) -> Result<()> {
+    let module = naga::front::wgsl::parse_str(src)
+        .map_err(|e| anyhow::anyhow!("{name}.wgsl: {}", e.emit_to_string(src)))?;
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .map_err(|e| anyhow::anyhow!("{name}.wgsl: {}", e.emit_to_string(src)))?;
+    Ok(())
+}

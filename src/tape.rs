@@ -1,0 +1,228 @@
+//! The autodiff tape: ops record their forward launches and a backward builder as they are
+//! called; [`Tape::backward`] walks the nodes in reverse once and records the backward launches.
+//! The recorded launches are replayed every step, so a static network allocates nothing and
+//! builds nothing after it is recorded, and a whole step is one command buffer with no host sync.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, bail};
+
+use crate::gpu::{Dispatch, Gpu};
+use crate::tensor::{DType, Tensor};
+
+/// Where a backward kernel writes one input's gradient.
+pub struct GradOut {
+    /// The gradient tensor (same shape as the input).
+    pub tensor: Tensor,
+    /// `false` for the first contribution (overwrite), `true` for later ones (add): a tensor used
+    /// twice (a residual connection) gets the sum without any zeroing pass.
+    pub accumulate: bool,
+}
+
+impl GradOut {
+    /// The `beta` that kernels take: 0 overwrites, 1 accumulates.
+    pub fn beta(&self) -> f32 {
+        if self.accumulate { 1.0 } else { 0.0 }
+    }
+}
+
+/// Builds an op's backward launches from the output gradient and the input gradient targets
+/// (`None` for inputs that need no gradient). Launches for input `i` must come before those for
+/// input `i + 1`, so that an input used twice by one op is first overwritten, then accumulated.
+pub type BackwardFn = Box<dyn FnOnce(&Gpu, &Tensor, &[Option<GradOut>]) -> Result<Vec<Dispatch>>>;
+
+struct Node {
+    inputs: Vec<Tensor>,
+    output: Tensor,
+    backward: Option<BackwardFn>,
+}
+
+/// A recorded launch with the op family it belongs to (for benchmark breakdowns).
+pub struct Launch {
+    pub family: &'static str,
+    pub dispatch: Dispatch,
+}
+
+/// The recorded forward and backward program of a network.
+pub struct Tape {
+    gpu: Gpu,
+    forward: Vec<Launch>,
+    nodes: Vec<(&'static str, Node)>,
+    backward: Vec<Launch>,
+    grads: HashMap<usize, Tensor>,
+    preset: HashMap<usize, Tensor>,
+    has_backward: bool,
+}
+
+impl Tape {
+    /// An empty tape on `gpu`.
+    pub fn new(gpu: &Gpu) -> Self {
+        Self {
+            gpu: gpu.clone(),
+            forward: Vec::new(),
+            nodes: Vec::new(),
+            backward: Vec::new(),
+            grads: HashMap::new(),
+            preset: HashMap::new(),
+            has_backward: false,
+        }
+    }
+
+    /// The device this tape records for.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Allocate an op's output: f32, needing a gradient when any input does.
+    pub fn output(&self, shape: &[usize], inputs: &[&Tensor]) -> Result<Tensor> {
+        let t = Tensor::zeros(&self.gpu, shape, DType::F32)?;
+        Ok(if inputs.iter().any(|t| t.requires_grad()) {
+            t.requiring_grad()
+        } else {
+            t
+        })
+    }
+
+    /// Record a differentiable op: its forward launches, inputs, output and backward builder.
+    pub fn push(
+        &mut self,
+        family: &'static str,
+        inputs: Vec<Tensor>,
+        output: &Tensor,
+        forward: Vec<Dispatch>,
+        backward: BackwardFn,
+    ) -> Result<()> {
+        if self.has_backward {
+            bail!("op {family} recorded after backward(): record the whole forward pass first");
+        }
+        self.forward
+            .extend(forward.into_iter().map(|dispatch| Launch { family, dispatch }));
+        if output.requires_grad() {
+            self.nodes.push((
+                family,
+                Node {
+                    inputs,
+                    output: output.clone(),
+                    backward: Some(backward),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Record a forward-only launch (e.g. a running-statistics update).
+    pub fn push_forward(&mut self, family: &'static str, dispatch: Dispatch) {
+        self.forward.push(Launch { family, dispatch });
+    }
+
+    /// Send the gradient of `param` into `grad` (a view of the flat gradient buffer) instead of
+    /// a tensor the tape allocates. Call before [`Tape::backward`].
+    pub fn set_grad(&mut self, param: &Tensor, grad: Tensor) -> Result<()> {
+        if param.shape() != grad.shape() {
+            bail!(
+                "gradient of {param:?} must have its shape, got {:?}",
+                grad.shape()
+            );
+        }
+        self.preset.insert(param.id(), grad);
+        Ok(())
+    }
+
+    /// Record the backward pass of a scalar `loss` (seed gradient 1).
+    pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        if loss.numel() != 1 {
+            bail!("backward() needs a scalar loss, got shape {:?}", loss.shape());
+        }
+        let seed = Tensor::from_f32(&self.gpu, &[1], &[1.0])?;
+        self.backward_with(loss, seed)
+    }
+
+    /// Record the backward pass of `out` with the given output gradient `seed`.
+    pub fn backward_with(&mut self, out: &Tensor, seed: Tensor) -> Result<()> {
+        if self.has_backward {
+            bail!("backward() was already recorded on this tape");
+        }
+        if seed.shape() != out.shape() {
+            bail!(
+                "seed gradient shape {:?} differs from output {:?}",
+                seed.shape(),
+                out.shape()
+            );
+        }
+        if !out.requires_grad() {
+            bail!("{out:?} does not depend on anything that requires a gradient");
+        }
+        self.has_backward = true;
+        self.grads.insert(out.id(), seed);
+        let gpu = self.gpu.clone();
+        let nodes = std::mem::take(&mut self.nodes);
+        for (family, mut node) in nodes.into_iter().rev() {
+            let Some(gout) = self.grads.get(&node.output.id()).cloned() else {
+                continue; // does not reach the output
+            };
+            let mut targets = Vec::with_capacity(node.inputs.len());
+            for input in &node.inputs {
+                if !input.requires_grad() {
+                    targets.push(None);
+                    continue;
+                }
+                let (tensor, accumulate) = match self.grads.get(&input.id()) {
+                    Some(g) => (g.clone(), true),
+                    None => {
+                        let g = match self.preset.get(&input.id()) {
+                            Some(g) => g.clone(),
+                            None => Tensor::zeros(&gpu, input.shape(), DType::F32)?,
+                        };
+                        self.grads.insert(input.id(), g.clone());
+                        (g, false)
+                    }
+                };
+                targets.push(Some(GradOut { tensor, accumulate }));
+            }
+            let build = node.backward.take().expect("backward built once");
+            for dispatch in build(&gpu, &gout, &targets)? {
+                self.backward.push(Launch { family, dispatch });
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradient of `t` once [`Tape::backward`] is recorded (None if `t` does not reach the
+    /// loss).
+    pub fn grad(&self, t: &Tensor) -> Option<&Tensor> {
+        self.grads.get(&t.id())
+    }
+
+    /// Encode the forward launches.
+    pub fn encode_forward(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for l in &self.forward {
+            l.dispatch.encode(pass);
+        }
+    }
+
+    /// Encode the backward launches.
+    pub fn encode_backward(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for l in &self.backward {
+            l.dispatch.encode(pass);
+        }
+    }
+
+    /// Every recorded launch, forward then backward.
+    pub fn launches(&self) -> impl Iterator<Item = &Launch> {
+        self.forward.iter().chain(self.backward.iter())
+    }
+
+    /// Encode and submit the forward (and the backward when `with_backward`) in one command
+    /// buffer, without waiting.
+    pub fn run(&self, with_backward: bool) -> wgpu::SubmissionIndex {
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            self.encode_forward(&mut pass);
+            if with_backward {
+                self.encode_backward(&mut pass);
+            }
+        }
+        self.gpu.queue.submit([enc.finish()])
+    }
+}
