@@ -1,20 +1,21 @@
 // C[M, N] = alpha * op(A) op(B) + beta * C, row-major, op = optional transpose.
-// A is [M, K] (or [K, M] when ta = 1); B is [K, N] (or [N, K] when tb = 1).
-// Tiling: a 64x64 tile of C per workgroup of 16x16 invocations; each invocation keeps a 4x4 block
-// of C in registers (register blocking). K advances in slabs of 16 staged through workgroup
-// memory, loaded along the contiguous axis of each operand so that both layouts coalesce.
-// Edges are masked, so any M, N, K works. `batch` > 1 multiplies `batch` independent matrices
-// stacked along the slowest axis (strides M*K, K*N, M*N).
+// A is [M, K] (or [K, M] when TA); B is [K, N] (or [N, K] when TB).
+// Tiling: one 64x64 tile of C per workgroup of 8x8 invocations; each invocation holds an 8x8
+// block of C in registers (register blocking: 16 workgroup-memory loads feed 64 FMAs). K
+// advances in slabs of 16 staged through workgroup memory, each operand loaded along its
+// contiguous axis so both layouts coalesce. TA/TB are override constants, so each transpose
+// combination is its own specialised pipeline without branches in the inner loop. Edges are
+// masked: any M, N, K works.
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
-    ta: u32,
-    tb: u32,
-    batch: u32,
+    _pad: u32,
     alpha: f32,
     beta: f32,
+    _p0: f32,
+    _p1: f32,
 }
 
 @group(0) @binding(0) var<storage, read> A: array<f32>;
@@ -22,76 +23,95 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> C: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
+override TA: bool = false;
+override TB: bool = false;
+
 const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
+const R: u32 = 8u;          // register block edge
+const THREADS: u32 = 64u;   // (TM / R) * (TN / R)
 
 var<workgroup> As: array<f32, 1024>;   // [TK][TM]
 var<workgroup> Bs: array<f32, 1024>;   // [TK][TN]
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(8, 8)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let m0 = wg.y * TM;
     let n0 = wg.x * TN;
-    let bi = wg.z;
-    let a_off = bi * p.m * p.k;
-    let b_off = bi * p.k * p.n;
-    let c_off = bi * p.m * p.n;
     let tx = lid3.x;
     let ty = lid3.y;
 
-    var acc: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+    var c0a = vec4<f32>(0.0); var c0b = vec4<f32>(0.0);
+    var c1a = vec4<f32>(0.0); var c1b = vec4<f32>(0.0);
+    var c2a = vec4<f32>(0.0); var c2b = vec4<f32>(0.0);
+    var c3a = vec4<f32>(0.0); var c3b = vec4<f32>(0.0);
+    var c4a = vec4<f32>(0.0); var c4b = vec4<f32>(0.0);
+    var c5a = vec4<f32>(0.0); var c5b = vec4<f32>(0.0);
+    var c6a = vec4<f32>(0.0); var c6b = vec4<f32>(0.0);
+    var c7a = vec4<f32>(0.0); var c7b = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
-        for (var l = 0u; l < 4u; l++) {
-            let e = lid + l * 256u;
-            // A tile element (mm, kk)
+        for (var l = 0u; l < (TM * TK) / THREADS; l++) {
+            let e = lid + l * THREADS;
             var mm: u32; var kk: u32;
-            if (p.ta == 0u) { kk = e % TK; mm = e / TK; } else { mm = e % TM; kk = e / TM; }
+            if (!TA) { kk = e % TK; mm = e / TK; } else { mm = e % TM; kk = e / TM; }
             let gm = m0 + mm;
             let gk = k0 + kk;
             var av = 0.0;
             if (gm < p.m && gk < p.k) {
-                if (p.ta == 0u) { av = A[a_off + gm * p.k + gk]; } else { av = A[a_off + gk * p.m + gm]; }
+                if (!TA) { av = A[gm * p.k + gk]; } else { av = A[gk * p.m + gm]; }
             }
             As[kk * TM + mm] = av;
-            // B tile element (kk2, nn)
-            var nn: u32; var kk2: u32;
-            if (p.tb == 0u) { nn = e % TN; kk2 = e / TN; } else { kk2 = e % TK; nn = e / TK; }
+            var nn: u32; var kb: u32;
+            if (!TB) { nn = e % TN; kb = e / TN; } else { kb = e % TK; nn = e / TK; }
             let gn = n0 + nn;
-            let gk2 = k0 + kk2;
+            let gkb = k0 + kb;
             var bv = 0.0;
-            if (gn < p.n && gk2 < p.k) {
-                if (p.tb == 0u) { bv = B[b_off + gk2 * p.n + gn]; } else { bv = B[b_off + gn * p.k + gk2]; }
+            if (gn < p.n && gkb < p.k) {
+                if (!TB) { bv = B[gkb * p.n + gn]; } else { bv = B[gn * p.k + gkb]; }
             }
-            Bs[kk2 * TN + nn] = bv;
+            Bs[kb * TN + nn] = bv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            let b = vec4<f32>(Bs[kk * TN + tx * 4u], Bs[kk * TN + tx * 4u + 1u],
-                              Bs[kk * TN + tx * 4u + 2u], Bs[kk * TN + tx * 4u + 3u]);
-            let ab = kk * TM + ty * 4u;
-            acc[0] += As[ab] * b;
-            acc[1] += As[ab + 1u] * b;
-            acc[2] += As[ab + 2u] * b;
-            acc[3] += As[ab + 3u] * b;
+            let ab = kk * TM + ty * R;
+            let bb = kk * TN + tx * R;
+            let b0 = vec4<f32>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]);
+            let b1 = vec4<f32>(Bs[bb + 4u], Bs[bb + 5u], Bs[bb + 6u], Bs[bb + 7u]);
+            let a0 = As[ab + 0u]; c0a = fma(vec4<f32>(a0), b0, c0a); c0b = fma(vec4<f32>(a0), b1, c0b);
+            let a1 = As[ab + 1u]; c1a = fma(vec4<f32>(a1), b0, c1a); c1b = fma(vec4<f32>(a1), b1, c1b);
+            let a2 = As[ab + 2u]; c2a = fma(vec4<f32>(a2), b0, c2a); c2b = fma(vec4<f32>(a2), b1, c2b);
+            let a3 = As[ab + 3u]; c3a = fma(vec4<f32>(a3), b0, c3a); c3b = fma(vec4<f32>(a3), b1, c3b);
+            let a4 = As[ab + 4u]; c4a = fma(vec4<f32>(a4), b0, c4a); c4b = fma(vec4<f32>(a4), b1, c4b);
+            let a5 = As[ab + 5u]; c5a = fma(vec4<f32>(a5), b0, c5a); c5b = fma(vec4<f32>(a5), b1, c5b);
+            let a6 = As[ab + 6u]; c6a = fma(vec4<f32>(a6), b0, c6a); c6b = fma(vec4<f32>(a6), b1, c6b);
+            let a7 = As[ab + 7u]; c7a = fma(vec4<f32>(a7), b0, c7a); c7b = fma(vec4<f32>(a7), b1, c7b);
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let gm = m0 + ty * 4u + i;
-        if (gm < p.m) {
-            for (var j = 0u; j < 4u; j++) {
-                let gn = n0 + tx * 4u + j;
-                if (gn < p.n) {
-                    let idx = c_off + gm * p.n + gn;
-                    let v = p.alpha * acc[i][j];
-                    if (p.beta != 0.0) { C[idx] = p.beta * C[idx] + v; } else { C[idx] = v; }
-                }
-            }
+    store_row(m0 + ty * R + 0u, n0 + tx * R, c0a, c0b);
+    store_row(m0 + ty * R + 1u, n0 + tx * R, c1a, c1b);
+    store_row(m0 + ty * R + 2u, n0 + tx * R, c2a, c2b);
+    store_row(m0 + ty * R + 3u, n0 + tx * R, c3a, c3b);
+    store_row(m0 + ty * R + 4u, n0 + tx * R, c4a, c4b);
+    store_row(m0 + ty * R + 5u, n0 + tx * R, c5a, c5b);
+    store_row(m0 + ty * R + 6u, n0 + tx * R, c6a, c6b);
+    store_row(m0 + ty * R + 7u, n0 + tx * R, c7a, c7b);
+}
+
+fn store_row(gm: u32, gn0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if (gm >= p.m) { return; }
+    for (var j = 0u; j < 8u; j++) {
+        let gn = gn0 + j;
+        if (gn < p.n) {
+            let idx = gm * p.n + gn;
+            var v: f32;
+            if (j < 4u) { v = lo[j]; } else { v = hi[j - 4u]; }
+            v = p.alpha * v;
+            if (p.beta != 0.0) { C[idx] = p.beta * C[idx] + v; } else { C[idx] = v; }
         }
     }
 }

@@ -150,15 +150,15 @@ impl fmt::Display for AdapterSummary {
     }
 }
 
-fn instance(backend: Backend) -> wgpu::Instance {
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = backend.backends();
+    desc.backends = backends;
     wgpu::Instance::new(desc)
 }
 
 /// Adapters in a stable order: by backend preference (Vulkan, Metal, DX12, GL), then as enumerated.
 fn sorted_adapters(backend: Backend) -> Vec<wgpu::Adapter> {
-    let inst = instance(backend);
+    let inst = instance(backend.backends());
     let mut adapters = pollster::block_on(inst.enumerate_adapters(backend.backends()));
     let rank = |b: wgpu::Backend| match b {
         wgpu::Backend::Vulkan => 0,
@@ -195,7 +195,7 @@ fn pick_adapter(opts: &GpuOptions) -> Result<(usize, wgpu::Adapter)> {
     // `auto` prefers the native APIs; GL (which probes EGL/X and may print warnings) is tried
     // only when none of them has an adapter, or when an adapter is named explicitly.
     let mut adapters = if opts.backend == Backend::Auto && opts.adapter.is_none() {
-        let inst = instance(Backend::Auto);
+        let inst = instance(wgpu::Backends::PRIMARY);
         pollster::block_on(inst.enumerate_adapters(wgpu::Backends::PRIMARY))
     } else {
         Vec::new()

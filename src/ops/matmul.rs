@@ -1,7 +1,8 @@
 //! Matrix multiply with optional transposes: `C = op(A) op(B)`.
 //!
-//! Kernel: `shaders/matmul.wgsl`, 64x64 output tiles per 16x16 workgroup, 4x4 register blocks per
-//! invocation, K staged through workgroup memory in slabs of 16.
+//! Kernel: `shaders/matmul.wgsl`, 64x64 output tiles per 8x8 workgroup, 8x8 register blocks per
+//! invocation, K staged through workgroup memory in slabs of 16; transposes are override
+//! constants (one specialised pipeline per combination).
 
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
@@ -19,11 +20,10 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    ta: u32,
-    tb: u32,
-    batch: u32,
+    _pad: u32,
     alpha: f32,
     beta: f32,
+    _p: [f32; 2],
 }
 
 /// `(M, K)` of `op(A)` and `(K, N)` of `op(B)` from 2-D shapes and transpose flags.
@@ -59,19 +59,20 @@ pub fn dispatch(
         m: m as u32,
         n: n as u32,
         k: k as u32,
-        ta: ta as u32,
-        tb: tb as u32,
-        batch: 1,
+        _pad: 0,
         alpha,
         beta,
+        _p: [0.0; 2],
     };
-    Dispatch::build(
+    let constants = [("TA", ta as u8 as f64), ("TB", tb as u8 as f64)];
+    Dispatch::build_with(
         gpu,
         "matmul",
         "matmul",
         &[a.read(), b.read(), c.write()],
         bytemuck::bytes_of(&p),
         [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1],
+        &constants,
     )
 }
 

@@ -1,0 +1,79 @@
+//! The binary: `devices`, `bench --json`, `mlp`, and clear errors on bad input.
+
+use std::process::Command;
+
+fn longtail(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_longtail"))
+        .args(args)
+        .output()
+        .expect("run longtail");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn devices_lists_an_adapter_as_text_and_json() {
+    let (ok, out, err) = longtail(&["devices"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("[0] "), "{out}");
+    assert!(out.contains("storage binding"), "{out}");
+    let (ok, out, err) = longtail(&["devices", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let first = &v.as_array().unwrap()[0];
+    for key in [
+        "name",
+        "backend",
+        "device_type",
+        "max_storage_buffer_binding_size",
+        "max_compute_invocations_per_workgroup",
+        "timestamp_query",
+    ] {
+        assert!(first.get(key).is_some(), "missing {key} in {first}");
+    }
+}
+
+#[test]
+fn bench_json_reports_gflops() {
+    let (ok, out, err) = longtail(&[
+        "bench", "--kernel", "matmul", "--shape", "96x80x70", "--samples", "3", "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["kernel"], "matmul");
+    assert_eq!(v["shape"], "96x80x70");
+    assert!(v["ms"].as_f64().unwrap() > 0.0);
+    assert!(v["gflops"].as_f64().unwrap() > 0.0);
+    assert!(v["gbs"].as_f64().unwrap() > 0.0);
+    assert!(v["timer"].is_string());
+}
+
+#[test]
+fn bench_rejects_unknown_kernel_and_bad_shape() {
+    let (ok, _, err) = longtail(&["bench", "--kernel", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("unknown kernel") && err.contains("matmul"), "{err}");
+    let (ok, _, err) = longtail(&["bench", "--kernel", "matmul", "--shape", "12x3"]);
+    assert!(!ok);
+    assert!(err.contains("12x3") && err.contains("expected 3"), "{err}");
+}
+
+#[test]
+fn unknown_adapter_is_a_clear_error() {
+    let (ok, _, err) = longtail(&["--adapter", "no-such-gpu", "mlp", "--steps", "1"]);
+    assert!(!ok);
+    assert!(err.contains("no-such-gpu") && err.contains("adapters"), "{err}");
+    let (ok, _, err) = longtail(&["--adapter", "99", "mlp", "--steps", "1"]);
+    assert!(!ok);
+    assert!(err.contains("--adapter 99"), "{err}");
+}
+
+#[test]
+fn mlp_demo_trains() {
+    let (ok, out, err) = longtail(&["mlp", "--steps", "60"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("loss") && out.contains("->"), "{out}");
+}

@@ -1,0 +1,361 @@
+//! The first ops through the verification harness: elementwise, matmul, reductions and
+//! softmax cross-entropy, at random shapes that are not multiples of any tile.
+
+mod common;
+
+use common::gpu;
+use longtail::ops::{cross_entropy, elementwise, matmul, reduce};
+use longtail::rng::Rng64;
+use longtail::verify::{self, Case, ELEMENTWISE, Input, TRANSCENDENTAL, sum_of};
+
+/// Seeds per op: each draws its own shapes and values.
+const SEEDS: [u64; 3] = [11, 12, 13];
+
+fn random_len(rng: &mut Rng64) -> usize {
+    1 + rng.below(3000)
+}
+
+#[test]
+fn add_mul_scale() {
+    for seed in SEEDS {
+        let mut rng = Rng64::new(seed);
+        let n = random_len(&mut rng);
+        let mk = |rng: &mut Rng64, name: &str| Case {
+            name: format!("{name} [{n}]"),
+            seed,
+            inputs: vec![
+                Input::uniform(rng, &[n], -2.0, 2.0, true),
+                Input::uniform(rng, &[n], -2.0, 2.0, true),
+            ],
+            fwd: ELEMENTWISE,
+            bwd: ELEMENTWISE,
+        };
+        verify::check(
+            gpu(),
+            &mk(&mut rng, "add"),
+            &|t, x| elementwise::add(t, &x[0], &x[1]),
+            &|x| elementwise::reference::add(&x[0], &x[1]),
+            &|_, g| {
+                let (a, b) = elementwise::reference::add_grad(g);
+                vec![Some(a), Some(b)]
+            },
+        )
+        .unwrap();
+        verify::check(
+            gpu(),
+            &mk(&mut rng, "mul"),
+            &|t, x| elementwise::mul(t, &x[0], &x[1]),
+            &|x| elementwise::reference::mul(&x[0], &x[1]),
+            &|x, g| {
+                let (a, b) = elementwise::reference::mul_grad(&x[0], &x[1], g);
+                vec![Some(a), Some(b)]
+            },
+        )
+        .unwrap();
+        let s = rng.range(-3.0, 3.0) as f32;
+        let case = Case {
+            name: format!("scale({s}) [{n}]"),
+            seed,
+            inputs: vec![Input::uniform(&mut rng, &[n], -2.0, 2.0, true)],
+            fwd: ELEMENTWISE,
+            bwd: ELEMENTWISE,
+        };
+        verify::check(
+            gpu(),
+            &case,
+            &|t, x| elementwise::scale(t, &x[0], s),
+            &|x| elementwise::reference::scale(&x[0], s as f64),
+            &|_, g| vec![Some(elementwise::reference::scale(g, s as f64))],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn relu_and_add_row() {
+    for seed in SEEDS {
+        let mut rng = Rng64::new(seed);
+        let (rows, cols) = (1 + rng.below(70), 1 + rng.below(90));
+        // Keep relu inputs away from the kink, where finite differences are meaningless.
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|_| {
+                let v = rng.range(0.01, 2.0);
+                (if rng.uniform() < 0.5 { -v } else { v }) as f32
+            })
+            .collect();
+        let case = Case {
+            name: format!("relu [{rows}, {cols}]"),
+            seed,
+            inputs: vec![Input::F32 {
+                shape: vec![rows, cols],
+                data,
+                grad: true,
+            }],
+            fwd: ELEMENTWISE,
+            bwd: ELEMENTWISE,
+        };
+        verify::check(
+            gpu(),
+            &case,
+            &|t, x| elementwise::relu(t, &x[0]),
+            &|x| elementwise::reference::relu(&x[0]),
+            &|x, g| vec![Some(elementwise::reference::relu_grad(&x[0], g))],
+        )
+        .unwrap();
+
+        let case = Case {
+            name: format!("add_row [{rows}, {cols}] + [{cols}]"),
+            seed,
+            inputs: vec![
+                Input::uniform(&mut rng, &[rows, cols], -1.0, 1.0, true),
+                Input::uniform(&mut rng, &[cols], -1.0, 1.0, true),
+            ],
+            fwd: ELEMENTWISE,
+            bwd: sum_of(rows),
+        };
+        verify::check(
+            gpu(),
+            &case,
+            &|t, x| elementwise::add_row(t, &x[0], &x[1]),
+            &|x| elementwise::reference::add_row(&x[0], &x[1]),
+            &|_, g| {
+                let (a, b) = elementwise::reference::add_row_grad(g, cols);
+                vec![Some(a), Some(b)]
+            },
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn matmul_all_transposes_odd_shapes() {
+    for seed in SEEDS {
+        let mut rng = Rng64::new(seed);
+        let (m, n, k) = (1 + rng.below(150), 1 + rng.below(150), 1 + rng.below(150));
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let ash = if ta { [k, m] } else { [m, k] };
+            let bsh = if tb { [n, k] } else { [k, n] };
+            let case = Case {
+                name: format!("matmul m={m} n={n} k={k} ta={ta} tb={tb}"),
+                seed,
+                inputs: vec![
+                    Input::uniform(&mut rng, &ash, -1.0, 1.0, true),
+                    Input::uniform(&mut rng, &bsh, -1.0, 1.0, true),
+                ],
+                fwd: sum_of(k),
+                bwd: sum_of(m.max(n)),
+            };
+            verify::check(
+                gpu(),
+                &case,
+                &|t, x| matmul::matmul(t, &x[0], &x[1], ta, tb),
+                &|x| matmul::reference::matmul(&x[0], &x[1], (m, n, k), ta, tb),
+                &|x, g| {
+                    let (a, b) =
+                        matmul::reference::matmul_grad(&x[0], &x[1], g, (m, n, k), ta, tb);
+                    vec![Some(a), Some(b)]
+                },
+            )
+            .unwrap();
+        }
+    }
+}
+
+#[test]
+fn matmul_exact_tiles_and_skinny() {
+    // Exact multiples of the 64x64 tile, and degenerate 1-wide shapes.
+    for (i, (m, n, k)) in [(64, 64, 16), (128, 64, 32), (1, 1, 1), (1, 300, 2), (257, 1, 65)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 100 + i as u64;
+        let mut rng = Rng64::new(seed);
+        let case = Case {
+            name: format!("matmul m={m} n={n} k={k}"),
+            seed,
+            inputs: vec![
+                Input::uniform(&mut rng, &[m, k], -1.0, 1.0, true),
+                Input::uniform(&mut rng, &[k, n], -1.0, 1.0, true),
+            ],
+            fwd: sum_of(k),
+            bwd: sum_of(m.max(n)),
+        };
+        verify::check(
+            gpu(),
+            &case,
+            &|t, x| matmul::matmul(t, &x[0], &x[1], false, false),
+            &|x| matmul::reference::matmul(&x[0], &x[1], (m, n, k), false, false),
+            &|x, g| {
+                let (a, b) = matmul::reference::matmul_grad(&x[0], &x[1], g, (m, n, k), false, false);
+                vec![Some(a), Some(b)]
+            },
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn sum_and_mean_every_axis() {
+    for seed in SEEDS {
+        let mut rng = Rng64::new(seed);
+        let shape = [1 + rng.below(9), 1 + rng.below(40), 1 + rng.below(30)];
+        for axis in 0..3 {
+            for mean in [false, true] {
+                let dims = reduce::split_dims(&shape, axis).unwrap();
+                let case = Case {
+                    name: format!("{} {shape:?} axis {axis}", if mean { "mean" } else { "sum" }),
+                    seed,
+                    inputs: vec![Input::uniform(&mut rng, &shape, -1.0, 1.0, true)],
+                    fwd: sum_of(dims[1]),
+                    bwd: ELEMENTWISE,
+                };
+                verify::check(
+                    gpu(),
+                    &case,
+                    &|t, x| {
+                        if mean {
+                            reduce::mean(t, &x[0], axis)
+                        } else {
+                            reduce::sum(t, &x[0], axis)
+                        }
+                    },
+                    &|x| reduce::reference::reduce(&x[0], dims, mean),
+                    &|_, g| vec![Some(reduce::reference::reduce_grad(g, dims, mean))],
+                )
+                .unwrap();
+            }
+        }
+    }
+}
+
+/// Rows of 2^17 and 2^18 + 3 values (past the 65,536 where a peer framework's reductions break
+/// on llvmpipe), with a non-zero mean so that a dropped or doubled chunk shows.
+#[test]
+fn reductions_over_long_rows() {
+    for (rows, len) in [(3usize, 1usize << 17), (1, (1 << 18) + 3)] {
+        let seed = len as u64;
+        let mut rng = Rng64::new(seed);
+        let case = Case {
+            name: format!("mean of [{rows}, {len}] over axis 1"),
+            seed,
+            inputs: vec![Input::uniform(&mut rng, &[rows, len], 0.0, 2.0, true)],
+            fwd: sum_of(len),
+            bwd: ELEMENTWISE,
+        };
+        let dims = [rows, len, 1];
+        verify::check(
+            gpu(),
+            &case,
+            &|t, x| reduce::mean(t, &x[0], 1),
+            &|x| reduce::reference::reduce(&x[0], dims, true),
+            &|_, g| vec![Some(reduce::reference::reduce_grad(g, dims, true))],
+        )
+        .unwrap();
+    }
+    // Column sums over 2^17 rows (strided access, the bias-gradient pattern).
+    let (len, cols) = (1usize << 17, 3usize);
+    let seed = 5;
+    let mut rng = Rng64::new(seed);
+    let case = Case {
+        name: format!("sum of [{len}, {cols}] over axis 0"),
+        seed,
+        inputs: vec![Input::uniform(&mut rng, &[len, cols], 0.0, 1.0, true)],
+        fwd: sum_of(len),
+        bwd: ELEMENTWISE,
+    };
+    let dims = [1, len, cols];
+    verify::check(
+        gpu(),
+        &case,
+        &|t, x| reduce::sum(t, &x[0], 0),
+        &|x| reduce::reference::reduce(&x[0], dims, false),
+        &|_, g| vec![Some(reduce::reference::reduce_grad(g, dims, false))],
+    )
+    .unwrap();
+}
+
+fn ce_case(
+    seed: u64,
+    rows: usize,
+    classes: usize,
+    weighted: bool,
+    spread: f64,
+    labels: Vec<u32>,
+) -> (Case, Option<Vec<f64>>) {
+    let mut rng = Rng64::new(seed);
+    let mut inputs = vec![
+        Input::uniform(&mut rng, &[rows, classes], -spread, spread, true),
+        Input::U32 {
+            shape: vec![rows],
+            data: labels,
+        },
+    ];
+    let w = weighted.then(|| {
+        let w = rng.vec_f32(classes, 0.1, 3.0);
+        inputs.push(Input::F32 {
+            shape: vec![classes],
+            data: w.clone(),
+            grad: false,
+        });
+        w.iter().map(|&v| v as f64).collect()
+    });
+    let case = Case {
+        name: format!("cross_entropy [{rows}, {classes}] weighted={weighted} spread={spread}"),
+        seed,
+        inputs,
+        fwd: TRANSCENDENTAL,
+        bwd: TRANSCENDENTAL,
+    };
+    (case, w)
+}
+
+fn check_ce(case: &Case, weights: Option<Vec<f64>>) {
+    let labels = |x: &[Vec<f64>]| x[1].iter().map(|&v| v as usize).collect::<Vec<_>>();
+    let w1 = weights.clone();
+    verify::check(
+        gpu(),
+        case,
+        &|t, x| cross_entropy::cross_entropy(t, &x[0], &x[1], x.get(2)),
+        &|x| vec![cross_entropy::reference::cross_entropy(&x[0], &labels(x), w1.as_deref())],
+        &|x, g| {
+            let gz = cross_entropy::reference::cross_entropy_grad(
+                &x[0],
+                &labels(x),
+                weights.as_deref(),
+                g[0],
+            );
+            vec![Some(gz), None, None]
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn cross_entropy_plain_and_weighted() {
+    for seed in SEEDS {
+        let mut rng = Rng64::new(seed);
+        let (rows, classes) = (1 + rng.below(300), 2 + rng.below(40));
+        let labels: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
+        for weighted in [false, true] {
+            let (case, w) = ce_case(seed, rows, classes, weighted, 3.0, labels.clone());
+            check_ce(&case, w);
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_extreme_logits_and_absent_classes() {
+    // Logits of +-80 overflow exp() in f32 without the max shift; only classes 0 and 1 appear.
+    let (rows, classes) = (37, 7);
+    let labels: Vec<u32> = (0..rows).map(|i| (i % 2) as u32).collect();
+    let (case, w) = ce_case(77, rows, classes, true, 80.0, labels);
+    // Large logits: the loss itself is O(100), so the band is relative.
+    let case = Case {
+        fwd: verify::Tolerance {
+            abs: 1e-4,
+            rel: 2e-5,
+        },
+        ..case
+    };
+    check_ce(&case, w);
+}
