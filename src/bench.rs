@@ -44,7 +44,10 @@ pub struct Measurement {
 
 /// The kernels `longtail bench` knows, with their default shapes.
 pub const KERNELS: &[(&str, &[&str])] = &[
-    ("matmul", &["1024x1024x1024", "128x64x64", "128x10x64", "4096x64x128"]),
+    (
+        "matmul",
+        &["1024x1024x1024", "128x64x64", "128x10x64", "4096x64x128"],
+    ),
     ("add", &["1048576"]),
     ("mul", &["1048576"]),
     ("scale", &["1048576"]),
@@ -149,7 +152,11 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
                     nesterov: false,
                 },
             )?;
-            let keep = vec![params.flat_values()?, params.flat_grads()?, sgd.momentum.clone()];
+            let keep = vec![
+                params.flat_values()?,
+                params.flat_grads()?,
+                sgd.momentum.clone(),
+            ];
             let mut cs = mk(Vec::new(), 6.0 * n as f64, 4.0 * 5.0 * n as f64, keep);
             cs.dispatches = vec![sgd.into_dispatch()];
             cs

@@ -26,7 +26,10 @@ impl ParamsBuilder {
     /// Add a parameter `name` of `shape` with initial values `init`.
     pub fn add(&mut self, name: &str, shape: &[usize], init: Vec<f32>) -> Result<()> {
         if init.len() != shape.iter().product::<usize>() {
-            bail!("parameter {name}: {} values for shape {shape:?}", init.len());
+            bail!(
+                "parameter {name}: {} values for shape {shape:?}",
+                init.len()
+            );
         }
         if self.items.iter().any(|(n, _, _)| n == name) {
             bail!("parameter {name} added twice");

@@ -7,7 +7,10 @@ pub const ALL: &[(&str, &str)] = &[
     ("elementwise", include_str!("../shaders/elementwise.wgsl")),
     ("matmul", include_str!("../shaders/matmul.wgsl")),
     ("reduce", include_str!("../shaders/reduce.wgsl")),
-    ("cross_entropy", include_str!("../shaders/cross_entropy.wgsl")),
+    (
+        "cross_entropy",
+        include_str!("../shaders/cross_entropy.wgsl"),
+    ),
     ("sgd", include_str!("../shaders/sgd.wgsl")),
 ];
 

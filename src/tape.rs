@@ -95,8 +95,11 @@ impl Tape {
         if self.has_backward {
             bail!("op {family} recorded after backward(): record the whole forward pass first");
         }
-        self.forward
-            .extend(forward.into_iter().map(|dispatch| Launch { family, dispatch }));
+        self.forward.extend(
+            forward
+                .into_iter()
+                .map(|dispatch| Launch { family, dispatch }),
+        );
         if output.requires_grad() {
             self.nodes.push((
                 family,
@@ -131,7 +134,10 @@ impl Tape {
     /// Record the backward pass of a scalar `loss` (seed gradient 1).
     pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
         if loss.numel() != 1 {
-            bail!("backward() needs a scalar loss, got shape {:?}", loss.shape());
+            bail!(
+                "backward() needs a scalar loss, got shape {:?}",
+                loss.shape()
+            );
         }
         let seed = Tensor::from_f32(&self.gpu, &[1], &[1.0])?;
         self.backward_with(loss, seed)

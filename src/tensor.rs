@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Result, bail};
 
-use crate::gpu::{Gpu, GpuBuffer};
 use crate::gpu::{Access, Binding};
+use crate::gpu::{Gpu, GpuBuffer};
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +71,12 @@ impl Tensor {
     /// A zero-filled tensor in its own buffer.
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
         let n = shape.iter().product::<usize>() as u64;
-        let buf = Arc::new(GpuBuffer::new(gpu, "tensor", n * 4, wgpu::BufferUsages::empty())?);
+        let buf = Arc::new(GpuBuffer::new(
+            gpu,
+            "tensor",
+            n * 4,
+            wgpu::BufferUsages::empty(),
+        )?);
         Self::view(buf, 0, shape, dtype, false)
     }
 
@@ -106,22 +111,31 @@ impl Tensor {
     /// Overwrite the contents (queued; takes effect before the next submission).
     pub fn write_f32(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
         self.check_len(data.len(), DType::F32)?;
-        gpu.queue
-            .write_buffer(&self.inner.buf.buffer, self.inner.offset, bytemuck::cast_slice(data));
+        gpu.queue.write_buffer(
+            &self.inner.buf.buffer,
+            self.inner.offset,
+            bytemuck::cast_slice(data),
+        );
         Ok(())
     }
 
     /// Overwrite the contents of a u32 tensor.
     pub fn write_u32(&self, gpu: &Gpu, data: &[u32]) -> Result<()> {
         self.check_len(data.len(), DType::U32)?;
-        gpu.queue
-            .write_buffer(&self.inner.buf.buffer, self.inner.offset, bytemuck::cast_slice(data));
+        gpu.queue.write_buffer(
+            &self.inner.buf.buffer,
+            self.inner.offset,
+            bytemuck::cast_slice(data),
+        );
         Ok(())
     }
 
     fn check_len(&self, len: usize, dtype: DType) -> Result<()> {
         if dtype != self.inner.dtype {
-            bail!("tensor {self:?} holds {:?}, not {dtype:?}", self.inner.dtype);
+            bail!(
+                "tensor {self:?} holds {:?}, not {dtype:?}",
+                self.inner.dtype
+            );
         }
         if len != self.numel() {
             bail!("tensor {self:?} holds {} values, got {len}", self.numel());

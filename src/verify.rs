@@ -205,7 +205,10 @@ pub fn check(
             continue;
         }
         let Some(Some(rg)) = ref_grads.get(i) else {
-            bail!("{}: the reference gives no gradient for input {i}", case.name);
+            bail!(
+                "{}: the reference gives no gradient for input {i}",
+                case.name
+            );
         };
         let Some(gt) = tape.grad(t) else {
             bail!("{}: input {i} got no gradient on the GPU", case.name);
@@ -220,9 +223,8 @@ pub fn check(
         } else {
             (0..FD_SAMPLES).map(|_| rng.below(n)).collect()
         };
-        let objective = |x: &[Vec<f64>]| -> f64 {
-            reference(x).iter().zip(&g).map(|(a, b)| a * b).sum()
-        };
+        let objective =
+            |x: &[Vec<f64>]| -> f64 { reference(x).iter().zip(&g).map(|(a, b)| a * b).sum() };
         let mut fd = Vec::with_capacity(picks.len());
         let mut an = Vec::with_capacity(picks.len());
         for &j in &picks {

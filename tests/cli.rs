@@ -39,7 +39,14 @@ fn devices_lists_an_adapter_as_text_and_json() {
 #[test]
 fn bench_json_reports_gflops() {
     let (ok, out, err) = longtail(&[
-        "bench", "--kernel", "matmul", "--shape", "96x80x70", "--samples", "3", "--json",
+        "bench",
+        "--kernel",
+        "matmul",
+        "--shape",
+        "96x80x70",
+        "--samples",
+        "3",
+        "--json",
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
@@ -55,7 +62,10 @@ fn bench_json_reports_gflops() {
 fn bench_rejects_unknown_kernel_and_bad_shape() {
     let (ok, _, err) = longtail(&["bench", "--kernel", "nope"]);
     assert!(!ok);
-    assert!(err.contains("unknown kernel") && err.contains("matmul"), "{err}");
+    assert!(
+        err.contains("unknown kernel") && err.contains("matmul"),
+        "{err}"
+    );
     let (ok, _, err) = longtail(&["bench", "--kernel", "matmul", "--shape", "12x3"]);
     assert!(!ok);
     assert!(err.contains("12x3") && err.contains("expected 3"), "{err}");
@@ -65,7 +75,10 @@ fn bench_rejects_unknown_kernel_and_bad_shape() {
 fn unknown_adapter_is_a_clear_error() {
     let (ok, _, err) = longtail(&["--adapter", "no-such-gpu", "mlp", "--steps", "1"]);
     assert!(!ok);
-    assert!(err.contains("no-such-gpu") && err.contains("adapters"), "{err}");
+    assert!(
+        err.contains("no-such-gpu") && err.contains("adapters"),
+        "{err}"
+    );
     let (ok, _, err) = longtail(&["--adapter", "99", "mlp", "--steps", "1"]);
     assert!(!ok);
     assert!(err.contains("--adapter 99"), "{err}");

@@ -82,7 +82,10 @@ fn reference_gradient_is_checked_by_finite_differences() {
         name: "square".into(),
         seed: 4,
         inputs: vec![Input::uniform(&mut rng, &[20], 0.5, 1.0, true)],
-        fwd: verify::Tolerance { abs: 10.0, rel: 10.0 }, // forward deliberately not compared
+        fwd: verify::Tolerance {
+            abs: 10.0,
+            rel: 10.0,
+        }, // forward deliberately not compared
         bwd: ELEMENTWISE,
     };
     let err = verify::check(
@@ -116,7 +119,14 @@ fn tensor_used_twice_accumulates_its_gradient() {
             elementwise::add(t, &sq, &x[0])
         },
         &|x| x[0].iter().map(|v| v * v + v).collect(),
-        &|x, g| vec![Some(x[0].iter().zip(g).map(|(v, d)| (2.0 * v + 1.0) * d).collect())],
+        &|x, g| {
+            vec![Some(
+                x[0].iter()
+                    .zip(g)
+                    .map(|(v, d)| (2.0 * v + 1.0) * d)
+                    .collect(),
+            )]
+        },
     )
     .unwrap();
 }

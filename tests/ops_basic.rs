@@ -151,8 +151,7 @@ fn matmul_all_transposes_odd_shapes() {
                 &|t, x| matmul::matmul(t, &x[0], &x[1], ta, tb),
                 &|x| matmul::reference::matmul(&x[0], &x[1], (m, n, k), ta, tb),
                 &|x, g| {
-                    let (a, b) =
-                        matmul::reference::matmul_grad(&x[0], &x[1], g, (m, n, k), ta, tb);
+                    let (a, b) = matmul::reference::matmul_grad(&x[0], &x[1], g, (m, n, k), ta, tb);
                     vec![Some(a), Some(b)]
                 },
             )
@@ -164,9 +163,15 @@ fn matmul_all_transposes_odd_shapes() {
 #[test]
 fn matmul_exact_tiles_and_skinny() {
     // Exact multiples of the 64x64 tile, and degenerate 1-wide shapes.
-    for (i, (m, n, k)) in [(64, 64, 16), (128, 64, 32), (1, 1, 1), (1, 300, 2), (257, 1, 65)]
-        .into_iter()
-        .enumerate()
+    for (i, (m, n, k)) in [
+        (64, 64, 16),
+        (128, 64, 32),
+        (1, 1, 1),
+        (1, 300, 2),
+        (257, 1, 65),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let seed = 100 + i as u64;
         let mut rng = Rng64::new(seed);
@@ -186,7 +191,8 @@ fn matmul_exact_tiles_and_skinny() {
             &|t, x| matmul::matmul(t, &x[0], &x[1], false, false),
             &|x| matmul::reference::matmul(&x[0], &x[1], (m, n, k), false, false),
             &|x, g| {
-                let (a, b) = matmul::reference::matmul_grad(&x[0], &x[1], g, (m, n, k), false, false);
+                let (a, b) =
+                    matmul::reference::matmul_grad(&x[0], &x[1], g, (m, n, k), false, false);
                 vec![Some(a), Some(b)]
             },
         )
@@ -203,7 +209,10 @@ fn sum_and_mean_every_axis() {
             for mean in [false, true] {
                 let dims = reduce::split_dims(&shape, axis).unwrap();
                 let case = Case {
-                    name: format!("{} {shape:?} axis {axis}", if mean { "mean" } else { "sum" }),
+                    name: format!(
+                        "{} {shape:?} axis {axis}",
+                        if mean { "mean" } else { "sum" }
+                    ),
                     seed,
                     inputs: vec![Input::uniform(&mut rng, &shape, -1.0, 1.0, true)],
                     fwd: sum_of(dims[1]),
@@ -316,7 +325,13 @@ fn check_ce(case: &Case, weights: Option<Vec<f64>>) {
         gpu(),
         case,
         &|t, x| cross_entropy::cross_entropy(t, &x[0], &x[1], x.get(2)),
-        &|x| vec![cross_entropy::reference::cross_entropy(&x[0], &labels(x), w1.as_deref())],
+        &|x| {
+            vec![cross_entropy::reference::cross_entropy(
+                &x[0],
+                &labels(x),
+                w1.as_deref(),
+            )]
+        },
         &|x, g| {
             let gz = cross_entropy::reference::cross_entropy_grad(
                 &x[0],

@@ -54,12 +54,13 @@ impl GpuOptions {
     /// Options from `LONGTAIL_BACKEND` / `LONGTAIL_ADAPTER`, for tests and library users.
     pub fn from_env() -> Result<Self> {
         let backend = match std::env::var("LONGTAIL_BACKEND") {
-            Ok(s) if !s.is_empty() => <Backend as clap::ValueEnum>::from_str(&s, true)
-                .map_err(|_| {
+            Ok(s) if !s.is_empty() => {
+                <Backend as clap::ValueEnum>::from_str(&s, true).map_err(|_| {
                     anyhow::anyhow!(
                         "LONGTAIL_BACKEND={s:?}: expected one of auto, vulkan, metal, dx12, gl"
                     )
-                })?,
+                })?
+            }
             _ => Backend::Auto,
         };
         let adapter = std::env::var("LONGTAIL_ADAPTER")
@@ -239,7 +240,11 @@ fn pick_adapter(opts: &GpuOptions) -> Result<(usize, wgpu::Adapter)> {
         .min_by_key(|(i, a)| (score(a), *i))
         .map(|(i, _)| i)
         .unwrap_or(0);
-    Ok(adapters.into_iter().enumerate().nth(best).expect("index in range"))
+    Ok(adapters
+        .into_iter()
+        .enumerate()
+        .nth(best)
+        .expect("index in range"))
 }
 
 /// The device everything runs on. Cheap to clone (shared handle).
@@ -317,7 +322,10 @@ impl Gpu {
     pub fn describe(&self) -> String {
         format!(
             "{} ({}, {}, {})",
-            self.summary.name, self.summary.backend, self.summary.device_type, self.summary.driver_info
+            self.summary.name,
+            self.summary.backend,
+            self.summary.device_type,
+            self.summary.driver_info
         )
     }
 

@@ -90,10 +90,26 @@ impl Mlp {
             let b = (1.0 / fan_in as f64).sqrt();
             rng.vec_f32(n, -b, b)
         };
-        pb.add("fc1.weight", &[cfg.hidden, cfg.inputs], init(&mut rng, cfg.inputs, cfg.hidden * cfg.inputs))?;
-        pb.add("fc1.bias", &[cfg.hidden], init(&mut rng, cfg.inputs, cfg.hidden))?;
-        pb.add("fc2.weight", &[cfg.classes, cfg.hidden], init(&mut rng, cfg.hidden, cfg.classes * cfg.hidden))?;
-        pb.add("fc2.bias", &[cfg.classes], init(&mut rng, cfg.hidden, cfg.classes))?;
+        pb.add(
+            "fc1.weight",
+            &[cfg.hidden, cfg.inputs],
+            init(&mut rng, cfg.inputs, cfg.hidden * cfg.inputs),
+        )?;
+        pb.add(
+            "fc1.bias",
+            &[cfg.hidden],
+            init(&mut rng, cfg.inputs, cfg.hidden),
+        )?;
+        pb.add(
+            "fc2.weight",
+            &[cfg.classes, cfg.hidden],
+            init(&mut rng, cfg.hidden, cfg.classes * cfg.hidden),
+        )?;
+        pb.add(
+            "fc2.bias",
+            &[cfg.classes],
+            init(&mut rng, cfg.hidden, cfg.classes),
+        )?;
         let params = pb.build(gpu)?;
 
         let x = Tensor::zeros(gpu, &[cfg.batch, cfg.inputs], DType::F32)?;

@@ -30,7 +30,10 @@ pub fn cross_entropy(
     weights: Option<&Tensor>,
 ) -> Result<Tensor> {
     let &[rows, classes] = logits.shape() else {
-        bail!("cross_entropy: logits must be [B, C], got {:?}", logits.shape());
+        bail!(
+            "cross_entropy: logits must be [B, C], got {:?}",
+            logits.shape()
+        );
     };
     if classes == 0 || rows == 0 {
         bail!("cross_entropy: empty logits {:?}", logits.shape());
@@ -46,7 +49,10 @@ pub fn cross_entropy(
     let w = match weights {
         Some(w) => {
             if w.shape() != [classes] {
-                bail!("cross_entropy: weights must be [{classes}], got {:?}", w.shape());
+                bail!(
+                    "cross_entropy: weights must be [{classes}], got {:?}",
+                    w.shape()
+                );
             }
             w.clone()
         }
@@ -66,7 +72,13 @@ pub fn cross_entropy(
         &gpu,
         "cross_entropy",
         "forward",
-        &[logits.read(), labels.read(), w.read(), saved.write(), loss.write()],
+        &[
+            logits.read(),
+            labels.read(),
+            w.read(),
+            saved.write(),
+            loss.write(),
+        ],
         bytemuck::bytes_of(&p),
         [1, 1, 1],
     )?;
@@ -87,7 +99,14 @@ pub fn cross_entropy(
                     gpu,
                     "cross_entropy",
                     "backward",
-                    &[z.read(), y.read(), w.read(), saved.read(), g.read(), t.tensor.write()],
+                    &[
+                        z.read(),
+                        y.read(),
+                        w.read(),
+                        saved.read(),
+                        g.read(),
+                        t.tensor.write(),
+                    ],
                     bytemuck::bytes_of(&bp),
                     grid_1d(gpu, ((rows * classes) as u32).div_ceil(256)),
                 )?);

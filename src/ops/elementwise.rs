@@ -161,7 +161,16 @@ pub fn relu(tape: &mut Tape, a: &Tensor) -> Result<Tensor> {
         Box::new(move |gpu, g, gin| {
             let mut v = Vec::new();
             if let Some(t) = &gin[0] {
-                v.push(dispatch(gpu, "relu_backward", g, &x, &t.tensor, 1.0, t.beta(), 0)?);
+                v.push(dispatch(
+                    gpu,
+                    "relu_backward",
+                    g,
+                    &x,
+                    &t.tensor,
+                    1.0,
+                    t.beta(),
+                    0,
+                )?);
             }
             Ok(v)
         }),
@@ -186,7 +195,10 @@ pub mod reference {
     }
     /// `a + b` with `b` broadcast along rows of length `b.len()`.
     pub fn add_row(a: &[f64], b: &[f64]) -> Vec<f64> {
-        a.iter().enumerate().map(|(i, x)| x + b[i % b.len()]).collect()
+        a.iter()
+            .enumerate()
+            .map(|(i, x)| x + b[i % b.len()])
+            .collect()
     }
     /// Gradients of `add_row`.
     pub fn add_row_grad(g: &[f64], cols: usize) -> (Vec<f64>, Vec<f64>) {
@@ -214,6 +226,9 @@ pub mod reference {
     }
     /// Gradient of `relu`.
     pub fn relu_grad(a: &[f64], g: &[f64]) -> Vec<f64> {
-        a.iter().zip(g).map(|(x, d)| if *x > 0.0 { *d } else { 0.0 }).collect()
+        a.iter()
+            .zip(g)
+            .map(|(x, d)| if *x > 0.0 { *d } else { 0.0 })
+            .collect()
     }
 }

@@ -14,7 +14,10 @@ use crate::tensor::Tensor;
 /// Fail unless `t` has exactly `shape`.
 pub(crate) fn expect_shape(op: &str, what: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
     if t.shape() != shape {
-        bail!("{op}: {what} must have shape {shape:?}, got {:?}", t.shape());
+        bail!(
+            "{op}: {what} must have shape {shape:?}, got {:?}",
+            t.shape()
+        );
     }
     Ok(())
 }

@@ -101,7 +101,14 @@ fn reduce(tape: &mut Tape, x: &Tensor, axis: usize, mean: bool) -> Result<Tensor
         Box::new(move |gpu, g, gin| {
             let mut v = Vec::new();
             if let Some(t) = &gin[0] {
-                v.push(broadcast_dispatch(gpu, g, &t.tensor, dims, alpha, t.beta())?);
+                v.push(broadcast_dispatch(
+                    gpu,
+                    g,
+                    &t.tensor,
+                    dims,
+                    alpha,
+                    t.beta(),
+                )?);
             }
             Ok(v)
         }),
