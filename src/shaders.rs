@@ -6,6 +6,8 @@ use anyhow::{Result, bail};
 pub const ALL: &[(&str, &str)] = &[
     ("elementwise", include_str!("../shaders/elementwise.wgsl")),
     ("matmul", include_str!("../shaders/matmul.wgsl")),
+    ("conv2d", include_str!("../shaders/conv2d.wgsl")),
+    ("batchnorm", include_str!("../shaders/batchnorm.wgsl")),
     ("reduce", include_str!("../shaders/reduce.wgsl")),
     (
         "cross_entropy",

@@ -205,7 +205,7 @@ impl Tensor {
     fn bind(&self, access: Access) -> Binding<'_> {
         Binding {
             access,
-            buffer: &self.inner.buf.buffer,
+            buffer: &self.inner.buf,
             offset: self.inner.offset,
             size: (self.numel() as u64 * 4).max(4),
         }

@@ -20,7 +20,7 @@ pub enum Access {
 /// One buffer range bound to a kernel.
 pub struct Binding<'a> {
     pub access: Access,
-    pub buffer: &'a wgpu::Buffer,
+    pub buffer: &'a Arc<GpuBuffer>,
     pub offset: u64,
     pub size: u64,
 }
@@ -166,6 +166,8 @@ pub struct Dispatch {
     pub workgroups: [u32; 3],
     /// The parameter block, kept so callers can rewrite it (e.g. the learning rate).
     pub params: Option<Arc<GpuBuffer>>,
+    /// Every bound buffer: a recorded launch keeps its buffers (and their byte count) alive.
+    _bound: Vec<Arc<GpuBuffer>>,
 }
 
 impl Dispatch {
@@ -198,7 +200,7 @@ impl Dispatch {
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b.buffer,
+                    buffer: &b.buffer.buffer,
                     offset: b.offset,
                     size: std::num::NonZeroU64::new(b.size.max(4)),
                 }),
@@ -214,6 +216,7 @@ impl Dispatch {
             bind_group,
             workgroups,
             params,
+            _bound: bindings.iter().map(|b| b.buffer.clone()).collect(),
         })
     }
 
@@ -255,7 +258,7 @@ impl Dispatch {
             .collect();
         all.push(Binding {
             access: Access::Uniform,
-            buffer: &pbuf.buffer,
+            buffer: &pbuf,
             offset: 0,
             size: pbuf.size(),
         });

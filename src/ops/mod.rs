@@ -2,6 +2,8 @@
 //! [`crate::tape::Tape`], its backward builder, and its f64 CPU reference (`*_ref`), which the
 //! verification harness ([`crate::verify`]) compares against.
 
+pub mod batchnorm;
+pub mod conv2d;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod matmul;

@@ -1,0 +1,173 @@
+// Batch norm over NCHW (per channel c, statistics over batch x H x W), PyTorch semantics:
+// normalise with the batch mean and biased variance; running_mean/var follow an EMA with the
+// unbiased variance. `stats` holds [mean_0..mean_{C-1}, invstd_0..invstd_{C-1}].
+// Reductions: one workgroup per channel, each invocation sums a strided slice, a fixed tree
+// combines them: deterministic, any count per channel (tested past 2^17).
+
+struct Params {
+    batch: u32,
+    channels: u32,
+    hw: u32,
+    relu: u32,
+    eps: f32,
+    momentum: f32,
+    beta: f32,       // 0 overwrite / 1 accumulate, for gradient outputs
+    _p: f32,
+}
+
+const WG: u32 = 256u;
+var<workgroup> red0: array<f32, WG>;
+var<workgroup> red1: array<f32, WG>;
+
+fn elem(c: u32, i: u32) -> u32 {
+    // i-th element (over batch x hw) of channel c
+    return ((i / p.hw) * p.channels + c) * p.hw + i % p.hw;
+}
+
+fn tree(lid: u32) {
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red0[lid] += red0[lid + s];
+            red1[lid] += red1[lid + s];
+        }
+        workgroupBarrier();
+    }
+}
+
+// ---- training statistics: stats, running update
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(2) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(3) var<storage, read_write> running_var: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+@compute @workgroup_size(256)
+fn batch_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let count = p.batch * p.hw;
+    var s = 0.0;
+    for (var i = lid; i < count; i += WG) { s += x[elem(c, i)]; }
+    red0[lid] = s;
+    red1[lid] = 0.0;
+    tree(lid);
+    let mean = red0[0] / f32(count);
+    workgroupBarrier();
+    // second pass: sum of squared deviations (stabler than E[x^2] - mean^2)
+    var q = 0.0;
+    for (var i = lid; i < count; i += WG) { let d = x[elem(c, i)] - mean; q += d * d; }
+    red0[lid] = q;
+    tree(lid);
+    if (lid == 0u) {
+        let var_b = red0[0] / f32(count);
+        stats[c] = mean;
+        stats[p.channels + c] = inverseSqrt(var_b + p.eps);
+        let unbiased = select(var_b, var_b * f32(count) / f32(count - 1u), count > 1u);
+        running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
+        running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
+    }
+}
+
+@compute @workgroup_size(64)
+fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= p.channels) { return; }
+    stats[c] = running_mean[c];
+    stats[p.channels + c] = inverseSqrt(running_var[c] + p.eps);
+}
+
+// ---- normalise + affine (+ ReLU)
+@group(0) @binding(0) var<storage, read> ax: array<f32>;
+@group(0) @binding(1) var<storage, read> gamma: array<f32>;
+@group(0) @binding(2) var<storage, read> shift: array<f32>;
+@group(0) @binding(3) var<storage, read> astats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<uniform> ap: Params;
+
+@compute @workgroup_size(256)
+fn apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+    if (i >= ap.batch * ap.channels * ap.hw) { return; }
+    let c = (i / ap.hw) % ap.channels;
+    var v = (ax[i] - astats[c]) * astats[ap.channels + c] * gamma[c] + shift[c];
+    if (ap.relu != 0u) { v = max(v, 0.0); }
+    y[i] = v;
+}
+
+// ---- backward: per-channel sums, then dx
+// sums = [sum(dyh)_c, sum(dyh * xhat)_c], dyh = dy masked by the fused ReLU.
+@group(0) @binding(0) var<storage, read> bx: array<f32>;
+@group(0) @binding(1) var<storage, read> by: array<f32>;
+@group(0) @binding(2) var<storage, read> bdy: array<f32>;
+@group(0) @binding(3) var<storage, read> bstats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dshift: array<f32>;
+@group(0) @binding(7) var<uniform> bp: Params;
+
+fn masked_dy(i: u32, relu: u32) -> f32 {
+    if (relu != 0u && by[i] <= 0.0) { return 0.0; }
+    return bdy[i];
+}
+
+@compute @workgroup_size(256)
+fn backward_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let count = bp.batch * bp.hw;
+    let mean = bstats[c];
+    let inv = bstats[bp.channels + c];
+    var s0 = 0.0;
+    var s1 = 0.0;
+    for (var i = lid; i < count; i += WG) {
+        let e = ((i / bp.hw) * bp.channels + c) * bp.hw + i % bp.hw;
+        let g = masked_dy(e, bp.relu);
+        s0 += g;
+        s1 += g * (bx[e] - mean) * inv;
+    }
+    red0[lid] = s0;
+    red1[lid] = s1;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red0[lid] += red0[lid + s];
+            red1[lid] += red1[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        sums[c] = red0[0];
+        sums[bp.channels + c] = red1[0];
+        if (bp.beta != 0.0) {
+            dgamma[c] += red1[0];
+            dshift[c] += red0[0];
+        } else {
+            dgamma[c] = red1[0];
+            dshift[c] = red0[0];
+        }
+    }
+}
+
+@group(0) @binding(0) var<storage, read> dx_x: array<f32>;
+@group(0) @binding(1) var<storage, read> dx_y: array<f32>;
+@group(0) @binding(2) var<storage, read> dx_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> dx_stats: array<f32>;
+@group(0) @binding(4) var<storage, read> dx_sums: array<f32>;
+@group(0) @binding(5) var<storage, read> dx_gamma: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(7) var<uniform> dp: Params;
+
+@compute @workgroup_size(256)
+fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+    if (i >= dp.batch * dp.channels * dp.hw) { return; }
+    let c = (i / dp.hw) % dp.channels;
+    let count = f32(dp.batch * dp.hw);
+    let inv = dx_stats[dp.channels + c];
+    let xhat = (dx_x[i] - dx_stats[c]) * inv;
+    var g = dx_dy[i];
+    if (dp.relu != 0u && dx_y[i] <= 0.0) { g = 0.0; }
+    let v = dx_gamma[c] * inv * (g - dx_sums[c] / count - xhat * dx_sums[dp.channels + c] / count);
+    if (dp.beta != 0.0) { dx[i] = dx[i] + v; } else { dx[i] = v; }
+}

@@ -1,0 +1,287 @@
+//! Batch norm 2-d (PyTorch semantics: biased batch variance to normalise, unbiased variance in the
+//! running EMA, momentum 0.1, eps 1e-5), with an optional fused ReLU. Kernels:
+//! `shaders/batchnorm.wgsl` — statistics (one reduction per channel, running update included),
+//! normalise+affine(+ReLU), and a backward of two channel sums plus one elementwise pass.
+
+use anyhow::{Result, bail};
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{Dispatch, Gpu, grid_1d};
+use crate::tape::Tape;
+use crate::tensor::{DType, Tensor};
+
+/// PyTorch's default epsilon.
+pub const EPS: f32 = 1e-5;
+/// PyTorch's default running-statistics momentum.
+pub const MOMENTUM: f32 = 0.1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    channels: u32,
+    hw: u32,
+    relu: u32,
+    eps: f32,
+    momentum: f32,
+    beta: f32,
+    _p: f32,
+}
+
+/// A batch-norm layer's state outside the parameters: running statistics (saved in checkpoints).
+#[derive(Clone)]
+pub struct BnState {
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+}
+
+impl BnState {
+    /// Running mean 0, running variance 1 (PyTorch's initial values).
+    pub fn new(gpu: &Gpu, channels: usize) -> Result<Self> {
+        Ok(Self {
+            running_mean: Tensor::from_f32(gpu, &[channels], &vec![0.0; channels])?,
+            running_var: Tensor::from_f32(gpu, &[channels], &vec![1.0; channels])?,
+        })
+    }
+}
+
+/// Train mode normalises with batch statistics and updates the running ones; eval mode uses the
+/// running statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnMode {
+    Train,
+    Eval,
+}
+
+fn dims(x: &Tensor) -> Result<(usize, usize, usize)> {
+    match x.shape() {
+        [b, c, h, w] => Ok((*b, *c, h * w)),
+        [b, c] => Ok((*b, *c, 1)),
+        s => bail!("batch_norm: input must be [B, C, H, W] or [B, C], got {s:?}"),
+    }
+}
+
+/// `relu?(gamma * (x - mean) / sqrt(var + eps) + beta)` per channel.
+#[allow(clippy::too_many_arguments)] // the layer's tensors, its state and two switches
+pub fn batch_norm(
+    tape: &mut Tape,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    state: &BnState,
+    mode: BnMode,
+    relu: bool,
+) -> Result<Tensor> {
+    let (batch, channels, hw) = dims(x)?;
+    for (name, t) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", &state.running_mean),
+        ("running_var", &state.running_var),
+    ] {
+        if t.shape() != [channels] {
+            bail!(
+                "batch_norm: {name} must be [{channels}], got {:?}",
+                t.shape()
+            );
+        }
+    }
+    if mode == BnMode::Train && batch * hw < 2 {
+        bail!("batch_norm: training needs at least 2 values per channel, got {batch}x{hw}");
+    }
+    let gpu = tape.gpu().clone();
+    let p = Params {
+        batch: batch as u32,
+        channels: channels as u32,
+        hw: hw as u32,
+        relu: relu as u32,
+        eps: EPS,
+        momentum: MOMENTUM,
+        beta: 0.0,
+        _p: 0.0,
+    };
+    let stats = Tensor::zeros(&gpu, &[2 * channels], DType::F32)?;
+    let stat_bindings = [
+        x.read(),
+        stats.write(),
+        state.running_mean.write(),
+        state.running_var.write(),
+    ];
+    let stats_launch = match mode {
+        BnMode::Train => Dispatch::build(
+            &gpu,
+            "batchnorm",
+            "batch_stats",
+            &stat_bindings,
+            bytemuck::bytes_of(&p),
+            [channels as u32, 1, 1],
+        )?,
+        BnMode::Eval => Dispatch::build(
+            &gpu,
+            "batchnorm",
+            "eval_stats",
+            &stat_bindings,
+            bytemuck::bytes_of(&p),
+            [(channels as u32).div_ceil(64), 1, 1],
+        )?,
+    };
+    let y = tape.output(x.shape(), &[x, gamma, beta])?;
+    let n = x.numel() as u32;
+    let apply = Dispatch::build(
+        &gpu,
+        "batchnorm",
+        "apply",
+        &[x.read(), gamma.read(), beta.read(), stats.read(), y.write()],
+        bytemuck::bytes_of(&p),
+        grid_1d(&gpu, n.div_ceil(256)),
+    )?;
+    let (sx, sy, sg) = (x.clone(), y.clone(), gamma.clone());
+    tape.push(
+        "batchnorm",
+        vec![x.clone(), gamma.clone(), beta.clone()],
+        &y,
+        vec![stats_launch, apply],
+        Box::new(move |gpu, dy, gin| {
+            if mode == BnMode::Eval {
+                bail!("batch_norm: no backward in eval mode (record a train-mode network)");
+            }
+            let sums = Tensor::zeros(gpu, &[2 * channels], DType::F32)?;
+            // Parameter gradients land in the targets, or in scratch when not wanted.
+            let scratch = |t: &Option<crate::tape::GradOut>| -> Result<(Tensor, bool)> {
+                Ok(match t {
+                    Some(g) => (g.tensor.clone(), g.accumulate),
+                    None => (Tensor::zeros(gpu, &[channels], DType::F32)?, false),
+                })
+            };
+            let (dgamma, acc_g) = scratch(&gin[1])?;
+            let (dbeta, acc_b) = scratch(&gin[2])?;
+            if acc_g != acc_b {
+                bail!("batch_norm: gamma and beta gradients must both accumulate or neither");
+            }
+            let bp = Params {
+                beta: if acc_g { 1.0 } else { 0.0 },
+                ..p
+            };
+            let mut v = vec![Dispatch::build(
+                gpu,
+                "batchnorm",
+                "backward_sums",
+                &[
+                    sx.read(),
+                    sy.read(),
+                    dy.read(),
+                    stats.read(),
+                    sums.write(),
+                    dgamma.write(),
+                    dbeta.write(),
+                ],
+                bytemuck::bytes_of(&bp),
+                [channels as u32, 1, 1],
+            )?];
+            if let Some(t) = &gin[0] {
+                let dp = Params {
+                    beta: t.beta(),
+                    ..p
+                };
+                // After the sums it reads.
+                v.push(Dispatch::build(
+                    gpu,
+                    "batchnorm",
+                    "backward_dx",
+                    &[
+                        sx.read(),
+                        sy.read(),
+                        dy.read(),
+                        stats.read(),
+                        sums.read(),
+                        sg.read(),
+                        t.tensor.write(),
+                    ],
+                    bytemuck::bytes_of(&dp),
+                    grid_1d(gpu, n.div_ceil(256)),
+                )?);
+            }
+            Ok(v)
+        }),
+    )?;
+    Ok(y)
+}
+
+/// CPU references (f64), train mode.
+pub mod reference {
+    /// Per-channel (mean, biased variance) of `x` as `[batch, channels, hw]`.
+    pub fn moments(x: &[f64], (b, c, hw): (usize, usize, usize)) -> Vec<(f64, f64)> {
+        (0..c)
+            .map(|ch| {
+                let vals: Vec<f64> = (0..b)
+                    .flat_map(|n| (0..hw).map(move |i| (n * c + ch) * hw + i))
+                    .map(|i| x[i])
+                    .collect();
+                let m = vals.iter().sum::<f64>() / vals.len() as f64;
+                let v = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / vals.len() as f64;
+                (m, v)
+            })
+            .collect()
+    }
+
+    /// Forward with batch statistics.
+    pub fn batch_norm(
+        x: &[f64],
+        gamma: &[f64],
+        beta: &[f64],
+        dims: (usize, usize, usize),
+        eps: f64,
+        relu: bool,
+    ) -> Vec<f64> {
+        let (_, c, hw) = dims;
+        let mv = moments(x, dims);
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = (i / hw) % c;
+                let y = (v - mv[ch].0) / (mv[ch].1 + eps).sqrt() * gamma[ch] + beta[ch];
+                if relu { y.max(0.0) } else { y }
+            })
+            .collect()
+    }
+
+    /// Gradients (dx, dgamma, dbeta) for upstream `dy`.
+    pub fn batch_norm_grad(
+        x: &[f64],
+        gamma: &[f64],
+        beta: &[f64],
+        dy: &[f64],
+        dims: (usize, usize, usize),
+        eps: f64,
+        relu: bool,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (b, c, hw) = dims;
+        let mv = moments(x, dims);
+        let y = batch_norm(x, gamma, beta, dims, eps, relu);
+        let count = (b * hw) as f64;
+        let g: Vec<f64> = dy
+            .iter()
+            .zip(&y)
+            .map(|(&d, &yv)| if relu && yv <= 0.0 { 0.0 } else { d })
+            .collect();
+        let mut s0 = vec![0.0; c];
+        let mut s1 = vec![0.0; c];
+        for (i, &v) in x.iter().enumerate() {
+            let ch = (i / hw) % c;
+            let xhat = (v - mv[ch].0) / (mv[ch].1 + eps).sqrt();
+            s0[ch] += g[i];
+            s1[ch] += g[i] * xhat;
+        }
+        let dx = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = (i / hw) % c;
+                let inv = 1.0 / (mv[ch].1 + eps).sqrt();
+                let xhat = (v - mv[ch].0) * inv;
+                gamma[ch] * inv * (g[i] - s0[ch] / count - xhat * s1[ch] / count)
+            })
+            .collect();
+        (dx, s1, s0)
+    }
+}

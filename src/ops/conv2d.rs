@@ -1,0 +1,324 @@
+//! 2-D convolution (NCHW, OIHW weights, zero padding, no bias): forward, input gradient (dgrad)
+//! and weight gradient (wgrad), all as tiled implicit GEMMs in `shaders/conv2d.wgsl`.
+
+use anyhow::{Result, bail};
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{Dispatch, Gpu};
+use crate::ops::reduce;
+use crate::tape::Tape;
+use crate::tensor::{DType, Tensor};
+
+const TM: usize = 32;
+const TN: usize = 64;
+const TK: usize = 16;
+/// wgrad splits K until at least this many workgroups run (enough for a multi-core CPU or a
+/// small GPU; a large GPU still gets >= 64 busy workgroups).
+const WGRAD_MIN_WORKGROUPS: usize = 64;
+/// ...but each split keeps at least this many K values, so partial sums stay worth writing.
+const WGRAD_MIN_CHUNK: usize = 256;
+
+/// Shapes of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub batch: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// Geometry of `x: [B, Cin, H, W]` convolved with `w: [Cout, Cin, KH, KW]`.
+    pub fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Result<Self> {
+        let (&[batch, cin, h, wd], &[cout, wcin, kh, kw]) = (x, w) else {
+            bail!("conv2d: input must be [B, C, H, W] and weight [O, I, KH, KW], got {x:?}, {w:?}");
+        };
+        if cin != wcin {
+            bail!("conv2d: input has {cin} channels, weight expects {wcin}");
+        }
+        if stride == 0 || kh == 0 || kw == 0 {
+            bail!("conv2d: stride and kernel size must be positive");
+        }
+        if h + 2 * pad < kh || wd + 2 * pad < kw {
+            bail!("conv2d: kernel {kh}x{kw} larger than padded input {h}x{wd} (pad {pad})");
+        }
+        Ok(Self {
+            batch,
+            cin,
+            h,
+            w: wd,
+            cout,
+            kh,
+            kw,
+            stride,
+            pad,
+            oh: (h + 2 * pad - kh) / stride + 1,
+            ow: (wd + 2 * pad - kw) / stride + 1,
+        })
+    }
+
+    /// Output shape `[B, Cout, OH, OW]`.
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.batch, self.cout, self.oh, self.ow]
+    }
+
+    /// Multiply-adds x 2 of the forward (dgrad and wgrad cost the same).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.cout * self.oh * self.ow * self.cin * self.kh * self.kw) as f64
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    m: u32,
+    n: u32,
+    k: u32,
+    kchunk: u32,
+    splits: u32,
+    alpha: f32,
+    beta: f32,
+    _p: [f32; 2],
+}
+
+/// Which product of the implicit GEMM a launch computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Forward = 0,
+    Dgrad = 1,
+    Wgrad = 2,
+}
+
+impl ConvGeom {
+    /// (M, N, K) of the implicit GEMM for `mode`.
+    pub fn gemm(&self, mode: Mode) -> (usize, usize, usize) {
+        let khw = self.kh * self.kw;
+        match mode {
+            Mode::Forward => (self.cout, self.batch * self.oh * self.ow, self.cin * khw),
+            Mode::Dgrad => (self.cin, self.batch * self.h * self.w, self.cout * khw),
+            Mode::Wgrad => (self.cout, self.cin * khw, self.batch * self.oh * self.ow),
+        }
+    }
+
+    fn params(&self, mode: Mode, kchunk: usize, splits: usize, beta: f32) -> Params {
+        let (m, n, k) = self.gemm(mode);
+        Params {
+            batch: self.batch as u32,
+            cin: self.cin as u32,
+            h: self.h as u32,
+            w: self.w as u32,
+            cout: self.cout as u32,
+            oh: self.oh as u32,
+            ow: self.ow as u32,
+            kh: self.kh as u32,
+            kw: self.kw as u32,
+            stride: self.stride as u32,
+            pad: self.pad as u32,
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            kchunk: kchunk as u32,
+            splits: splits as u32,
+            alpha: 1.0,
+            beta,
+            _p: [0.0; 2],
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one launch = geometry, mode, three buffers, split plan
+fn launch(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    mode: Mode,
+    a: &Tensor,
+    b: &Tensor,
+    dst: &Tensor,
+    splits: usize,
+    kchunk: usize,
+    beta: f32,
+) -> Result<Dispatch> {
+    let (m, n, _) = g.gemm(mode);
+    let p = g.params(mode, kchunk, splits, beta);
+    Dispatch::build_with(
+        gpu,
+        "conv2d",
+        "conv",
+        &[a.read(), b.read(), dst.write()],
+        bytemuck::bytes_of(&p),
+        [n.div_ceil(TN) as u32, m.div_ceil(TM) as u32, splits as u32],
+        &[("MODE", mode as u32 as f64)],
+    )
+}
+
+/// Record `y = conv(x, w)` (`beta` = 1 adds into `y`).
+pub fn forward_dispatch(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+    beta: f32,
+) -> Result<Dispatch> {
+    let (_, _, k) = g.gemm(Mode::Forward);
+    launch(gpu, g, Mode::Forward, w, x, y, 1, k.max(1), beta)
+}
+
+/// Record `dx (+)= conv_transpose(dy, w)`.
+pub fn dgrad_dispatch(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    beta: f32,
+) -> Result<Dispatch> {
+    let (_, _, k) = g.gemm(Mode::Dgrad);
+    launch(gpu, g, Mode::Dgrad, w, dy, dx, 1, k.max(1), beta)
+}
+
+/// The split-K plan of wgrad: (splits, K values per split).
+pub fn wgrad_splits(g: &ConvGeom) -> (usize, usize) {
+    let (m, n, k) = g.gemm(Mode::Wgrad);
+    let tiles = m.div_ceil(TM) * n.div_ceil(TN);
+    let want = WGRAD_MIN_WORKGROUPS.div_ceil(tiles).max(1);
+    let most = k.div_ceil(WGRAD_MIN_CHUNK).max(1);
+    let splits = want.min(most);
+    let chunk = k.div_ceil(splits).div_ceil(TK) * TK;
+    (k.div_ceil(chunk.max(1)).max(1), chunk.max(TK))
+}
+
+/// Record `dw (+)= wgrad(dy, x)`: split-K partials, then their sum.
+pub fn wgrad_dispatches(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    beta: f32,
+) -> Result<Vec<Dispatch>> {
+    let (splits, chunk) = wgrad_splits(g);
+    if splits == 1 {
+        return Ok(vec![launch(
+            gpu,
+            g,
+            Mode::Wgrad,
+            dy,
+            x,
+            dw,
+            1,
+            chunk,
+            beta,
+        )?]);
+    }
+    let (m, n, _) = g.gemm(Mode::Wgrad);
+    let partial = Tensor::zeros(gpu, &[splits, m * n], DType::F32)?;
+    Ok(vec![
+        launch(gpu, g, Mode::Wgrad, dy, x, &partial, splits, chunk, 0.0)?,
+        reduce::sum_dispatch(gpu, &partial, dw, [1, splits, m * n], 1.0, beta)?,
+    ])
+}
+
+/// `conv2d(x, w)` with `stride` and zero padding `pad`.
+pub fn conv2d(
+    tape: &mut Tape,
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let g = ConvGeom::new(x.shape(), w.shape(), stride, pad)?;
+    let y = tape.output(&g.out_shape(), &[x, w])?;
+    let fwd = forward_dispatch(tape.gpu(), &g, x, w, &y, 0.0)?;
+    let (sx, sw) = (x.clone(), w.clone());
+    tape.push(
+        "conv",
+        vec![x.clone(), w.clone()],
+        &y,
+        vec![fwd],
+        Box::new(move |gpu, dy, gin| {
+            let mut v = Vec::new();
+            if let Some(t) = &gin[0] {
+                v.push(dgrad_dispatch(gpu, &g, dy, &sw, &t.tensor, t.beta())?);
+            }
+            if let Some(t) = &gin[1] {
+                v.extend(wgrad_dispatches(gpu, &g, dy, &sx, &t.tensor, t.beta())?);
+            }
+            Ok(v)
+        }),
+    )?;
+    Ok(y)
+}
+
+/// CPU references (f64).
+pub mod reference {
+    use super::ConvGeom;
+
+    fn x_at(x: &[f64], g: &ConvGeom, b: usize, c: usize, ih: isize, iw: isize) -> Option<usize> {
+        if ih < 0 || iw < 0 || ih as usize >= g.h || iw as usize >= g.w {
+            return None;
+        }
+        Some(((b * g.cin + c) * g.h + ih as usize) * g.w + iw as usize).filter(|&i| i < x.len())
+    }
+
+    /// Visit every (output index, input index, weight index) triple of the convolution.
+    fn each(g: &ConvGeom, x: &[f64], mut f: impl FnMut(usize, usize, usize)) {
+        for b in 0..g.batch {
+            for co in 0..g.cout {
+                for oh in 0..g.oh {
+                    for ow in 0..g.ow {
+                        let yi = ((b * g.cout + co) * g.oh + oh) * g.ow + ow;
+                        for ci in 0..g.cin {
+                            for kh in 0..g.kh {
+                                for kw in 0..g.kw {
+                                    let ih = (oh * g.stride + kh) as isize - g.pad as isize;
+                                    let iw = (ow * g.stride + kw) as isize - g.pad as isize;
+                                    if let Some(xi) = x_at(x, g, b, ci, ih, iw) {
+                                        let wi = ((co * g.cin + ci) * g.kh + kh) * g.kw + kw;
+                                        f(yi, xi, wi);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forward.
+    pub fn conv2d(x: &[f64], w: &[f64], g: &ConvGeom) -> Vec<f64> {
+        let mut y = vec![0.0; g.batch * g.cout * g.oh * g.ow];
+        each(g, x, |yi, xi, wi| y[yi] += x[xi] * w[wi]);
+        y
+    }
+
+    /// Gradients with respect to `x` and `w` for upstream `dy`.
+    pub fn conv2d_grad(x: &[f64], w: &[f64], dy: &[f64], g: &ConvGeom) -> (Vec<f64>, Vec<f64>) {
+        let mut dx = vec![0.0; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        each(g, x, |yi, xi, wi| {
+            dx[xi] += dy[yi] * w[wi];
+            dw[wi] += dy[yi] * x[xi];
+        });
+        (dx, dw)
+    }
+}

@@ -1,0 +1,66 @@
+//! conv2d forward, dgrad and wgrad through the verification harness.
+
+mod common;
+
+use common::gpu;
+use longtail::ops::conv2d::{self, ConvGeom};
+use longtail::rng::Rng64;
+use longtail::verify::{self, Case, Input, sum_of};
+
+fn check(seed: u64, x: [usize; 4], cout: usize, k: usize, stride: usize, pad: usize) {
+    let mut rng = Rng64::new(seed);
+    let wsh = [cout, x[1], k, k];
+    let g = ConvGeom::new(&x, &wsh, stride, pad).unwrap();
+    let case = Case {
+        name: format!("conv2d x={x:?} w={wsh:?} stride={stride} pad={pad}"),
+        seed,
+        inputs: vec![
+            Input::uniform(&mut rng, &x, -1.0, 1.0, true),
+            Input::uniform(&mut rng, &wsh, -1.0, 1.0, true),
+        ],
+        fwd: sum_of(x[1] * k * k),
+        // wgrad sums over batch x output pixels; dgrad over cout x k x k.
+        bwd: sum_of((x[0] * g.oh * g.ow).max(cout * k * k)),
+    };
+    verify::check(
+        gpu(),
+        &case,
+        &|t, v| conv2d::conv2d(t, &v[0], &v[1], stride, pad),
+        &|v| conv2d::reference::conv2d(&v[0], &v[1], &g),
+        &|v, dy| {
+            let (dx, dw) = conv2d::reference::conv2d_grad(&v[0], &v[1], dy, &g);
+            vec![Some(dx), Some(dw)]
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn conv3x3_stride1_and_2_odd_sizes() {
+    check(1, [2, 3, 7, 9], 5, 3, 1, 1);
+    check(2, [3, 5, 9, 8], 7, 3, 2, 1);
+    check(3, [1, 16, 8, 8], 33, 3, 1, 1);
+}
+
+#[test]
+fn conv1x1_and_7x7() {
+    check(4, [2, 6, 5, 5], 4, 1, 2, 0); // option-B shortcut shape
+    check(5, [2, 3, 15, 13], 8, 7, 2, 3); // ImageNet stem shape
+}
+
+#[test]
+fn conv_resnet32_stage_shapes() {
+    // Reduced batch of the ResNet-32 stages, channel counts as in the model.
+    check(6, [2, 16, 32, 32], 16, 3, 1, 1);
+    check(7, [2, 16, 16, 16], 32, 3, 2, 1);
+    check(8, [4, 64, 8, 8], 64, 3, 1, 1);
+}
+
+#[test]
+fn wgrad_split_k_engages() {
+    // A large batch x pixels K: several splits plus the reduction.
+    let g = ConvGeom::new(&[16, 4, 16, 16], &[8, 4, 3, 3], 1, 1).unwrap();
+    let (splits, _) = conv2d::wgrad_splits(&g);
+    assert!(splits > 1, "expected split-K, got {splits}");
+    check(9, [16, 4, 16, 16], 8, 3, 1, 1);
+}

@@ -1,0 +1,131 @@
+//! Batch norm through the harness, its running statistics, eval mode, and per-channel
+//! reductions past 2^17 values.
+
+mod common;
+
+use common::gpu;
+use longtail::ops::batchnorm::{self, BnMode, BnState, EPS, MOMENTUM};
+use longtail::rng::Rng64;
+use longtail::tape::Tape;
+use longtail::tensor::Tensor;
+use longtail::verify::{self, Case, Input, Tolerance, sum_of};
+
+/// Normalisation divides by a standard deviation of ~0.6 and the backward subtracts per-channel
+/// sums of `count` terms: the band is the sum's band times a small factor.
+fn bn_tol(count: usize) -> Tolerance {
+    let t = sum_of(count);
+    Tolerance {
+        abs: 4.0 * t.abs,
+        rel: 4.0 * t.rel,
+    }
+}
+
+fn check(seed: u64, shape: [usize; 4], relu: bool) {
+    let mut rng = Rng64::new(seed);
+    let (b, c, hw) = (shape[0], shape[1], shape[2] * shape[3]);
+    let dims = (b, c, hw);
+    let case = Case {
+        name: format!("batch_norm {shape:?} relu={relu}"),
+        seed,
+        inputs: vec![
+            Input::uniform(&mut rng, &shape, -1.0, 1.5, true),
+            Input::uniform(&mut rng, &[c], 0.5, 1.5, true),
+            Input::uniform(&mut rng, &[c], -0.5, 0.5, true),
+        ],
+        fwd: bn_tol(b * hw),
+        bwd: bn_tol(b * hw),
+    };
+    verify::check(
+        gpu(),
+        &case,
+        &|t, v| {
+            let st = BnState::new(t.gpu(), c)?;
+            batchnorm::batch_norm(t, &v[0], &v[1], &v[2], &st, BnMode::Train, relu)
+        },
+        &|v| batchnorm::reference::batch_norm(&v[0], &v[1], &v[2], dims, EPS as f64, relu),
+        &|v, dy| {
+            let (dx, dg, db) = batchnorm::reference::batch_norm_grad(
+                &v[0], &v[1], &v[2], dy, dims, EPS as f64, relu,
+            );
+            vec![Some(dx), Some(dg), Some(db)]
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn batch_norm_train_odd_shapes() {
+    check(1, [3, 5, 7, 3], false);
+    check(2, [4, 3, 5, 5], true);
+    check(3, [2, 16, 8, 8], true);
+}
+
+#[test]
+fn batch_norm_past_2_17_values_per_channel() {
+    // 128 x 32 x 32 = 131072 values per channel: the ResNet-32 first-stage count.
+    check(4, [128, 2, 32, 32], false);
+    // 2^18 + a remainder, a mean far from zero, to catch a dropped or doubled chunk.
+    let mut rng = Rng64::new(5);
+    let (b, c, h, w) = (257, 1, 32, 32);
+    let data: Vec<f32> = rng.vec_f32(b * c * h * w, 3.0, 5.0);
+    let g = gpu();
+    let x = Tensor::from_f32(g, &[b, c, h, w], &data).unwrap();
+    let one = Tensor::from_f32(g, &[1], &[1.0]).unwrap();
+    let zero = Tensor::from_f32(g, &[1], &[0.0]).unwrap();
+    let st = BnState::new(g, 1).unwrap();
+    let mut tape = Tape::new(g);
+    let y = batchnorm::batch_norm(&mut tape, &x, &one, &zero, &st, BnMode::Train, false).unwrap();
+    tape.run(false);
+    let y = y.to_f32(g).unwrap();
+    let n = y.len() as f64;
+    let mean = y.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = y.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    assert!(mean.abs() < 1e-4, "normalised mean {mean}");
+    assert!((var - 1.0).abs() < 1e-3, "normalised variance {var}");
+}
+
+#[test]
+fn running_statistics_and_eval_mode() {
+    let g = gpu();
+    let mut rng = Rng64::new(6);
+    let (b, c, h, w) = (5, 3, 4, 3);
+    let data = rng.vec_f32(b * c * h * w, -2.0, 3.0);
+    let x = Tensor::from_f32(g, &[b, c, h, w], &data).unwrap();
+    let gamma = Tensor::from_f32(g, &[c], &[1.0, 2.0, 0.5]).unwrap();
+    let beta = Tensor::from_f32(g, &[c], &[0.0, 0.1, -0.2]).unwrap();
+    let st = BnState::new(g, c).unwrap();
+    let mut tape = Tape::new(g);
+    batchnorm::batch_norm(&mut tape, &x, &gamma, &beta, &st, BnMode::Train, false).unwrap();
+    // Two steps: the EMA is applied twice.
+    tape.run(false);
+    tape.run(false);
+    let xd: Vec<f64> = data.iter().map(|&v| v as f64).collect();
+    let mv = batchnorm::reference::moments(&xd, (b, c, h * w));
+    let count = (b * h * w) as f64;
+    let m = MOMENTUM as f64;
+    let rm = st.running_mean.to_f32(g).unwrap();
+    let rv = st.running_var.to_f32(g).unwrap();
+    for ch in 0..c {
+        let want_m = (1.0 - (1.0 - m).powi(2)) * mv[ch].0;
+        let unb = mv[ch].1 * count / (count - 1.0);
+        let want_v = (1.0 - m).powi(2) * 1.0 + (1.0 - (1.0 - m).powi(2)) * unb;
+        assert!((rm[ch] as f64 - want_m).abs() < 1e-5, "running mean {ch}");
+        assert!((rv[ch] as f64 - want_v).abs() < 1e-5, "running var {ch}");
+    }
+    // Eval mode normalises with the running statistics.
+    let mut eval = Tape::new(g);
+    let y = batchnorm::batch_norm(&mut eval, &x, &gamma, &beta, &st, BnMode::Eval, true).unwrap();
+    eval.run(false);
+    let y = y.to_f32(g).unwrap();
+    let (gm, bt) = ([1.0, 2.0, 0.5], [0.0, 0.1, -0.2]);
+    for (i, &v) in y.iter().enumerate() {
+        let ch = (i / (h * w)) % c;
+        let want = ((xd[i] - rm[ch] as f64) / (rv[ch] as f64 + EPS as f64).sqrt() * gm[ch]
+            + bt[ch])
+            .max(0.0);
+        assert!(
+            (v as f64 - want).abs() < 1e-5,
+            "eval output {i}: {v} vs {want}"
+        );
+    }
+}
