@@ -8,6 +8,9 @@ pub const ALL: &[(&str, &str)] = &[
     ("matmul", include_str!("../shaders/matmul.wgsl")),
     ("conv2d", include_str!("../shaders/conv2d.wgsl")),
     ("batchnorm", include_str!("../shaders/batchnorm.wgsl")),
+    ("pool", include_str!("../shaders/pool.wgsl")),
+    ("shortcut", include_str!("../shaders/shortcut.wgsl")),
+    ("normalize", include_str!("../shaders/normalize.wgsl")),
     ("reduce", include_str!("../shaders/reduce.wgsl")),
     (
         "cross_entropy",

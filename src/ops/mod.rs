@@ -6,8 +6,12 @@ pub mod batchnorm;
 pub mod conv2d;
 pub mod cross_entropy;
 pub mod elementwise;
+pub mod linear;
 pub mod matmul;
+pub mod normalize;
+pub mod pool;
 pub mod reduce;
+pub mod shortcut;
 
 use anyhow::{Result, bail};
 
