@@ -1,3 +1,4 @@
 //! Networks built from the ops.
 
 pub mod mlp;
+pub mod resnet;

@@ -1,0 +1,297 @@
+//! ResNets with PyTorch's parameter names and layouts:
+//! - `ResNet-(6n+2)` for CIFAR (kaidic/LDAM-DRW `resnet_cifar.py`: 3x3 conv 16 + BN + ReLU, three
+//!   stages of n basic blocks at 16/32/64 channels, option-A shortcuts, global average pool,
+//!   `linear` or a normed linear); ResNet-32 is n = 5.
+//! - `ResNet-10` for ImageNet-LT (torchvision naming: 7x7/2 stem + BN + ReLU + 3x3/2 max pool,
+//!   four stages of one basic block at 64/128/256/512, option-B `downsample` 1x1 conv + BN,
+//!   global average pool, `fc`).
+//!
+//! Init: Kaiming-normal (fan-in, ReLU gain) for convolutions and linear weights (LDAM-DRW's
+//! `_weights_init`), PyTorch defaults elsewhere: BN weight 1 and bias 0, linear bias
+//! uniform(+-1/sqrt(fan_in)), normed-linear columns uniform(-1, 1) renormalised to unit norm.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+
+use crate::gpu::Gpu;
+use crate::ops::batchnorm::{BnMode, BnState, batch_norm};
+use crate::ops::{conv2d, elementwise, linear, pool, shortcut};
+use crate::params::{Params, ParamsBuilder};
+use crate::rng::Rng64;
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+
+/// Which network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// CIFAR ResNet-(6n+2) with option-A shortcuts.
+    Cifar { n: usize },
+    /// ResNet-10 for ImageNet-LT.
+    ResNet10,
+}
+
+impl Arch {
+    /// `resnet8`, `resnet20`, `resnet32`, `resnet44`, `resnet56`, `resnet110` or `resnet10`.
+    pub fn parse(name: &str) -> Result<Self> {
+        if name == "resnet10" {
+            return Ok(Arch::ResNet10);
+        }
+        if let Some(depth) = name.strip_prefix("resnet").and_then(|d| d.parse::<usize>().ok())
+            && depth >= 8
+            && (depth - 2) % 6 == 0
+        {
+            return Ok(Arch::Cifar { n: (depth - 2) / 6 });
+        }
+        bail!("unknown model {name:?}: expected resnet10 or resnet(6n+2) such as resnet8, resnet20, resnet32")
+    }
+
+    /// Width of the pooled features.
+    pub fn feature_dim(&self) -> usize {
+        match self {
+            Arch::Cifar { .. } => 64,
+            Arch::ResNet10 => 512,
+        }
+    }
+}
+
+/// The classifier on top of the pooled features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Classifier {
+    /// `nn.Linear` with bias.
+    Linear,
+    /// LDAM's cosine classifier (weight `[in, out]`, no bias); logits in [-1, 1].
+    Normed,
+}
+
+/// What to build.
+#[derive(Clone, Copy, Debug)]
+pub struct ResNetConfig {
+    pub arch: Arch,
+    pub in_channels: usize,
+    pub classes: usize,
+    pub classifier: Classifier,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    prefix: String,
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    /// Option B (`downsample` conv + BN) rather than option A, when the shape changes.
+    option_b: bool,
+}
+
+/// A ResNet: parameters in one flat buffer, BN running statistics beside them.
+pub struct ResNet {
+    pub cfg: ResNetConfig,
+    pub params: Params,
+    /// BN running statistics by layer prefix (`bn1`, `layer1.0.bn2`, ...).
+    pub bn: BTreeMap<String, BnState>,
+    blocks: Vec<Block>,
+}
+
+fn kaiming(rng: &mut Rng64, fan_in: usize, n: usize) -> Vec<f32> {
+    let std = (2.0 / fan_in as f64).sqrt();
+    (0..n).map(|_| (std * rng.normal()) as f32).collect()
+}
+
+impl ResNet {
+    /// Build and initialise the network.
+    pub fn new(gpu: &Gpu, cfg: ResNetConfig) -> Result<Self> {
+        if cfg.in_channels == 0 || cfg.classes == 0 {
+            bail!("a ResNet needs at least one input channel and one class");
+        }
+        let mut rng = Rng64::new(cfg.seed);
+        let mut pb = ParamsBuilder::default();
+        let mut bn = BTreeMap::new();
+        let mut conv = |pb: &mut ParamsBuilder, name: &str, o: usize, i: usize, k: usize| {
+            pb.add(&format!("{name}.weight"), &[o, i, k, k], kaiming(&mut rng, i * k * k, o * i * k * k))
+        };
+        let mut add_bn = |pb: &mut ParamsBuilder, name: &str, c: usize| -> Result<()> {
+            pb.add(&format!("{name}.weight"), &[c], vec![1.0; c])?;
+            pb.add(&format!("{name}.bias"), &[c], vec![0.0; c])?;
+            bn.insert(name.to_string(), BnState::new(gpu, c)?);
+            Ok(())
+        };
+        let mut blocks = Vec::new();
+        let (stem_c, stages): (usize, Vec<(usize, usize, usize)>) = match cfg.arch {
+            Arch::Cifar { n } => (16, vec![(16, n, 1), (32, n, 2), (64, n, 2)]),
+            Arch::ResNet10 => (64, vec![(64, 1, 1), (128, 1, 2), (256, 1, 2), (512, 1, 2)]),
+        };
+        let stem_k = if cfg.arch == Arch::ResNet10 { 7 } else { 3 };
+        conv(&mut pb, "conv1", stem_c, cfg.in_channels, stem_k)?;
+        add_bn(&mut pb, "bn1", stem_c)?;
+        let mut cin = stem_c;
+        for (si, &(cout, n, stride)) in stages.iter().enumerate() {
+            for j in 0..n {
+                let prefix = format!("layer{}.{j}", si + 1);
+                let s = if j == 0 { stride } else { 1 };
+                conv(&mut pb, &format!("{prefix}.conv1"), cout, cin, 3)?;
+                add_bn(&mut pb, &format!("{prefix}.bn1"), cout)?;
+                conv(&mut pb, &format!("{prefix}.conv2"), cout, cout, 3)?;
+                add_bn(&mut pb, &format!("{prefix}.bn2"), cout)?;
+                let option_b = cfg.arch == Arch::ResNet10 && (s != 1 || cin != cout);
+                if option_b {
+                    conv(&mut pb, &format!("{prefix}.downsample.0"), cout, cin, 1)?;
+                    add_bn(&mut pb, &format!("{prefix}.downsample.1"), cout)?;
+                }
+                blocks.push(Block {
+                    prefix,
+                    cin,
+                    cout,
+                    stride: s,
+                    option_b,
+                });
+                cin = cout;
+            }
+        }
+        let d = cfg.arch.feature_dim();
+        let head = Self::head_name(cfg.arch);
+        match cfg.classifier {
+            Classifier::Linear => {
+                pb.add(&format!("{head}.weight"), &[cfg.classes, d], kaiming(&mut rng, d, cfg.classes * d))?;
+                let b = 1.0 / (d as f64).sqrt();
+                pb.add(&format!("{head}.bias"), &[cfg.classes], rng.vec_f32(cfg.classes, -b, b))?;
+            }
+            Classifier::Normed => {
+                let mut w: Vec<f32> = rng.vec_f32(d * cfg.classes, -1.0, 1.0);
+                for c in 0..cfg.classes {
+                    let norm = (0..d).map(|i| (w[i * cfg.classes + c] as f64).powi(2)).sum::<f64>().sqrt();
+                    for i in 0..d {
+                        w[i * cfg.classes + c] = (w[i * cfg.classes + c] as f64 / norm.max(1e-12)) as f32;
+                    }
+                }
+                pb.add(&format!("{head}.weight"), &[d, cfg.classes], w)?;
+            }
+        }
+        Ok(Self {
+            cfg,
+            params: pb.build(gpu)?,
+            bn,
+            blocks,
+        })
+    }
+
+    /// Name of the classifier layer: `linear` (CIFAR) or `fc` (ImageNet).
+    pub fn head_name(arch: Arch) -> &'static str {
+        match arch {
+            Arch::Cifar { .. } => "linear",
+            Arch::ResNet10 => "fc",
+        }
+    }
+
+    fn bn_layer(
+        &self,
+        tape: &mut Tape,
+        name: &str,
+        x: &Tensor,
+        mode: BnMode,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let state = self.bn.get(name).expect("BN registered at build");
+        batch_norm(
+            tape,
+            x,
+            self.params.get(&format!("{name}.weight"))?,
+            self.params.get(&format!("{name}.bias"))?,
+            state,
+            mode,
+            relu,
+        )
+    }
+
+    fn conv(&self, tape: &mut Tape, name: &str, x: &Tensor, stride: usize) -> Result<Tensor> {
+        let w = self.params.get(&format!("{name}.weight"))?;
+        let pad = w.shape()[2] / 2;
+        conv2d::conv2d(tape, x, w, stride, pad)
+    }
+
+    /// Record the backbone: `x: [B, C, H, W]` to pooled features `[B, d]`.
+    pub fn features(&self, tape: &mut Tape, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        match x.shape() {
+            [_, c, h, w] if *c == self.cfg.in_channels && *h > 0 && *w > 0 => {}
+            s => bail!(
+                "model input must be [B, {}, H, W], got {s:?}",
+                self.cfg.in_channels
+            ),
+        }
+        let stride = if self.cfg.arch == Arch::ResNet10 { 2 } else { 1 };
+        let mut h = self.conv(tape, "conv1", x, stride)?;
+        h = self.bn_layer(tape, "bn1", &h, mode, true)?;
+        if self.cfg.arch == Arch::ResNet10 {
+            h = pool::max_pool2d(tape, &h, 3, 2, 1)?;
+        }
+        for b in &self.blocks {
+            let p = &b.prefix;
+            let mut o = self.conv(tape, &format!("{p}.conv1"), &h, b.stride)?;
+            o = self.bn_layer(tape, &format!("{p}.bn1"), &o, mode, true)?;
+            o = self.conv(tape, &format!("{p}.conv2"), &o, 1)?;
+            o = self.bn_layer(tape, &format!("{p}.bn2"), &o, mode, false)?;
+            let short = if b.option_b {
+                let s = self.conv(tape, &format!("{p}.downsample.0"), &h, b.stride)?;
+                self.bn_layer(tape, &format!("{p}.downsample.1"), &s, mode, false)?
+            } else if b.stride != 1 || b.cin != b.cout {
+                shortcut::option_a(tape, &h, b.cout, b.stride)?
+            } else {
+                h.clone()
+            };
+            o = elementwise::add(tape, &o, &short)?;
+            h = elementwise::relu(tape, &o)?;
+        }
+        pool::global_avg_pool(tape, &h)
+    }
+
+    /// Record the classifier on features `[B, d]`.
+    pub fn classify(&self, tape: &mut Tape, f: &Tensor) -> Result<Tensor> {
+        let head = Self::head_name(self.cfg.arch);
+        let w = self.params.get(&format!("{head}.weight"))?;
+        match self.cfg.classifier {
+            Classifier::Linear => {
+                linear::linear(tape, f, w, Some(self.params.get(&format!("{head}.bias"))?))
+            }
+            Classifier::Normed => linear::normed_linear(tape, f, w),
+        }
+    }
+
+    /// Record the whole network: images to logits.
+    pub fn forward(&self, tape: &mut Tape, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let f = self.features(tape, x, mode)?;
+        self.classify(tape, &f)
+    }
+}
+
+/// A recorded ResNet training step (cross-entropy loss) with its input slots.
+pub struct ResNetStep {
+    pub step: crate::step::TrainStep,
+    /// Images `[B, C, H, W]`, written before each step.
+    pub x: Tensor,
+    /// Labels `[B]` (u32).
+    pub y: Tensor,
+}
+
+impl ResNet {
+    /// Record forward, cross-entropy, backward and SGD for batches of `shape = [B, C, H, W]`.
+    pub fn train_step(
+        &self,
+        gpu: &Gpu,
+        shape: [usize; 4],
+        sgd: crate::optim::SgdConfig,
+    ) -> Result<ResNetStep> {
+        let x = Tensor::zeros(gpu, &shape, crate::tensor::DType::F32)?;
+        let y = Tensor::zeros(gpu, &[shape[0]], crate::tensor::DType::U32)?;
+        let mut tape = Tape::new(gpu);
+        let logits = self.forward(&mut tape, &x, BnMode::Train)?;
+        let loss = crate::ops::cross_entropy::cross_entropy(&mut tape, &logits, &y, None)?;
+        self.params.attach(&mut tape)?;
+        tape.backward(&loss)?;
+        let sgd = crate::optim::Sgd::new(gpu, &self.params, sgd)?;
+        Ok(ResNetStep {
+            step: crate::step::TrainStep::new(gpu, tape, sgd, loss)?,
+            x,
+            y,
+        })
+    }
+}
