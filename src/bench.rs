@@ -48,6 +48,9 @@ pub const KERNELS: &[(&str, &[&str])] = &[
         "matmul",
         &["1024x1024x1024", "128x64x64", "128x10x64", "4096x64x128"],
     ),
+    ("conv_fwd", CONV_SHAPES),
+    ("conv_dgrad", CONV_SHAPES),
+    ("conv_wgrad", CONV_SHAPES),
     ("add", &["1048576"]),
     ("mul", &["1048576"]),
     ("scale", &["1048576"]),
@@ -55,6 +58,15 @@ pub const KERNELS: &[(&str, &[&str])] = &[
     ("reduce_sum", &["1024x1024", "1x262144"]),
     ("cross_entropy", &["128x10", "256x1000"]),
     ("sgd", &["466906"]),
+];
+
+/// ResNet-32 at batch 128: `BxCinxHxWxCoutxKxStride` (padding K/2).
+const CONV_SHAPES: &[&str] = &[
+    "128x16x32x32x16x3x1",
+    "128x16x32x32x32x3x2",
+    "128x32x16x16x32x3x1",
+    "128x32x16x16x64x3x2",
+    "128x64x8x8x64x3x1",
 ];
 
 fn dims(shape: &str, n: usize) -> Result<Vec<usize>> {
@@ -96,6 +108,34 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             let f = 2.0 * (m * n * k) as f64;
             let by = 4.0 * (m * k + k * n + m * n) as f64;
             mk(vec![disp], f, by, vec![a, b, c])
+        }
+        "conv_fwd" | "conv_dgrad" | "conv_wgrad" => {
+            use crate::ops::conv2d;
+            let d = dims(shape, 7)?;
+            let xs = [d[0], d[1], d[2], d[3]];
+            let ws = [d[4], d[1], d[5], d[5]];
+            let g = conv2d::ConvGeom::new(&xs, &ws, d[6], d[5] / 2)?;
+            let x = random(gpu, &mut rng, &xs)?;
+            let w = random(gpu, &mut rng, &ws)?;
+            let y = random(gpu, &mut rng, &g.out_shape())?;
+            let dx = Tensor::zeros(gpu, &xs, DType::F32)?;
+            let dw = Tensor::zeros(gpu, &ws, DType::F32)?;
+            let (xn, wn, yn) = (x.numel() as f64, w.numel() as f64, y.numel() as f64);
+            let (disp, bytes) = match kernel {
+                "conv_fwd" => (
+                    vec![conv2d::forward_dispatch(gpu, &g, &x, &w, &y, 0.0)?],
+                    xn + wn + yn,
+                ),
+                "conv_dgrad" => (
+                    vec![conv2d::dgrad_dispatch(gpu, &g, &y, &w, &dx, 0.0)?],
+                    xn + wn + yn,
+                ),
+                _ => (
+                    conv2d::wgrad_dispatches(gpu, &g, &y, &x, &dw, 0.0)?,
+                    xn + wn + yn,
+                ),
+            };
+            mk(disp, g.flops(), 4.0 * bytes, vec![x, w, y, dx, dw])
         }
         "add" | "mul" | "scale" | "relu" => {
             let n = dims(shape, 1)?[0];
@@ -305,4 +345,153 @@ pub fn time_case(gpu: &Gpu, case: &Case, samples: usize) -> Result<Measurement> 
         samples: times.len(),
         repeats,
     })
+}
+
+/// Whole-step benchmark of a model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelMeasurement {
+    pub model: String,
+    pub batch: usize,
+    pub size: usize,
+    /// Median milliseconds per training step (forward, loss, backward, SGD; loss read back).
+    pub ms: f64,
+    pub images_per_s: f64,
+    pub samples: usize,
+    /// Launches per step.
+    pub launches: usize,
+    /// (family, share of GPU time) from a separate profiling run; empty without timestamps.
+    pub breakdown: Vec<(String, f64)>,
+    pub timer: &'static str,
+}
+
+/// Time training steps of `arch` at `[batch, channels, size, size]` with random data.
+pub fn bench_model(
+    gpu: &Gpu,
+    arch: &str,
+    batch: usize,
+    size: usize,
+    channels: usize,
+    samples: usize,
+) -> Result<ModelMeasurement> {
+    use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
+    if batch < 2 || size == 0 || channels == 0 {
+        bail!("--batch must be >= 2 (batch norm) and --size, --channels >= 1");
+    }
+    let model = ResNet::new(
+        gpu,
+        ResNetConfig {
+            arch: Arch::parse(arch)?,
+            in_channels: channels,
+            classes: 10,
+            classifier: Classifier::Linear,
+            seed: 1,
+        },
+    )?;
+    let st = model.train_step(
+        gpu,
+        [batch, channels, size, size],
+        crate::optim::SgdConfig {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 2e-4,
+            nesterov: false,
+        },
+    )?;
+    let mut rng = Rng64::new(1);
+    st.x.write_f32(gpu, &rng.vec_f32(batch * channels * size * size, -1.0, 1.0))?;
+    let labels: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
+    st.y.write_u32(gpu, &labels)?;
+    st.step.run()?; // compile and first touch
+    let mut times = Vec::new();
+    for _ in 0..samples.max(1) {
+        let t0 = Instant::now();
+        st.step.run()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let med = times[times.len() / 2];
+    let launches: Vec<(&'static str, &Dispatch)> = st
+        .step
+        .tape
+        .launches()
+        .map(|l| (l.family, &l.dispatch))
+        .chain(std::iter::once(("sgd", st.step.sgd.dispatch())))
+        .collect();
+    let breakdown = if gpu.has_timestamps() {
+        profile(gpu, &launches)?
+    } else {
+        Vec::new()
+    };
+    Ok(ModelMeasurement {
+        model: arch.to_string(),
+        batch,
+        size,
+        ms: med * 1e3,
+        images_per_s: batch as f64 / med,
+        samples: times.len(),
+        launches: launches.len(),
+        breakdown,
+        timer: "wall-clock",
+    })
+}
+
+/// GPU time share per family: every launch in its own pass bracketed by timestamps.
+fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Vec<(String, f64)>> {
+    let n = launches.len() as u32;
+    // wgpu caps a query set at 4096 queries: profile in chunks.
+    let chunk = 2000u32;
+    let mut per: std::collections::BTreeMap<&str, f64> = Default::default();
+    for start in (0..n).step_by(chunk as usize) {
+        let end = (start + chunk).min(n);
+        let count = 2 * (end - start);
+        let qs = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let bytes = count as u64 * 8;
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile read"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for i in start..end {
+            let q = 2 * (i - start);
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &qs,
+                    beginning_of_pass_write_index: Some(q),
+                    end_of_pass_write_index: Some(q + 1),
+                }),
+            });
+            launches[i as usize].1.encode(&mut pass);
+        }
+        enc.resolve_query_set(&qs, 0..count, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+        gpu.queue.submit([enc.finish()]);
+        let raw = crate::gpu::map_read(gpu, &read, bytes)?;
+        let t: &[u64] = bytemuck::cast_slice(&raw);
+        let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        for i in start..end {
+            let q = 2 * (i - start) as usize;
+            *per.entry(launches[i as usize].0).or_default() +=
+                t[q + 1].saturating_sub(t[q]) as f64 * period;
+        }
+    }
+    let total: f64 = per.values().sum::<f64>().max(1e-12);
+    let mut v: Vec<(String, f64)> = per
+        .into_iter()
+        .map(|(k, s)| (k.to_string(), s / total))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(v)
 }

@@ -84,6 +84,11 @@ impl Sgd {
         self.cfg
     }
 
+    /// The recorded launch.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
     /// The recorded launch (benchmarks replay it alone).
     pub fn into_dispatch(self) -> Dispatch {
         self.dispatch
@@ -92,5 +97,21 @@ impl Sgd {
     /// Encode the update.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
         self.dispatch.encode(pass);
+    }
+}
+
+/// CPU reference (f64) of one `torch.optim.SGD` step (dampening 0), in place.
+pub mod reference {
+    use super::SgdConfig;
+
+    /// Update `w` and the momentum buffer `v` with gradient `g`.
+    pub fn sgd_step(w: &mut [f64], v: &mut [f64], g: &[f64], c: &SgdConfig) {
+        let (lr, m, wd) = (c.lr as f64, c.momentum as f64, c.weight_decay as f64);
+        for i in 0..w.len() {
+            let d = g[i] + wd * w[i];
+            v[i] = m * v[i] + d;
+            let upd = if c.nesterov { d + m * v[i] } else { v[i] };
+            w[i] -= lr * upd;
+        }
     }
 }

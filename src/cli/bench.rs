@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use longtail::bench::{select, time_case};
+use longtail::bench::{bench_model, select, time_case};
 use longtail::gpu::Gpu;
 
 #[derive(Args)]
@@ -20,9 +20,37 @@ pub struct BenchArgs {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+    /// Time whole training steps of a model instead (resnet8/20/32/..., resnet10).
+    #[arg(long)]
+    model: Option<String>,
+    /// Batch size for --model.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Image size for --model (32 for CIFAR, 112 or 224 for ImageNet).
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// Input channels for --model.
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
 }
 
 pub fn run(gpu: &Gpu, a: BenchArgs) -> Result<()> {
+    if let Some(model) = &a.model {
+        let m = bench_model(gpu, model, a.batch, a.size, a.channels, a.samples)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&m)?);
+        } else {
+            println!("adapter: {}", gpu.describe());
+            println!(
+                "{} batch {} at {}x{}: {:.1} ms/step, {:.2} images/s (median of {}, {} launches per step)",
+                m.model, m.batch, m.size, m.size, m.ms, m.images_per_s, m.samples, m.launches
+            );
+            for (fam, share) in &m.breakdown {
+                println!("  {fam:<12} {:>5.1} %", 100.0 * share);
+            }
+        }
+        return Ok(());
+    }
     let cases = select(gpu, a.kernel.as_deref(), a.shape.as_deref())?;
     if !a.json {
         println!("adapter: {}", gpu.describe());

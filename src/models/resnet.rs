@@ -37,13 +37,17 @@ impl Arch {
         if name == "resnet10" {
             return Ok(Arch::ResNet10);
         }
-        if let Some(depth) = name.strip_prefix("resnet").and_then(|d| d.parse::<usize>().ok())
+        if let Some(depth) = name
+            .strip_prefix("resnet")
+            .and_then(|d| d.parse::<usize>().ok())
             && depth >= 8
             && (depth - 2) % 6 == 0
         {
             return Ok(Arch::Cifar { n: (depth - 2) / 6 });
         }
-        bail!("unknown model {name:?}: expected resnet10 or resnet(6n+2) such as resnet8, resnet20, resnet32")
+        bail!(
+            "unknown model {name:?}: expected resnet10 or resnet(6n+2) such as resnet8, resnet20, resnet32"
+        )
     }
 
     /// Width of the pooled features.
@@ -108,7 +112,11 @@ impl ResNet {
         let mut pb = ParamsBuilder::default();
         let mut bn = BTreeMap::new();
         let mut conv = |pb: &mut ParamsBuilder, name: &str, o: usize, i: usize, k: usize| {
-            pb.add(&format!("{name}.weight"), &[o, i, k, k], kaiming(&mut rng, i * k * k, o * i * k * k))
+            pb.add(
+                &format!("{name}.weight"),
+                &[o, i, k, k],
+                kaiming(&mut rng, i * k * k, o * i * k * k),
+            )
         };
         let mut add_bn = |pb: &mut ParamsBuilder, name: &str, c: usize| -> Result<()> {
             pb.add(&format!("{name}.weight"), &[c], vec![1.0; c])?;
@@ -152,16 +160,28 @@ impl ResNet {
         let head = Self::head_name(cfg.arch);
         match cfg.classifier {
             Classifier::Linear => {
-                pb.add(&format!("{head}.weight"), &[cfg.classes, d], kaiming(&mut rng, d, cfg.classes * d))?;
+                pb.add(
+                    &format!("{head}.weight"),
+                    &[cfg.classes, d],
+                    kaiming(&mut rng, d, cfg.classes * d),
+                )?;
                 let b = 1.0 / (d as f64).sqrt();
-                pb.add(&format!("{head}.bias"), &[cfg.classes], rng.vec_f32(cfg.classes, -b, b))?;
+                pb.add(
+                    &format!("{head}.bias"),
+                    &[cfg.classes],
+                    rng.vec_f32(cfg.classes, -b, b),
+                )?;
             }
             Classifier::Normed => {
                 let mut w: Vec<f32> = rng.vec_f32(d * cfg.classes, -1.0, 1.0);
                 for c in 0..cfg.classes {
-                    let norm = (0..d).map(|i| (w[i * cfg.classes + c] as f64).powi(2)).sum::<f64>().sqrt();
+                    let norm = (0..d)
+                        .map(|i| (w[i * cfg.classes + c] as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
                     for i in 0..d {
-                        w[i * cfg.classes + c] = (w[i * cfg.classes + c] as f64 / norm.max(1e-12)) as f32;
+                        w[i * cfg.classes + c] =
+                            (w[i * cfg.classes + c] as f64 / norm.max(1e-12)) as f32;
                     }
                 }
                 pb.add(&format!("{head}.weight"), &[d, cfg.classes], w)?;
@@ -218,7 +238,11 @@ impl ResNet {
                 self.cfg.in_channels
             ),
         }
-        let stride = if self.cfg.arch == Arch::ResNet10 { 2 } else { 1 };
+        let stride = if self.cfg.arch == Arch::ResNet10 {
+            2
+        } else {
+            1
+        };
         let mut h = self.conv(tape, "conv1", x, stride)?;
         h = self.bn_layer(tape, "bn1", &h, mode, true)?;
         if self.cfg.arch == Arch::ResNet10 {

@@ -9,7 +9,6 @@ use crate::ops::reduce;
 use crate::tape::Tape;
 use crate::tensor::{DType, Tensor};
 
-const TM: usize = 32;
 const TN: usize = 64;
 const TK: usize = 16;
 /// wgrad splits K until at least this many workgroups run (enough for a multi-core CPU or a
@@ -144,6 +143,45 @@ impl ConvGeom {
     }
 }
 
+/// Tile height for `m` output rows: 16 when the GEMM has at most 16 rows (16-channel layers),
+/// else 32.
+fn rows_per_invocation(m: usize) -> usize {
+    if m <= 16 { 2 } else { 4 }
+}
+
+/// The gather table of `mode` (see `shaders/conv2d.wgsl`).
+fn table(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Result<Tensor> {
+    let mut t: Vec<i32> = Vec::new();
+    let khw = g.kh * g.kw;
+    let chans = if mode == Mode::Dgrad { g.cout } else { g.cin };
+    for c in 0..chans {
+        for kh in 0..g.kh {
+            for kw in 0..g.kw {
+                let e = match mode {
+                    Mode::Dgrad => [
+                        (c * g.oh * g.ow) as i32,
+                        kh as i32,
+                        kw as i32,
+                        (c * g.cin * khw + kh * g.kw + kw) as i32,
+                    ],
+                    _ => [
+                        (c * g.h * g.w + kh * g.w + kw) as i32,
+                        kh as i32,
+                        kw as i32,
+                        0,
+                    ],
+                };
+                t.extend_from_slice(&e);
+            }
+        }
+    }
+    let n = t.len();
+    let tensor = Tensor::zeros(gpu, &[n], DType::U32)?;
+    gpu.queue
+        .write_buffer(tensor.buffer(), tensor.offset(), bytemuck::cast_slice(&t));
+    Ok(tensor)
+}
+
 #[allow(clippy::too_many_arguments)] // one launch = geometry, mode, three buffers, split plan
 fn launch(
     gpu: &Gpu,
@@ -157,15 +195,26 @@ fn launch(
     beta: f32,
 ) -> Result<Dispatch> {
     let (m, n, _) = g.gemm(mode);
+    let rm = rows_per_invocation(m);
     let p = g.params(mode, kchunk, splits, beta);
+    let tab = table(gpu, g, mode)?;
+    let entry = match mode {
+        Mode::Forward => "conv_forward",
+        Mode::Dgrad => "conv_dgrad",
+        Mode::Wgrad => "conv_wgrad",
+    };
     Dispatch::build_with(
         gpu,
         "conv2d",
-        "conv",
-        &[a.read(), b.read(), dst.write()],
+        entry,
+        &[a.read(), b.read(), tab.read(), dst.write()],
         bytemuck::bytes_of(&p),
-        [n.div_ceil(TN) as u32, m.div_ceil(TM) as u32, splits as u32],
-        &[("MODE", mode as u32 as f64)],
+        [
+            n.div_ceil(TN) as u32,
+            m.div_ceil(8 * rm) as u32,
+            splits as u32,
+        ],
+        &[("RM", rm as f64)],
     )
 }
 
@@ -198,7 +247,7 @@ pub fn dgrad_dispatch(
 /// The split-K plan of wgrad: (splits, K values per split).
 pub fn wgrad_splits(g: &ConvGeom) -> (usize, usize) {
     let (m, n, k) = g.gemm(Mode::Wgrad);
-    let tiles = m.div_ceil(TM) * n.div_ceil(TN);
+    let tiles = m.div_ceil(8 * rows_per_invocation(m)) * n.div_ceil(TN);
     let want = WGRAD_MIN_WORKGROUPS.div_ceil(tiles).max(1);
     let most = k.div_ceil(WGRAD_MIN_CHUNK).max(1);
     let splits = want.min(most);
