@@ -6,6 +6,7 @@
 //! [`bench`] (kernel benchmarks), [`models`].
 
 pub mod bench;
+pub mod checkpoint;
 pub mod gpu;
 pub mod models;
 pub mod ops;

@@ -1,0 +1,149 @@
+//! Weights in PyTorch's safetensors layout: PyTorch-exported ResNets give PyTorch's logits here,
+//! saving and loading round-trips, and bad files get clear errors.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::gpu;
+use longtail::checkpoint::{load_model, save_model, state_dict};
+use longtail::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
+use longtail::ops::batchnorm::BnMode;
+use longtail::tape::Tape;
+use longtail::tensor::Tensor;
+
+/// PyTorch (f32, its own summation order) and longtail differ by rounding over ~30 layers:
+/// 1e-4 of the largest logit is ~100x what shows in practice and far below any real mistake.
+const LOGIT_REL_TOL: f64 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/fixtures")
+        .join(name)
+}
+
+fn model(arch: Arch, classifier: Classifier) -> ResNet {
+    ResNet::new(
+        gpu(),
+        ResNetConfig {
+            arch,
+            in_channels: 3,
+            classes: 10,
+            classifier,
+            seed: 99,
+        },
+    )
+    .unwrap()
+}
+
+fn io(name: &str) -> (Vec<f32>, Vec<f32>) {
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f = |k: &str| -> Vec<f32> {
+        bytemuck::pod_collect_to_vec::<u8, f32>(st.tensor(k).unwrap().data())
+    };
+    (f("x"), f("logits"))
+}
+
+fn check_against_pytorch(weights: &str, io_file: &str, arch: Arch, classifier: Classifier) {
+    let g = gpu();
+    let m = model(arch, classifier);
+    let tracked = load_model(g, &fixture(weights), &m).unwrap();
+    assert_eq!(tracked, 3, "num_batches_tracked from the fixture");
+    let (x, want) = io(io_file);
+    let xt = Tensor::from_f32(g, &[4, 3, 32, 32], &x).unwrap();
+    let mut tape = Tape::new(g);
+    let z = m.forward(&mut tape, &xt, BnMode::Eval).unwrap();
+    tape.run(false);
+    let got = z.to_f32(g).unwrap();
+    let scale = want.iter().fold(0f64, |a, &b| a.max((b as f64).abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .fold(0f64, |a, (&x, &y)| a.max((x as f64 - y as f64).abs()));
+    eprintln!("{weights}: max |logit - PyTorch| = {worst:e} (largest logit {scale})");
+    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+        let d = (a as f64 - b as f64).abs();
+        assert!(
+            d <= LOGIT_REL_TOL * scale,
+            "{weights}: logit {i}: {a} vs PyTorch {b} (|diff| {d:e}, scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn resnet32_imported_from_pytorch_gives_pytorchs_logits() {
+    check_against_pytorch(
+        "resnet32_linear.safetensors",
+        "resnet32_linear_io.safetensors",
+        Arch::Cifar { n: 5 },
+        Classifier::Linear,
+    );
+}
+
+#[test]
+fn resnet8_normed_head_imported_from_pytorch() {
+    check_against_pytorch(
+        "resnet8_normed.safetensors",
+        "resnet8_normed_io.safetensors",
+        Arch::Cifar { n: 1 },
+        Classifier::Normed,
+    );
+}
+
+#[test]
+fn save_then_load_round_trips() {
+    let g = gpu();
+    let a = model(Arch::Cifar { n: 1 }, Classifier::Linear);
+    let dir = std::env::temp_dir().join(format!("longtail-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    save_model(g, &path, &a, 7).unwrap();
+    let b = ResNet::new(g, ResNetConfig { seed: 5, ..a.cfg }).unwrap();
+    assert_eq!(load_model(g, &path, &b).unwrap(), 7);
+    let (sa, sb) = (state_dict(g, &a, 7).unwrap(), state_dict(g, &b, 7).unwrap());
+    assert_eq!(sa.keys().collect::<Vec<_>>(), sb.keys().collect::<Vec<_>>());
+    for (k, v) in &sa {
+        assert_eq!(v.bytes, sb[k].bytes, "{k}");
+    }
+    assert!(sa.contains_key("layer1.0.bn2.num_batches_tracked"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_files_get_clear_errors() {
+    let g = gpu();
+    let dir = std::env::temp_dir().join(format!("longtail-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Not safetensors at all.
+    let junk = dir.join("junk.safetensors");
+    std::fs::write(&junk, b"hello").unwrap();
+    let m8 = model(Arch::Cifar { n: 1 }, Classifier::Linear);
+    let e = format!("{:#}", load_model(g, &junk, &m8).unwrap_err());
+    assert!(
+        e.contains("junk.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+    // Missing file.
+    let e = format!(
+        "{:#}",
+        load_model(g, &dir.join("nope.safetensors"), &m8).unwrap_err()
+    );
+    assert!(e.contains("nope.safetensors"), "{e}");
+    // ResNet-32 weights into ResNet-8: unexpected keys.
+    let e = format!(
+        "{:#}",
+        load_model(g, &fixture("resnet32_linear.safetensors"), &m8).unwrap_err()
+    );
+    assert!(
+        e.contains("unexpected tensors") && e.contains("layer1.1."),
+        "{e}"
+    );
+    // ResNet-8 normed weights into a linear-head ResNet-8: wrong shape / missing bias.
+    let e = format!(
+        "{:#}",
+        load_model(g, &fixture("resnet8_normed.safetensors"), &m8).unwrap_err()
+    );
+    assert!(e.contains("linear.weight") && e.contains("shape"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
