@@ -8,9 +8,9 @@
 // writes dst[z, M, N] and a reduction sums the splits (one split writes dW directly).
 //
 // Tiling: a (8*RM) x 64 tile of C per workgroup of 8 x 8 invocations, each holding an RM x 8
-// block in named vec4 registers (llvmpipe keeps loop-indexed arrays in memory); K advances in
-// slabs of 16 through workgroup memory. RM (override, 4 or 2) lets 16-channel layers use a
-// 16-row tile. Index decoding stays out of the inner loops: each invocation's column (or row of
+// block in named vec4 fields (llvmpipe keeps loop-indexed arrays in memory); K advances in
+// slabs of 16 through workgroup memory. RM (override: 2, 4 or 8) fits the tile height to the
+// channel count (16, 32, >= 64). Index decoding stays out of the inner loops: each invocation's column (or row of
 // K) is decoded once, and `tab` (built on the host per geometry) maps a (channel, kh, kw) index
 // to its offsets, so the gathers need no integer division (scalarised and slow on CPUs).
 
@@ -28,36 +28,60 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-override RM: u32 = 4u;
+override RM: u32 = 4u;   // rows per invocation: 2, 4 or 8
 
 const TN: u32 = 64u;
 const TK: u32 = 16u;
-const AS: u32 = 32u;   // row stride of As (the largest tile height)
+const AS: u32 = 64u;   // row stride of As (the largest tile height)
 
-var<workgroup> As: array<f32, 512>;    // [TK][AS]
-var<workgroup> Bs: array<f32, 1024>;   // [TK][TN]
+// Read as vec4 in the inner product: llvmpipe turns each workgroup-memory access into a loop over
+// the SIMD lanes, so one vec4 access costs about what one scalar does.
+var<workgroup> As: array<vec4<f32>, 256>;    // [TK][AS / 4]
+var<workgroup> Bs: array<vec4<f32>, 256>;    // [TK][TN / 4]
 
-fn mma(ty: u32, tx: u32,
-       c0a: ptr<function, vec4<f32>>, c0b: ptr<function, vec4<f32>>,
-       c1a: ptr<function, vec4<f32>>, c1b: ptr<function, vec4<f32>>,
-       c2a: ptr<function, vec4<f32>>, c2b: ptr<function, vec4<f32>>,
-       c3a: ptr<function, vec4<f32>>, c3b: ptr<function, vec4<f32>>) {
+fn put_a(kk: u32, mm: u32, v: f32) { As[kk * (AS / 4u) + mm / 4u][mm % 4u] = v; }
+fn put_b(kk: u32, nn: u32, v: f32) { Bs[kk * (TN / 4u) + nn / 4u][nn % 4u] = v; }
+
+fn mma(ty: u32, tx: u32, c: ptr<function, Acc>) {
     for (var kk = 0u; kk < TK; kk++) {
-        let ab = kk * AS + ty * RM;
-        let bb = kk * TN + tx * 8u;
-        let b0 = vec4<f32>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]);
-        let b1 = vec4<f32>(Bs[bb + 4u], Bs[bb + 5u], Bs[bb + 6u], Bs[bb + 7u]);
-        let a0 = vec4<f32>(As[ab]);
-        let a1 = vec4<f32>(As[ab + 1u]);
-        *c0a = fma(a0, b0, *c0a); *c0b = fma(a0, b1, *c0b);
-        *c1a = fma(a1, b0, *c1a); *c1b = fma(a1, b1, *c1b);
-        if (RM == 4u) {
-            let a2 = vec4<f32>(As[ab + 2u]);
-            let a3 = vec4<f32>(As[ab + 3u]);
-            *c2a = fma(a2, b0, *c2a); *c2b = fma(a2, b1, *c2b);
-            *c3a = fma(a3, b0, *c3a); *c3b = fma(a3, b1, *c3b);
+        let bb = kk * (TN / 4u) + tx * 2u;
+        let b0 = Bs[bb];
+        let b1 = Bs[bb + 1u];
+        let ab = kk * (AS / 4u) + (ty * RM) / 4u;
+        let av = As[ab];
+        if (RM == 2u) {
+            // Two rows: one half of the vec4.
+            var a0 = av.x; var a1 = av.y;
+            if ((ty & 1u) == 1u) { a0 = av.z; a1 = av.w; }
+            (*c).r0a = fma(vec4<f32>(a0), b0, (*c).r0a); (*c).r0b = fma(vec4<f32>(a0), b1, (*c).r0b);
+            (*c).r1a = fma(vec4<f32>(a1), b0, (*c).r1a); (*c).r1b = fma(vec4<f32>(a1), b1, (*c).r1b);
+        } else {
+            (*c).r0a = fma(vec4<f32>(av.x), b0, (*c).r0a); (*c).r0b = fma(vec4<f32>(av.x), b1, (*c).r0b);
+            (*c).r1a = fma(vec4<f32>(av.y), b0, (*c).r1a); (*c).r1b = fma(vec4<f32>(av.y), b1, (*c).r1b);
+            (*c).r2a = fma(vec4<f32>(av.z), b0, (*c).r2a); (*c).r2b = fma(vec4<f32>(av.z), b1, (*c).r2b);
+            (*c).r3a = fma(vec4<f32>(av.w), b0, (*c).r3a); (*c).r3b = fma(vec4<f32>(av.w), b1, (*c).r3b);
+            if (RM == 8u) {
+                let aw = As[ab + 1u];
+                (*c).r4a = fma(vec4<f32>(aw.x), b0, (*c).r4a); (*c).r4b = fma(vec4<f32>(aw.x), b1, (*c).r4b);
+                (*c).r5a = fma(vec4<f32>(aw.y), b0, (*c).r5a); (*c).r5b = fma(vec4<f32>(aw.y), b1, (*c).r5b);
+                (*c).r6a = fma(vec4<f32>(aw.z), b0, (*c).r6a); (*c).r6b = fma(vec4<f32>(aw.z), b1, (*c).r6b);
+                (*c).r7a = fma(vec4<f32>(aw.w), b0, (*c).r7a); (*c).r7b = fma(vec4<f32>(aw.w), b1, (*c).r7b);
+            }
         }
     }
+}
+
+// The RM x 8 accumulator block, as named vec4 fields (never indexed dynamically).
+struct Acc {
+    r0a: vec4<f32>, r0b: vec4<f32>, r1a: vec4<f32>, r1b: vec4<f32>,
+    r2a: vec4<f32>, r2b: vec4<f32>, r3a: vec4<f32>, r3b: vec4<f32>,
+    r4a: vec4<f32>, r4b: vec4<f32>, r5a: vec4<f32>, r5b: vec4<f32>,
+    r6a: vec4<f32>, r6b: vec4<f32>, r7a: vec4<f32>, r7b: vec4<f32>,
+}
+
+fn zero_acc() -> Acc {
+    let z = vec4<f32>(0.0);
+    return Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
 }
 
 // Output element index for (m, n) in each mode.
@@ -86,16 +110,20 @@ fn store_row(mode: u32, m: u32, n0: u32, split: u32, lo: vec4<f32>, hi: vec4<f32
     store(mode, m, n0 + 6u, split, hi.z); store(mode, m, n0 + 7u, split, hi.w);
 }
 
-fn store_all(mode: u32, m0: u32, n0: u32, ty: u32, tx: u32, split: u32,
-             c0a: vec4<f32>, c0b: vec4<f32>, c1a: vec4<f32>, c1b: vec4<f32>,
-             c2a: vec4<f32>, c2b: vec4<f32>, c3a: vec4<f32>, c3b: vec4<f32>) {
+fn store_all(mode: u32, m0: u32, n0: u32, ty: u32, tx: u32, split: u32, c: Acc) {
     let m = m0 + ty * RM;
     let n = n0 + tx * 8u;
-    store_row(mode, m, n, split, c0a, c0b);
-    store_row(mode, m + 1u, n, split, c1a, c1b);
-    if (RM == 4u) {
-        store_row(mode, m + 2u, n, split, c2a, c2b);
-        store_row(mode, m + 3u, n, split, c3a, c3b);
+    store_row(mode, m, n, split, c.r0a, c.r0b);
+    store_row(mode, m + 1u, n, split, c.r1a, c.r1b);
+    if (RM >= 4u) {
+        store_row(mode, m + 2u, n, split, c.r2a, c.r2b);
+        store_row(mode, m + 3u, n, split, c.r3a, c.r3b);
+    }
+    if (RM == 8u) {
+        store_row(mode, m + 4u, n, split, c.r4a, c.r4b);
+        store_row(mode, m + 5u, n, split, c.r5a, c.r5b);
+        store_row(mode, m + 6u, n, split, c.r6a, c.r6b);
+        store_row(mode, m + 7u, n, split, c.r7a, c.r7b);
     }
 }
 
@@ -117,10 +145,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let kk_a = lid % TK;
     let mm_a = lid / TK;
 
-    var c0a = vec4<f32>(0.0); var c0b = vec4<f32>(0.0);
-    var c1a = vec4<f32>(0.0); var c1b = vec4<f32>(0.0);
-    var c2a = vec4<f32>(0.0); var c2b = vec4<f32>(0.0);
-    var c3a = vec4<f32>(0.0); var c3b = vec4<f32>(0.0);
+    var acc = zero_acc();
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
         for (var l = 0u; l < 2u * RM; l++) {
             let mm = mm_a + 4u * l;
@@ -128,7 +153,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             let gk = k0 + kk_a;
             var v = 0.0;
             if (gm < p.m && gk < p.k) { v = src_a[gm * p.k + gk]; }
-            As[kk_a * AS + mm] = v;
+            put_a(kk_a, mm, v);
         }
         for (var l = 0u; l < TK; l++) {
             let gk = k0 + l;
@@ -139,13 +164,13 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
                 let iw = iw0 + t.z;
                 if (ih >= 0 && iw >= 0 && ih < i32(p.h) && iw < i32(p.w)) { v = src_b[u32(xoff + t.x)]; }
             }
-            Bs[l * TN + lid] = v;
+            put_b(l, lid, v);
         }
         workgroupBarrier();
-        mma(l3.y, l3.x, &c0a, &c0b, &c1a, &c1b, &c2a, &c2b, &c3a, &c3b);
+        mma(l3.y, l3.x, &acc);
         workgroupBarrier();
     }
-    store_all(0u, m0, n0, l3.y, l3.x, 0u, c0a, c0b, c1a, c1b, c2a, c2b, c3a, c3b);
+    store_all(0u, m0, n0, l3.y, l3.x, 0u, acc);
 }
 
 // Input gradient. tab[k] = (co*OH*OW, kh, kw, co*Cin*KH*KW + kh*KW + kw) for k = (co, kh, kw).
@@ -166,10 +191,7 @@ fn conv_dgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     let kk_a = lid % TK;
     let mm_a = lid / TK;
 
-    var c0a = vec4<f32>(0.0); var c0b = vec4<f32>(0.0);
-    var c1a = vec4<f32>(0.0); var c1b = vec4<f32>(0.0);
-    var c2a = vec4<f32>(0.0); var c2b = vec4<f32>(0.0);
-    var c3a = vec4<f32>(0.0); var c3b = vec4<f32>(0.0);
+    var acc = zero_acc();
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
         let gka = k0 + kk_a;
         var wbase = 0;
@@ -179,7 +201,7 @@ fn conv_dgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             let gm = m0 + mm;
             var v = 0.0;
             if (gm < p.m && gka < p.k) { v = src_a[u32(wbase) + gm * khw]; }
-            As[kk_a * AS + mm] = v;
+            put_a(kk_a, mm, v);
         }
         for (var l = 0u; l < TK; l++) {
             let gk = k0 + l;
@@ -203,13 +225,13 @@ fn conv_dgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
                     v = src_b[u32(yoff + t.x + th * i32(p.ow) + tw)];
                 }
             }
-            Bs[l * TN + lid] = v;
+            put_b(l, lid, v);
         }
         workgroupBarrier();
-        mma(l3.y, l3.x, &c0a, &c0b, &c1a, &c1b, &c2a, &c2b, &c3a, &c3b);
+        mma(l3.y, l3.x, &acc);
         workgroupBarrier();
     }
-    store_all(1u, m0, n0, l3.y, l3.x, 0u, c0a, c0b, c1a, c1b, c2a, c2b, c3a, c3b);
+    store_all(1u, m0, n0, l3.y, l3.x, 0u, acc);
 }
 
 // Weight gradient. tab[n] = (ci*H*W + kh*W + kw, kh, kw, 0) for n = (ci, kh, kw).
@@ -227,10 +249,7 @@ fn conv_wgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     let kk = lid % TK;
     let row = lid / TK;
 
-    var c0a = vec4<f32>(0.0); var c0b = vec4<f32>(0.0);
-    var c1a = vec4<f32>(0.0); var c1b = vec4<f32>(0.0);
-    var c2a = vec4<f32>(0.0); var c2b = vec4<f32>(0.0);
-    var c3a = vec4<f32>(0.0); var c3b = vec4<f32>(0.0);
+    var acc = zero_acc();
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
         let gk = k0 + kk;
         let kvalid = gk < k_end;
@@ -246,7 +265,7 @@ fn conv_wgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             let gm = m0 + mm;
             var v = 0.0;
             if (gm < p.m && kvalid) { v = src_a[dyoff + gm * ohw]; }
-            As[kk * AS + mm] = v;
+            put_a(kk, mm, v);
         }
         for (var l = 0u; l < TK; l++) {
             let nn = row + 4u * l;
@@ -258,11 +277,11 @@ fn conv_wgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
                 let iw = iw0 + t.z;
                 if (ih >= 0 && iw >= 0 && ih < i32(p.h) && iw < i32(p.w)) { v = src_b[u32(xoff + t.x)]; }
             }
-            Bs[kk * TN + nn] = v;
+            put_b(kk, nn, v);
         }
         workgroupBarrier();
-        mma(l3.y, l3.x, &c0a, &c0b, &c1a, &c1b, &c2a, &c2b, &c3a, &c3b);
+        mma(l3.y, l3.x, &acc);
         workgroupBarrier();
     }
-    store_all(2u, m0, n0, l3.y, l3.x, split, c0a, c0b, c1a, c1b, c2a, c2b, c3a, c3b);
+    store_all(2u, m0, n0, l3.y, l3.x, split, acc);
 }

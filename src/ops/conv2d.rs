@@ -143,10 +143,17 @@ impl ConvGeom {
     }
 }
 
-/// Tile height for `m` output rows: 16 when the GEMM has at most 16 rows (16-channel layers),
-/// else 32.
-fn rows_per_invocation(m: usize) -> usize {
-    if m <= 16 { 2 } else { 4 }
+/// Rows of the register block per invocation (tile height / 8) for a GEMM of `m` rows: the
+/// largest of 2, 4, 8 that does not leave most of the tile empty.
+/// wgrad stays at 4: its staging loads grow with the block and measured slower at 8
+/// (benches/NOTES.md).
+fn rows_per_invocation(m: usize, mode: Mode) -> usize {
+    match m {
+        0..=16 => 2,
+        17..=32 => 4,
+        _ if mode == Mode::Wgrad => 4,
+        _ => 8,
+    }
 }
 
 /// The gather table of `mode` (see `shaders/conv2d.wgsl`).
@@ -195,7 +202,7 @@ fn launch(
     beta: f32,
 ) -> Result<Dispatch> {
     let (m, n, _) = g.gemm(mode);
-    let rm = rows_per_invocation(m);
+    let rm = rows_per_invocation(m, mode);
     let p = g.params(mode, kchunk, splits, beta);
     let tab = table(gpu, g, mode)?;
     let entry = match mode {
@@ -247,7 +254,7 @@ pub fn dgrad_dispatch(
 /// The split-K plan of wgrad: (splits, K values per split).
 pub fn wgrad_splits(g: &ConvGeom) -> (usize, usize) {
     let (m, n, k) = g.gemm(Mode::Wgrad);
-    let tiles = m.div_ceil(8 * rows_per_invocation(m)) * n.div_ceil(TN);
+    let tiles = m.div_ceil(8 * rows_per_invocation(m, Mode::Wgrad)) * n.div_ceil(TN);
     let want = WGRAD_MIN_WORKGROUPS.div_ceil(tiles).max(1);
     let most = k.div_ceil(WGRAD_MIN_CHUNK).max(1);
     let splits = want.min(most);
