@@ -1,24 +1,27 @@
-// Softmax cross-entropy over logits [B, C] with integer labels, as a (optionally class-weighted)
-// mean: loss = sum_i w[y_i] l_i / sum_i w[y_i], l_i = logsumexp(z_i) - z_i[y_i] (PyTorch's rule).
-// forward: one workgroup; invocation t handles rows t, t+256, ...; the row sums are combined by a
-// fixed tree, so the result is deterministic. saved = [lse_0 .. lse_{B-1}, loss, sum_w].
-// backward: dz[i, c] = g * w[y_i] / sum_w * (softmax(z_i)[c] - [c == y_i]).
+// Softmax cross-entropy with per-class weights, margins and logit offsets (one kernel for CE,
+// class-weighted CE, LDAM, logit adjustment and balanced softmax):
+//   z'_ic = s * (z_ic - [c == y_i] * margin_c) + offset_c
+//   loss  = sum_i w[y_i] * (logsumexp(z'_i) - z'_i[y_i]) / sum_i w[y_i]   (PyTorch's weighted mean)
+// `cls` is [3, C]: weights, margins, offsets (plain CE: 1, 0, 0).
+// forward: one workgroup; invocation t handles rows t, t+256, ...; a fixed tree combines the row
+// sums, so the result is deterministic. saved = [lse_0 .. lse_{B-1}, loss, sum_w].
+// backward: dz_ic = g * s * w[y_i] / sum_w * (softmax(z'_i)_c - [c == y_i]).
 // Labels >= C get weight 0 (the host rejects them before they reach here).
 
 struct Params {
     rows: u32,
     classes: u32,
-    has_weights: u32,
-    _pad: u32,
+    _p0: u32,
+    _p1: u32,
+    scale: f32,
     beta: f32,
-    _p1: f32,
     _p2: f32,
     _p3: f32,
 }
 
 @group(0) @binding(0) var<storage, read> z: array<f32>;
 @group(0) @binding(1) var<storage, read> y: array<u32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> cls: array<f32>;
 @group(0) @binding(3) var<storage, read_write> saved: array<f32>;
 @group(0) @binding(4) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(5) var<uniform> p: Params;
@@ -27,10 +30,10 @@ const WG: u32 = 256u;
 var<workgroup> part_l: array<f32, WG>;
 var<workgroup> part_w: array<f32, WG>;
 
-fn class_weight(label: u32) -> f32 {
-    if (label >= p.classes) { return 0.0; }
-    if (p.has_weights != 0u) { return w[label]; }
-    return 1.0;
+fn logit(r: u32, c: u32, label: u32) -> f32 {
+    var v = z[r * p.classes + c];
+    if (c == label) { v -= cls[p.classes + c]; }
+    return p.scale * v + cls[2u * p.classes + c];
 }
 
 @compute @workgroup_size(256)
@@ -38,17 +41,16 @@ fn forward(@builtin(local_invocation_index) lid: u32) {
     var wl = 0.0;
     var ws = 0.0;
     for (var r = lid; r < p.rows; r += WG) {
-        let base = r * p.classes;
-        var mx = z[base];
-        for (var c = 1u; c < p.classes; c++) { mx = max(mx, z[base + c]); }
+        let label = y[r];
+        var mx = logit(r, 0u, label);
+        for (var c = 1u; c < p.classes; c++) { mx = max(mx, logit(r, c, label)); }
         var s = 0.0;
-        for (var c = 0u; c < p.classes; c++) { s += exp(z[base + c] - mx); }
+        for (var c = 0u; c < p.classes; c++) { s += exp(logit(r, c, label) - mx); }
         let lse = mx + log(s);
         saved[r] = lse;
-        let label = y[r];
-        let wt = class_weight(label);
-        if (wt != 0.0) {
-            wl += wt * (lse - z[base + label]);
+        if (label < p.classes) {
+            let wt = cls[label];
+            wl += wt * (lse - logit(r, label, label));
             ws += wt;
         }
     }
@@ -73,7 +75,7 @@ fn forward(@builtin(local_invocation_index) lid: u32) {
 
 @group(0) @binding(0) var<storage, read> bz: array<f32>;
 @group(0) @binding(1) var<storage, read> by: array<u32>;
-@group(0) @binding(2) var<storage, read> bw: array<f32>;
+@group(0) @binding(2) var<storage, read> bcls: array<f32>;
 @group(0) @binding(3) var<storage, read> bsaved: array<f32>;
 @group(0) @binding(4) var<storage, read> gloss: array<f32>;
 @group(0) @binding(5) var<storage, read_write> gz: array<f32>;
@@ -88,12 +90,15 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let c = i % bp.classes;
     let label = by[r];
     var wt = 0.0;
-    if (label < bp.classes) { wt = select(1.0, bw[label], bp.has_weights != 0u); }
+    if (label < bp.classes) { wt = bcls[label]; }
     let ws = bsaved[bp.rows + 1u];
     var g = 0.0;
-    if (ws != 0.0) {
-        let prob = exp(bz[i] - bsaved[r]);
-        g = gloss[0] * wt / ws * (prob - select(0.0, 1.0, c == label));
+    if (ws != 0.0 && wt != 0.0) {
+        var v = bz[i];
+        if (c == label) { v -= bcls[bp.classes + c]; }
+        let zp = bp.scale * v + bcls[2u * bp.classes + c];
+        let prob = exp(zp - bsaved[r]);
+        g = gloss[0] * bp.scale * wt / ws * (prob - select(0.0, 1.0, c == label));
     }
     if (bp.beta != 0.0) { gz[i] = bp.beta * gz[i] + g; } else { gz[i] = g; }
 }

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod gpu;
+pub mod losses;
 pub mod models;
 pub mod ops;
 pub mod optim;

@@ -1,12 +1,12 @@
-//! The first ops through the verification harness: elementwise, matmul, reductions and
-//! softmax cross-entropy, at random shapes that are not multiples of any tile.
+//! The first ops through the verification harness: elementwise, matmul and reductions, at random
+//! shapes that are not multiples of any tile (the losses are in tests/losses.rs).
 
 mod common;
 
 use common::gpu;
-use longtail::ops::{cross_entropy, elementwise, matmul, reduce};
+use longtail::ops::{elementwise, matmul, reduce};
 use longtail::rng::Rng64;
-use longtail::verify::{self, Case, ELEMENTWISE, Input, TRANSCENDENTAL, sum_of};
+use longtail::verify::{self, Case, ELEMENTWISE, Input, sum_of};
 
 /// Seeds per op: each draws its own shapes and values.
 const SEEDS: [u64; 3] = [11, 12, 13];
@@ -281,96 +281,4 @@ fn reductions_over_long_rows() {
         &|_, g| vec![Some(reduce::reference::reduce_grad(g, dims, false))],
     )
     .unwrap();
-}
-
-fn ce_case(
-    seed: u64,
-    rows: usize,
-    classes: usize,
-    weighted: bool,
-    spread: f64,
-    labels: Vec<u32>,
-) -> (Case, Option<Vec<f64>>) {
-    let mut rng = Rng64::new(seed);
-    let mut inputs = vec![
-        Input::uniform(&mut rng, &[rows, classes], -spread, spread, true),
-        Input::U32 {
-            shape: vec![rows],
-            data: labels,
-        },
-    ];
-    let w = weighted.then(|| {
-        let w = rng.vec_f32(classes, 0.1, 3.0);
-        inputs.push(Input::F32 {
-            shape: vec![classes],
-            data: w.clone(),
-            grad: false,
-        });
-        w.iter().map(|&v| v as f64).collect()
-    });
-    let case = Case {
-        name: format!("cross_entropy [{rows}, {classes}] weighted={weighted} spread={spread}"),
-        seed,
-        inputs,
-        fwd: TRANSCENDENTAL,
-        bwd: TRANSCENDENTAL,
-    };
-    (case, w)
-}
-
-fn check_ce(case: &Case, weights: Option<Vec<f64>>) {
-    let labels = |x: &[Vec<f64>]| x[1].iter().map(|&v| v as usize).collect::<Vec<_>>();
-    let w1 = weights.clone();
-    verify::check(
-        gpu(),
-        case,
-        &|t, x| cross_entropy::cross_entropy(t, &x[0], &x[1], x.get(2)),
-        &|x| {
-            vec![cross_entropy::reference::cross_entropy(
-                &x[0],
-                &labels(x),
-                w1.as_deref(),
-            )]
-        },
-        &|x, g| {
-            let gz = cross_entropy::reference::cross_entropy_grad(
-                &x[0],
-                &labels(x),
-                weights.as_deref(),
-                g[0],
-            );
-            vec![Some(gz), None, None]
-        },
-    )
-    .unwrap();
-}
-
-#[test]
-fn cross_entropy_plain_and_weighted() {
-    for seed in SEEDS {
-        let mut rng = Rng64::new(seed);
-        let (rows, classes) = (1 + rng.below(300), 2 + rng.below(40));
-        let labels: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
-        for weighted in [false, true] {
-            let (case, w) = ce_case(seed, rows, classes, weighted, 3.0, labels.clone());
-            check_ce(&case, w);
-        }
-    }
-}
-
-#[test]
-fn cross_entropy_extreme_logits_and_absent_classes() {
-    // Logits of +-80 overflow exp() in f32 without the max shift; only classes 0 and 1 appear.
-    let (rows, classes) = (37, 7);
-    let labels: Vec<u32> = (0..rows).map(|i| (i % 2) as u32).collect();
-    let (case, w) = ce_case(77, rows, classes, true, 80.0, labels);
-    // Large logits: the loss itself is O(100), so the band is relative.
-    let case = Case {
-        fwd: verify::Tolerance {
-            abs: 1e-4,
-            rel: 2e-5,
-        },
-        ..case
-    };
-    check_ce(&case, w);
 }

@@ -1,5 +1,7 @@
-//! Softmax cross-entropy with integer labels and optional per-class weights (weighted mean, as
-//! PyTorch's `F.cross_entropy(weight=...)`).
+//! Softmax cross-entropy with per-class weights, margins and logit offsets: one fused kernel
+//! (`shaders/cross_entropy.wgsl`) for CE, class-weighted CE (DRW), LDAM and logit adjustment /
+//! balanced softmax. The host builds the `[3, C]` class vector (see [`crate::losses`]); the
+//! weighted mean follows PyTorch's `F.cross_entropy(weight=...)`.
 
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
@@ -13,21 +15,22 @@ use crate::tensor::{DType, Tensor};
 struct Params {
     rows: u32,
     classes: u32,
-    has_weights: u32,
-    _pad: u32,
+    _p0: [u32; 2],
+    scale: f32,
     beta: f32,
-    _p: [f32; 3],
+    _p1: [f32; 2],
 }
 
-/// Mean cross-entropy of `logits: [B, C]` against `labels: [B]` (u32), with optional
-/// `weights: [C]`. Returns a `[1]` tensor.
-///
-/// Labels must be `< C`: callers validate them on the host (the data readers do).
-pub fn cross_entropy(
+/// Mean loss of `logits: [B, C]` against `labels: [B]` (u32) with the class vector
+/// `cls = [weights; margins; offsets]` (`[3 * C]`) and logit scale `scale`:
+/// `z' = scale * (z - margin_y e_y) + offset`, loss = weighted mean of `lse(z') - z'_y`.
+/// Returns a `[1]` tensor. Labels must be `< C` (the data readers check them).
+pub fn margin_cross_entropy(
     tape: &mut Tape,
     logits: &Tensor,
     labels: &Tensor,
-    weights: Option<&Tensor>,
+    cls: &Tensor,
+    scale: f32,
 ) -> Result<Tensor> {
     let &[rows, classes] = logits.shape() else {
         bail!(
@@ -45,26 +48,20 @@ pub fn cross_entropy(
             labels.shape()
         );
     }
+    if cls.numel() != 3 * classes {
+        bail!(
+            "cross_entropy: class vector must hold 3 x {classes} values, got {:?}",
+            cls.shape()
+        );
+    }
     let gpu = tape.gpu().clone();
-    let w = match weights {
-        Some(w) => {
-            if w.shape() != [classes] {
-                bail!(
-                    "cross_entropy: weights must be [{classes}], got {:?}",
-                    w.shape()
-                );
-            }
-            w.clone()
-        }
-        None => Tensor::zeros(&gpu, &[1], DType::F32)?,
-    };
     let p = Params {
         rows: rows as u32,
         classes: classes as u32,
-        has_weights: weights.is_some() as u32,
-        _pad: 0,
+        _p0: [0; 2],
+        scale,
         beta: 0.0,
-        _p: [0.0; 3],
+        _p1: [0.0; 2],
     };
     let saved = Tensor::zeros(&gpu, &[rows + 2], DType::F32)?;
     let loss = tape.output(&[1], &[logits])?;
@@ -75,14 +72,14 @@ pub fn cross_entropy(
         &[
             logits.read(),
             labels.read(),
-            w.read(),
+            cls.read(),
             saved.write(),
             loss.write(),
         ],
         bytemuck::bytes_of(&p),
         [1, 1, 1],
     )?;
-    let (z, y) = (logits.clone(), labels.clone());
+    let (z, y, c) = (logits.clone(), labels.clone(), cls.clone());
     tape.push(
         "loss",
         vec![logits.clone()],
@@ -102,7 +99,7 @@ pub fn cross_entropy(
                     &[
                         z.read(),
                         y.read(),
-                        w.read(),
+                        c.read(),
                         saved.read(),
                         g.read(),
                         t.tensor.write(),
@@ -117,27 +114,84 @@ pub fn cross_entropy(
     Ok(loss)
 }
 
+/// Plain (optionally class-weighted) cross-entropy: weights from the host, no margins/offsets.
+pub fn cross_entropy(
+    tape: &mut Tape,
+    logits: &Tensor,
+    labels: &Tensor,
+    weights: Option<&[f32]>,
+) -> Result<Tensor> {
+    let classes = *logits.shape().last().unwrap_or(&0);
+    let mut cls = vec![1.0f32; classes];
+    if let Some(w) = weights {
+        if w.len() != classes {
+            bail!("cross_entropy: {} weights for {classes} classes", w.len());
+        }
+        cls.copy_from_slice(w);
+    }
+    cls.resize(3 * classes, 0.0);
+    let t = Tensor::from_f32(tape.gpu(), &[3 * classes], &cls)?;
+    margin_cross_entropy(tape, logits, labels, &t, 1.0)
+}
+
 /// CPU references (f64).
 pub mod reference {
+    fn adjusted(z: &[f64], y: usize, cls: &[f64], scale: f64) -> Vec<f64> {
+        let c = z.len();
+        (0..c)
+            .map(|j| scale * (z[j] - if j == y { cls[c + j] } else { 0.0 }) + cls[2 * c + j])
+            .collect()
+    }
+
     fn lse(row: &[f64]) -> f64 {
         let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         m + row.iter().map(|z| (z - m).exp()).sum::<f64>().ln()
     }
 
-    /// Weighted-mean cross-entropy of row-major `z` (`[labels.len(), classes]`).
-    pub fn cross_entropy(z: &[f64], labels: &[usize], weights: Option<&[f64]>) -> f64 {
+    /// Weighted-mean margin cross-entropy of row-major `z` (`[labels.len(), C]`) with
+    /// `cls = [weights; margins; offsets]`.
+    pub fn margin_cross_entropy(z: &[f64], labels: &[usize], cls: &[f64], scale: f64) -> f64 {
         let c = z.len() / labels.len();
         let (mut num, mut den) = (0.0, 0.0);
         for (i, &y) in labels.iter().enumerate() {
-            let row = &z[i * c..(i + 1) * c];
-            let w = weights.map_or(1.0, |w| w[y]);
-            num += w * (lse(row) - row[y]);
-            den += w;
+            let row = adjusted(&z[i * c..(i + 1) * c], y, cls, scale);
+            num += cls[y] * (lse(&row) - row[y]);
+            den += cls[y];
         }
         if den == 0.0 { 0.0 } else { num / den }
     }
 
-    /// Gradient of [`cross_entropy`] with respect to `z`, times the upstream scalar `g`.
+    /// Gradient with respect to `z`, times the upstream scalar `g`.
+    pub fn margin_cross_entropy_grad(
+        z: &[f64],
+        labels: &[usize],
+        cls: &[f64],
+        scale: f64,
+        g: f64,
+    ) -> Vec<f64> {
+        let c = z.len() / labels.len();
+        let den: f64 = labels.iter().map(|&y| cls[y]).sum();
+        let mut out = vec![0.0; z.len()];
+        if den == 0.0 {
+            return out;
+        }
+        for (i, &y) in labels.iter().enumerate() {
+            let row = adjusted(&z[i * c..(i + 1) * c], y, cls, scale);
+            let l = lse(&row);
+            for j in 0..c {
+                let p = (row[j] - l).exp();
+                out[i * c + j] = g * scale * cls[y] / den * (p - if j == y { 1.0 } else { 0.0 });
+            }
+        }
+        out
+    }
+
+    /// Plain class-weighted cross-entropy.
+    pub fn cross_entropy(z: &[f64], labels: &[usize], weights: Option<&[f64]>) -> f64 {
+        margin_cross_entropy(z, labels, &plain(z.len() / labels.len(), weights), 1.0)
+    }
+
+    /// Gradient of [`cross_entropy`].
     pub fn cross_entropy_grad(
         z: &[f64],
         labels: &[usize],
@@ -145,20 +199,12 @@ pub mod reference {
         g: f64,
     ) -> Vec<f64> {
         let c = z.len() / labels.len();
-        let den: f64 = labels.iter().map(|&y| weights.map_or(1.0, |w| w[y])).sum();
-        let mut out = vec![0.0; z.len()];
-        if den == 0.0 {
-            return out;
-        }
-        for (i, &y) in labels.iter().enumerate() {
-            let row = &z[i * c..(i + 1) * c];
-            let l = lse(row);
-            let w = weights.map_or(1.0, |w| w[y]);
-            for j in 0..c {
-                let p = (row[j] - l).exp();
-                out[i * c + j] = g * w / den * (p - if j == y { 1.0 } else { 0.0 });
-            }
-        }
-        out
+        margin_cross_entropy_grad(z, labels, &plain(c, weights), 1.0, g)
+    }
+
+    fn plain(c: usize, weights: Option<&[f64]>) -> Vec<f64> {
+        let mut v = weights.map_or(vec![1.0; c], <[f64]>::to_vec);
+        v.resize(3 * c, 0.0);
+        v
     }
 }
