@@ -5,13 +5,13 @@
 // advances in slabs of 16 staged through workgroup memory, each operand loaded along its
 // contiguous axis so both layouts coalesce. TA/TB are override constants, so each transpose
 // combination is its own specialised pipeline without branches in the inner loop. Edges are
-// masked: any M, N, K works.
+// masked: any M, N, K works. `batch` matrices stacked along the slowest axis run as workgroup z.
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
-    _pad: u32,
+    batch: u32,     // matrices stacked along the slowest axis; workgroup z picks one
     alpha: f32,
     beta: f32,
     _p0: f32,
@@ -40,6 +40,9 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
           @builtin(local_invocation_index) lid: u32) {
     let m0 = wg.y * TM;
     let n0 = wg.x * TN;
+    let a_off = wg.z * p.m * p.k;
+    let b_off = wg.z * p.k * p.n;
+    let c_off = wg.z * p.m * p.n;
     let tx = lid3.x;
     let ty = lid3.y;
 
@@ -61,7 +64,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             let gk = k0 + kk;
             var av = 0.0;
             if (gm < p.m && gk < p.k) {
-                if (!TA) { av = A[gm * p.k + gk]; } else { av = A[gk * p.m + gm]; }
+                if (!TA) { av = A[a_off + gm * p.k + gk]; } else { av = A[a_off + gk * p.m + gm]; }
             }
             As[kk * TM + mm] = av;
             var nn: u32; var kb: u32;
@@ -70,7 +73,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             let gkb = k0 + kb;
             var bv = 0.0;
             if (gn < p.n && gkb < p.k) {
-                if (!TB) { bv = B[gkb * p.n + gn]; } else { bv = B[gn * p.k + gkb]; }
+                if (!TB) { bv = B[b_off + gkb * p.n + gn]; } else { bv = B[b_off + gn * p.k + gkb]; }
             }
             Bs[kb * TN + nn] = bv;
         }
@@ -92,22 +95,22 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
         workgroupBarrier();
     }
 
-    store_row(m0 + ty * R + 0u, n0 + tx * R, c0a, c0b);
-    store_row(m0 + ty * R + 1u, n0 + tx * R, c1a, c1b);
-    store_row(m0 + ty * R + 2u, n0 + tx * R, c2a, c2b);
-    store_row(m0 + ty * R + 3u, n0 + tx * R, c3a, c3b);
-    store_row(m0 + ty * R + 4u, n0 + tx * R, c4a, c4b);
-    store_row(m0 + ty * R + 5u, n0 + tx * R, c5a, c5b);
-    store_row(m0 + ty * R + 6u, n0 + tx * R, c6a, c6b);
-    store_row(m0 + ty * R + 7u, n0 + tx * R, c7a, c7b);
+    store_row(c_off, m0 + ty * R + 0u, n0 + tx * R, c0a, c0b);
+    store_row(c_off, m0 + ty * R + 1u, n0 + tx * R, c1a, c1b);
+    store_row(c_off, m0 + ty * R + 2u, n0 + tx * R, c2a, c2b);
+    store_row(c_off, m0 + ty * R + 3u, n0 + tx * R, c3a, c3b);
+    store_row(c_off, m0 + ty * R + 4u, n0 + tx * R, c4a, c4b);
+    store_row(c_off, m0 + ty * R + 5u, n0 + tx * R, c5a, c5b);
+    store_row(c_off, m0 + ty * R + 6u, n0 + tx * R, c6a, c6b);
+    store_row(c_off, m0 + ty * R + 7u, n0 + tx * R, c7a, c7b);
 }
 
-fn store_row(gm: u32, gn0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+fn store_row(c_off: u32, gm: u32, gn0: u32, lo: vec4<f32>, hi: vec4<f32>) {
     if (gm >= p.m) { return; }
     for (var j = 0u; j < 8u; j++) {
         let gn = gn0 + j;
         if (gn < p.n) {
-            let idx = gm * p.n + gn;
+            let idx = c_off + gm * p.n + gn;
             var v: f32;
             if (j < 4u) { v = lo[j]; } else { v = hi[j - 4u]; }
             v = p.alpha * v;

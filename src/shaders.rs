@@ -11,6 +11,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("pool", include_str!("../shaders/pool.wgsl")),
     ("shortcut", include_str!("../shaders/shortcut.wgsl")),
     ("normalize", include_str!("../shaders/normalize.wgsl")),
+    ("linalg", include_str!("../shaders/linalg.wgsl")),
+    ("eigen", include_str!("../shaders/eigen.wgsl")),
     ("reduce", include_str!("../shaders/reduce.wgsl")),
     (
         "cross_entropy",

@@ -20,23 +20,39 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    _pad: u32,
+    batch: u32,
     alpha: f32,
     beta: f32,
     _p: [f32; 2],
 }
 
-/// `(M, K)` of `op(A)` and `(K, N)` of `op(B)` from 2-D shapes and transpose flags.
+/// `(M, N, K)` from 2-D shapes (or 3-D `[batch, rows, cols]` stacks) and transpose flags.
 pub fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<(usize, usize, usize)> {
-    if a.len() != 2 || b.len() != 2 {
-        bail!("matmul takes 2-D operands, got {a:?} and {b:?}");
-    }
-    let (m, ka) = if ta { (a[1], a[0]) } else { (a[0], a[1]) };
-    let (kb, n) = if tb { (b[1], b[0]) } else { (b[0], b[1]) };
+    let (a2, b2) = match (a, b) {
+        ([_, _], [_, _]) => (a, b),
+        ([ga, ..], [gb, ..]) if a.len() == 3 && b.len() == 3 && ga == gb => (&a[1..], &b[1..]),
+        _ => bail!("matmul takes 2-D operands or 3-D stacks of equal batch, got {a:?} and {b:?}"),
+    };
+    let (m, ka) = if ta { (a2[1], a2[0]) } else { (a2[0], a2[1]) };
+    let (kb, n) = if tb { (b2[1], b2[0]) } else { (b2[0], b2[1]) };
     if ka != kb {
         bail!("matmul: inner dimensions differ: op(A) is {m}x{ka}, op(B) is {kb}x{n}");
     }
     Ok((m, n, ka))
+}
+
+/// Number of stacked matrices (1 for 2-D operands).
+fn batch_of(a: &[usize]) -> usize {
+    if a.len() == 3 { a[0] } else { 1 }
+}
+
+/// Output shape of `op(A) op(B)`.
+fn out_shape(a: &[usize], m: usize, n: usize) -> Vec<usize> {
+    if a.len() == 3 {
+        vec![a[0], m, n]
+    } else {
+        vec![m, n]
+    }
 }
 
 /// Record `C = alpha * op(A) op(B) + beta * C`.
@@ -52,14 +68,16 @@ pub fn dispatch(
     beta: f32,
 ) -> Result<Dispatch> {
     let (m, n, k) = dims(a.shape(), b.shape(), ta, tb)?;
-    if c.shape() != [m, n] {
-        bail!("matmul: output must be [{m}, {n}], got {:?}", c.shape());
+    let want = out_shape(a.shape(), m, n);
+    if c.shape() != want.as_slice() {
+        bail!("matmul: output must be {want:?}, got {:?}", c.shape());
     }
+    let batch = batch_of(a.shape());
     let p = Params {
         m: m as u32,
         n: n as u32,
         k: k as u32,
-        _pad: 0,
+        batch: batch as u32,
         alpha,
         beta,
         _p: [0.0; 2],
@@ -71,15 +89,20 @@ pub fn dispatch(
         "matmul",
         &[a.read(), b.read(), c.write()],
         bytemuck::bytes_of(&p),
-        [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1],
+        [
+            n.div_ceil(TILE) as u32,
+            m.div_ceil(TILE) as u32,
+            batch as u32,
+        ],
         &constants,
     )
 }
 
-/// `op(A) op(B)` where `op` transposes when the flag is set.
+/// `op(A) op(B)` where `op` transposes when the flag is set; 3-D operands multiply matrix by
+/// matrix along their first axis.
 pub fn matmul(tape: &mut Tape, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let (m, n, _) = dims(a.shape(), b.shape(), ta, tb)?;
-    let c = tape.output(&[m, n], &[a, b])?;
+    let c = tape.output(&out_shape(a.shape(), m, n), &[a, b])?;
     let fwd = dispatch(tape.gpu(), a, b, &c, ta, tb, 1.0, 0.0)?;
     let (sa, sb) = (a.clone(), b.clone());
     tape.push(

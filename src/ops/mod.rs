@@ -5,13 +5,16 @@
 pub mod batchnorm;
 pub mod conv2d;
 pub mod cross_entropy;
+pub mod eigen;
 pub mod elementwise;
+pub mod linalg;
 pub mod linear;
 pub mod matmul;
 pub mod normalize;
 pub mod pool;
 pub mod reduce;
 pub mod shortcut;
+pub mod whiten;
 
 use anyhow::{Result, bail};
 
