@@ -1,6 +1,8 @@
-// Symmetric eigendecomposition by cyclic Jacobi, one workgroup per matrix (n <= 256), and the
+// Symmetric eigendecomposition by cyclic Jacobi, one workgroup per matrix (n <= 128, see
+// src/ops/eigen.rs MAX_N), and the
 // ZCA whitening matrix W = U diag(lambda^-1/2) U^T built from it.
-//   jacobi:   a (copy of the input, destroyed), v (eigenvectors, columns), lam (eigenvalues)
+//   jacobi_init / jacobi_sweep: a (copy of the input, destroyed), v (eigenvectors, columns),
+//             lam (eigenvalues)
 //   zca:      w[g, i, j] = sum_k v[g, i, k] v[g, j, k] lam[g, k]^-1/2
 //   kmul:     backward core: y = K o x with K_ij = (f(l_i) - f(l_j)) / (l_i - l_j), f = l^-1/2,
 //             evaluated in closed form -1 / (sqrt(l_i) sqrt(l_j) (sqrt(l_i) + sqrt(l_j))): no
@@ -8,11 +10,11 @@
 //             i == j gives f'(l_i)).
 // Each Jacobi rotation (p, q) zeroes a[p, q]: every invocation k != p, q rotates a[k, p],
 // a[k, q] (and their mirrors) and v[k, p], v[k, q]; invocation p updates the 2x2 block. Sweeps
-// stop when the off-diagonal mass falls below 1e-14 of the total (f32 resolution) or after
-// MAX_SWEEPS.
+// are split into dispatches of a few thousand rotations and do nothing once the off-diagonal mass
+// is below 1e-14 of the total (f32 resolution).
 
 struct Params {
-    groups: u32, n: u32, max_sweeps: u32, _p: u32,
+    groups: u32, n: u32, row_begin: u32, row_end: u32,   // jacobi_sweep: pivot rows p in [begin, end)
     beta: f32, floor: f32, _q0: f32, _q1: f32,
 }
 
@@ -24,33 +26,40 @@ struct Params {
 
 var<workgroup> off_ratio: f32;
 
+// Copy the input and set V = I (one workgroup per matrix).
 @compute @workgroup_size(256)
-fn jacobi(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) k: u32) {
-    let g = wg.x;
+fn jacobi_init(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) k: u32) {
     let n = p.n;
-    let base = g * n * n;
+    let base = wg.x * n * n;
     for (var i = k; i < n * n; i += 256u) {
         a[base + i] = src[base + i];
         v[base + i] = select(0.0, 1.0, i / n == i % n);
     }
-    storageBarrier();
-    workgroupBarrier();
-    for (var sweep = 0u; sweep < p.max_sweeps; sweep++) {
-        if (k == 0u) {
-            var off = 0.0;
-            var tot = 0.0;
-            for (var i = 0u; i < n; i++) {
-                for (var j = 0u; j < n; j++) {
-                    let e = a[base + i * n + j];
-                    tot += e * e;
-                    if (i != j) { off += e * e; }
-                }
+}
+
+// Part of a cyclic sweep: the rotations of pivot rows [row_begin, row_end), then the eigenvalues.
+// Sweeps are split over dispatches because llvmpipe cut short a dispatch of ~65k barriers (a full
+// sweep at n = 256). A matrix already diagonal to f32 resolution is left alone.
+@compute @workgroup_size(256)
+fn jacobi_sweep(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) k: u32) {
+    let g = wg.x;
+    let n = p.n;
+    let base = g * n * n;
+    if (k == 0u) {
+        var off = 0.0;
+        var tot = 0.0;
+        for (var i = 0u; i < n; i++) {
+            for (var j = 0u; j < n; j++) {
+                let e = a[base + i * n + j];
+                tot += e * e;
+                if (i != j) { off += e * e; }
             }
-            off_ratio = select(off / tot, 0.0, tot == 0.0);
         }
-        let ratio = workgroupUniformLoad(&off_ratio);
-        if (ratio <= 1e-14) { break; }
-        for (var pp = 0u; pp + 1u < n; pp++) {
+        off_ratio = select(off / tot, 0.0, tot == 0.0);
+    }
+    let ratio = workgroupUniformLoad(&off_ratio);
+    if (ratio > 1e-14) {
+        for (var pp = p.row_begin; pp < min(p.row_end, n - 1u); pp++) {
             for (var q = pp + 1u; q < n; q++) {
                 let apq = a[base + pp * n + q];
                 let app = a[base + pp * n + pp];
@@ -58,16 +67,24 @@ fn jacobi(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
                 var c = 1.0;
                 var s = 0.0;
                 var t = 0.0;
-                if (apq != 0.0) {
+                // Rotate only when a[p, q] matters next to the diagonal (the classic Jacobi
+                // threshold): a negligible or denormal a[p, q] would give 0/0 below.
+                let rotate = abs(apq) > 1e-12 * sqrt(abs(app * aqq)) && abs(apq) > 1e-30;
+                if (rotate) {
                     let theta = (aqq - app) / (2.0 * apq);
-                    t = sign(theta) / (abs(theta) + sqrt(1.0 + theta * theta));
+                    // For huge theta, t ~ 1 / (2 theta); avoid squaring it into infinity.
+                    if (abs(theta) > 1e15) {
+                        t = 0.5 / theta;
+                    } else {
+                        t = sign(theta) / (abs(theta) + sqrt(1.0 + theta * theta));
+                    }
                     if (theta == 0.0) { t = 1.0; }
                     c = inverseSqrt(1.0 + t * t);
                     s = t * c;
                 }
                 storageBarrier();
                 workgroupBarrier();
-                if (apq != 0.0 && k < n) {
+                if (rotate && k < n) {
                     if (k != pp && k != q) {
                         let akp = a[base + k * n + pp];
                         let akq = a[base + k * n + q];

@@ -51,6 +51,9 @@ pub const KERNELS: &[(&str, &[&str])] = &[
     ("conv_fwd", CONV_SHAPES),
     ("conv_dgrad", CONV_SHAPES),
     ("conv_wgrad", CONV_SHAPES),
+    ("whiten_cov", &["128x64", "128x512"]),
+    ("ns_step", &["1x64", "1x512", "8x64"]),
+    ("eigen", &["1x64", "8x64", "4x128"]),
     ("add", &["1048576"]),
     ("mul", &["1048576"]),
     ("scale", &["1048576"]),
@@ -136,6 +139,62 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
                 ),
             };
             mk(disp, g.flops(), 4.0 * bytes, vec![x, w, y, dx, dw])
+        }
+        "whiten_cov" | "ns_step" | "eigen" => {
+            use crate::ops::{eigen, linalg};
+            let d = dims(shape, 2)?;
+            let mut tape = Tape::new(gpu);
+            let (flops, bytes, keep) = match kernel {
+                "whiten_cov" => {
+                    // Sigma = Xc^T Xc / B + eps I over all d channels: [1, B, d] -> [1, d, d].
+                    let (b, dd) = (d[0], d[1]);
+                    let xt = random(gpu, &mut rng, &[1, b, dd])?;
+                    let c = crate::ops::matmul::matmul(&mut tape, &xt, &xt, true, false)?;
+                    linalg::add_identity(&mut tape, &c, 1.0 / b as f32, 1e-5)?;
+                    (
+                        2.0 * (b * dd * dd) as f64,
+                        4.0 * (b * dd + dd * dd) as f64,
+                        xt,
+                    )
+                }
+                "ns_step" => {
+                    // One coupled iteration on G matrices of n x n: ZY, M = 1.5 I - 0.5 ZY, YM, MZ.
+                    let (g, n) = (d[0], d[1]);
+                    let y = random(gpu, &mut rng, &[g, n, n])?;
+                    let z = random(gpu, &mut rng, &[g, n, n])?;
+                    let zy = crate::ops::matmul::matmul(&mut tape, &z, &y, false, false)?;
+                    let m = linalg::add_identity(&mut tape, &zy, -0.5, 1.5)?;
+                    crate::ops::matmul::matmul(&mut tape, &y, &m, false, false)?;
+                    crate::ops::matmul::matmul(&mut tape, &m, &z, false, false)?;
+                    let nn = (g * n * n) as f64;
+                    (3.0 * 2.0 * nn * n as f64, 4.0 * 9.0 * nn, y)
+                }
+                _ => {
+                    // Jacobi eigendecomposition + W = U diag(l^-1/2) U^T of G SPD matrices.
+                    let (g, n) = (d[0], d[1]);
+                    let mut v = Vec::with_capacity(g * n * n);
+                    let a = rng.vec_f32(g * n * n, -1.0, 1.0);
+                    for k in 0..g {
+                        for i in 0..n {
+                            for j in 0..n {
+                                // A A^T / n + I: symmetric positive definite.
+                                let s: f32 = (0..n)
+                                    .map(|t| a[(k * n + i) * n + t] * a[(k * n + j) * n + t])
+                                    .sum();
+                                v.push(s / n as f32 + if i == j { 1.0 } else { 0.0 });
+                            }
+                        }
+                    }
+                    let sigma = Tensor::from_f32(gpu, &[g, n, n], &v)?;
+                    eigen::zca_eigen(&mut tape, &sigma)?;
+                    // Flops: ~sweeps x n^2/2 rotations x 8n (a and v updates); report at 8 sweeps.
+                    let nn = (g * n * n) as f64;
+                    (8.0 * nn / 2.0 * 8.0 * n as f64, 4.0 * 4.0 * nn, sigma)
+                }
+            };
+            let mut cs = mk(Vec::new(), flops, bytes, vec![keep]);
+            cs._tape = Some(tape);
+            cs
         }
         "add" | "mul" | "scale" | "relu" => {
             let n = dims(shape, 1)?[0];
@@ -372,6 +431,7 @@ pub fn bench_model(
     size: usize,
     channels: usize,
     samples: usize,
+    whiten: Option<crate::ops::whiten::WhitenConfig>,
 ) -> Result<ModelMeasurement> {
     use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
     if batch < 2 || size == 0 || channels == 0 {
@@ -385,8 +445,11 @@ pub fn bench_model(
             classes: 10,
             classifier: Classifier::Linear,
             seed: 1,
+            whiten,
         },
     )?;
+    let counts: Vec<usize> = (0..10).map(|c| 5000 >> c).collect();
+    let loss = crate::losses::LossSetup::new(gpu, Default::default(), &counts)?;
     let st = model.train_step(
         gpu,
         [batch, channels, size, size],
@@ -396,6 +459,7 @@ pub fn bench_model(
             weight_decay: 2e-4,
             nesterov: false,
         },
+        &loss,
     )?;
     let mut rng = Rng64::new(1);
     st.x.write_f32(gpu, &rng.vec_f32(batch * channels * size * size, -1.0, 1.0))?;

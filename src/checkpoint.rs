@@ -105,6 +105,20 @@ pub fn state_dict(
             HostTensor::i64_scalar(num_batches_tracked),
         );
     }
+    if let Some(w) = &model.whiten {
+        let mut put = |name: &str, t: &crate::tensor::Tensor| -> Result<()> {
+            out.insert(
+                name.to_string(),
+                HostTensor::f32(t.shape(), &t.to_f32(gpu)?),
+            );
+            Ok(())
+        };
+        put("whiten.running_mean", &w.running_mean)?;
+        put("whiten.running_cov", &w.running_cov)?;
+        if let Some(rw) = &w.running_wm {
+            put("whiten.running_wm", rw)?;
+        }
+    }
     Ok(out)
 }
 
@@ -173,6 +187,19 @@ pub fn load_model(gpu: &Gpu, path: &Path, model: &ResNet) -> Result<i64> {
             tracked = i64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
         }
         expected.push(key);
+    }
+    if let Some(w) = &model.whiten {
+        let mut stats = vec![
+            ("whiten.running_mean", &w.running_mean),
+            ("whiten.running_cov", &w.running_cov),
+        ];
+        if let Some(rw) = &w.running_wm {
+            stats.push(("whiten.running_wm", rw));
+        }
+        for (key, t) in stats {
+            t.write_f32(gpu, &f32_values(path, key, &get(key)?, t.shape())?)?;
+            expected.push(key.to_string());
+        }
     }
     let mut unknown: Vec<String> = st
         .names()

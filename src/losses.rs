@@ -132,3 +132,32 @@ pub fn posthoc_adjust(logits: &mut [f32], counts: &[usize], tau: f64) -> Result<
     }
     Ok(())
 }
+
+/// The loss as the training step sees it: the class vector on the GPU (rewritten in place when
+/// DRW switches weights on, nothing rebuilt) and the logit scale.
+pub struct LossSetup {
+    pub cfg: LossConfig,
+    pub cls: crate::tensor::Tensor,
+    pub scale: f32,
+    counts: Vec<usize>,
+}
+
+impl LossSetup {
+    /// Upload the class vector for `cfg` with the training class counts (no class weights).
+    pub fn new(gpu: &crate::gpu::Gpu, cfg: LossConfig, counts: &[usize]) -> Result<Self> {
+        let (v, scale) = class_vector(&cfg, counts, None)?;
+        Ok(Self {
+            cfg,
+            cls: crate::tensor::Tensor::from_f32(gpu, &[v.len()], &v)?,
+            scale,
+            counts: counts.to_vec(),
+        })
+    }
+
+    /// Replace the class weights (None: all 1), e.g. at the DRW epoch; takes effect from the next
+    /// submitted step.
+    pub fn set_weights(&self, gpu: &crate::gpu::Gpu, weights: Option<&[f64]>) -> Result<()> {
+        let (v, _) = class_vector(&self.cfg, &self.counts, weights)?;
+        self.cls.write_f32(gpu, &v)
+    }
+}

@@ -52,6 +52,7 @@ pub struct Tape {
     grads: HashMap<usize, Tensor>,
     preset: HashMap<usize, Tensor>,
     has_backward: bool,
+    family: Option<&'static str>,
 }
 
 impl Tape {
@@ -65,6 +66,7 @@ impl Tape {
             grads: HashMap::new(),
             preset: HashMap::new(),
             has_backward: false,
+            family: None,
         }
     }
 
@@ -83,6 +85,12 @@ impl Tape {
         })
     }
 
+    /// Attribute every launch recorded until the next call to `family` (None: each op's own),
+    /// so that a composite layer (whitening) shows as one line in benchmark breakdowns.
+    pub fn set_family(&mut self, family: Option<&'static str>) {
+        self.family = family;
+    }
+
     /// Record a differentiable op: its forward launches, inputs, output and backward builder.
     pub fn push(
         &mut self,
@@ -95,6 +103,7 @@ impl Tape {
         if self.has_backward {
             bail!("op {family} recorded after backward(): record the whole forward pass first");
         }
+        let family = self.family.unwrap_or(family);
         self.forward.extend(
             forward
                 .into_iter()
@@ -115,6 +124,7 @@ impl Tape {
 
     /// Record a forward-only launch (e.g. a running-statistics update).
     pub fn push_forward(&mut self, family: &'static str, dispatch: Dispatch) {
+        let family = self.family.unwrap_or(family);
         self.forward.push(Launch { family, dispatch });
     }
 

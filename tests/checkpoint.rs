@@ -31,6 +31,7 @@ fn model(arch: Arch, classifier: Classifier) -> ResNet {
             classes: 10,
             classifier,
             seed: 99,
+            whiten: None,
         },
     )
     .unwrap()
@@ -107,6 +108,53 @@ fn save_then_load_round_trips() {
         assert_eq!(v.bytes, sb[k].bytes, "{k}");
     }
     assert!(sa.contains_key("layer1.0.bn2.num_batches_tracked"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn whitening_statistics_are_saved_and_loaded() {
+    use longtail::ops::whiten::{TrackStat, WhitenConfig};
+    let g = gpu();
+    let cfg = ResNetConfig {
+        arch: Arch::Cifar { n: 1 },
+        in_channels: 3,
+        classes: 10,
+        classifier: Classifier::Normed,
+        seed: 3,
+        whiten: Some(WhitenConfig {
+            track: TrackStat::W,
+            ..Default::default()
+        }),
+    };
+    let a = ResNet::new(g, cfg).unwrap();
+    let w = a.whiten.as_ref().unwrap();
+    w.running_mean
+        .write_f32(g, &(0..64).map(|i| i as f32).collect::<Vec<_>>())
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("longtail-wckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    save_model(g, &path, &a, 1).unwrap();
+    let sd = state_dict(g, &a, 1).unwrap();
+    assert_eq!(sd["whiten.running_cov"].shape, vec![1, 64, 64]);
+    assert!(sd.contains_key("whiten.running_wm"));
+    let b = ResNet::new(g, ResNetConfig { seed: 4, ..cfg }).unwrap();
+    load_model(g, &path, &b).unwrap();
+    let got = b.whiten.as_ref().unwrap().running_mean.to_f32(g).unwrap();
+    assert_eq!(got[63], 63.0);
+    // A checkpoint without whitening statistics does not load into a whitened model.
+    let plain = ResNet::new(
+        g,
+        ResNetConfig {
+            whiten: None,
+            ..cfg
+        },
+    )
+    .unwrap();
+    let p2 = dir.join("plain.safetensors");
+    save_model(g, &p2, &plain, 1).unwrap();
+    let e = format!("{:#}", load_model(g, &p2, &b).unwrap_err());
+    assert!(e.contains("whiten.running_mean"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

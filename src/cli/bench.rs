@@ -5,6 +5,7 @@ use clap::Args;
 
 use longtail::bench::{bench_model, select, time_case};
 use longtail::gpu::Gpu;
+use longtail::ops::whiten::{WhitenConfig, WhitenMethod};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -32,11 +33,23 @@ pub struct BenchArgs {
     /// Input channels for --model.
     #[arg(long, default_value_t = 3)]
     channels: usize,
+    /// Channel whitening before the classifier of --model (ns, iternorm, eigen).
+    #[arg(long, value_enum)]
+    whiten: Option<WhitenMethod>,
+    /// Whitening group size for --model (0: all channels).
+    #[arg(long, default_value_t = 0)]
+    whiten_group: usize,
 }
 
 pub fn run(gpu: &Gpu, a: BenchArgs) -> Result<()> {
     if let Some(model) = &a.model {
-        let m = bench_model(gpu, model, a.batch, a.size, a.channels, a.samples)?;
+        let whiten = a.whiten.map(|method| WhitenConfig {
+            method,
+            iters: WhitenConfig::default_iters(method),
+            group: a.whiten_group,
+            ..Default::default()
+        });
+        let m = bench_model(gpu, model, a.batch, a.size, a.channels, a.samples, whiten)?;
         if a.json {
             println!("{}", serde_json::to_string(&m)?);
         } else {

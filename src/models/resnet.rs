@@ -76,6 +76,8 @@ pub struct ResNetConfig {
     pub classes: usize,
     pub classifier: Classifier,
     pub seed: u64,
+    /// Channel whitening between the pooled features and the classifier.
+    pub whiten: Option<crate::ops::whiten::WhitenConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +96,8 @@ pub struct ResNet {
     pub params: Params,
     /// BN running statistics by layer prefix (`bn1`, `layer1.0.bn2`, ...).
     pub bn: BTreeMap<String, BnState>,
+    /// The whitening layer (checkpoint names `whiten.*`).
+    pub whiten: Option<crate::ops::whiten::Whitening>,
     blocks: Vec<Block>,
 }
 
@@ -187,10 +191,15 @@ impl ResNet {
                 pb.add(&format!("{head}.weight"), &[d, cfg.classes], w)?;
             }
         }
+        let whiten = match cfg.whiten {
+            Some(w) => Some(crate::ops::whiten::Whitening::new(gpu, d, w)?),
+            None => None,
+        };
         Ok(Self {
             cfg,
             params: pb.build(gpu)?,
             bn,
+            whiten,
             blocks,
         })
     }
@@ -280,10 +289,25 @@ impl ResNet {
         }
     }
 
-    /// Record the whole network: images to logits.
+    /// Record the whole network: images to logits. In eval mode with whitening, run the
+    /// program of [`ResNet::record_prepare`] first (whenever the running statistics changed).
     pub fn forward(&self, tape: &mut Tape, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         let f = self.features(tape, x, mode)?;
+        let f = match (&self.whiten, mode) {
+            (Some(w), BnMode::Train) => w.forward_train(tape, &f)?,
+            (Some(w), BnMode::Eval) => w.forward_eval(tape, &f)?,
+            (None, _) => f,
+        };
         self.classify(tape, &f)
+    }
+
+    /// Record the eval-mode preparation (the whitening matrix from the running statistics);
+    /// empty without whitening.
+    pub fn record_prepare(&self, tape: &mut Tape) -> Result<()> {
+        match &self.whiten {
+            Some(w) => w.record_prepare(tape),
+            None => Ok(()),
+        }
     }
 }
 
@@ -297,18 +321,21 @@ pub struct ResNetStep {
 }
 
 impl ResNet {
-    /// Record forward, cross-entropy, backward and SGD for batches of `shape = [B, C, H, W]`.
+    /// Record forward, loss, backward and SGD for batches of `shape = [B, C, H, W]`.
     pub fn train_step(
         &self,
         gpu: &Gpu,
         shape: [usize; 4],
         sgd: crate::optim::SgdConfig,
+        loss: &crate::losses::LossSetup,
     ) -> Result<ResNetStep> {
         let x = Tensor::zeros(gpu, &shape, crate::tensor::DType::F32)?;
         let y = Tensor::zeros(gpu, &[shape[0]], crate::tensor::DType::U32)?;
         let mut tape = Tape::new(gpu);
         let logits = self.forward(&mut tape, &x, BnMode::Train)?;
-        let loss = crate::ops::cross_entropy::cross_entropy(&mut tape, &logits, &y, None)?;
+        let loss = crate::ops::cross_entropy::margin_cross_entropy(
+            &mut tape, &logits, &y, &loss.cls, loss.scale,
+        )?;
         self.params.attach(&mut tape)?;
         tape.backward(&loss)?;
         let sgd = crate::optim::Sgd::new(gpu, &self.params, sgd)?;

@@ -210,8 +210,14 @@ impl Whitening {
 
     /// Record the training-mode layer on `f: [B, d]`, including the running-statistics update.
     pub fn forward_train(&self, tape: &mut Tape, f: &Tensor) -> Result<Tensor> {
-        let (b, sigma, w, xt, mu) = self.statistics(tape, f)?;
-        let _ = b;
+        tape.set_family(Some("whiten"));
+        let out = self.forward_train_inner(tape, f);
+        tape.set_family(None);
+        out
+    }
+
+    fn forward_train_inner(&self, tape: &mut Tape, f: &Tensor) -> Result<Tensor> {
+        let (_, sigma, w, xt, mu) = self.statistics(tape, f)?;
         let out = matmul::matmul(tape, &xt, &w, false, false)?;
         // EMAs: r = (1 - m) r + m x.
         let gpu = tape.gpu().clone();
