@@ -7,6 +7,8 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod config;
+pub mod data;
 pub mod gpu;
 pub mod losses;
 pub mod models;
@@ -14,8 +16,11 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod sampler;
+pub mod schedule;
 pub mod shaders;
 pub mod step;
 pub mod tape;
 pub mod tensor;
+pub mod train;
 pub mod verify;

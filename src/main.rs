@@ -35,6 +35,10 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Train a small MLP on synthetic blobs (a smoke test of the whole stack).
     Mlp(cli::mlp::MlpArgs),
+    /// Train a long-tailed classifier (see assets/presets; every config key is a flag).
+    Train(Box<cli::train::TrainArgs>),
+    /// Evaluate a checkpoint: Many/Medium/Few/All and per-class accuracy.
+    Eval(Box<cli::train::EvalArgs>),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -59,6 +63,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => cli::bench::run(&Gpu::new(&opts)?, args),
         Command::Mlp(args) => cli::mlp::run(&Gpu::new(&opts)?, args),
+        Command::Train(args) => cli::train::run(&Gpu::new(&opts)?, *args),
+        Command::Eval(args) => cli::train::eval(&Gpu::new(&opts)?, *args),
     }
 }
 

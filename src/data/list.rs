@@ -1,0 +1,112 @@
+//! ImageNet-LT-style lists: one `relative/path.jpg label` per line, paths relative to
+//! `--data-root`, decoded with `image`, resized (shorter side to `size * 8 / 7`, as the usual
+//! 256/224) and centre-cropped to `size` x `size`, RGB. The whole list is decoded up front.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use image::imageops::FilterType;
+
+use super::Dataset;
+
+/// Parse a list file into (path, label) pairs.
+pub fn parse_list(list: &Path) -> Result<Vec<(String, u32)>> {
+    let text =
+        std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
+    let mut out = Vec::new();
+    for (no, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((path, label)) = line.rsplit_once(char::is_whitespace) else {
+            bail!(
+                "{}:{}: expected `path label`, got {line:?}",
+                list.display(),
+                no + 1
+            );
+        };
+        let label: u32 = label.trim().parse().with_context(|| {
+            format!(
+                "{}:{}: label {label:?} is not a non-negative integer",
+                list.display(),
+                no + 1
+            )
+        })?;
+        out.push((path.trim().to_string(), label));
+    }
+    if out.is_empty() {
+        bail!("{}: the list holds no images", list.display());
+    }
+    Ok(out)
+}
+
+/// Decode one image to `size` x `size` RGB, `[3, size, size]`.
+pub fn decode(path: &Path, size: usize) -> Result<Vec<u8>> {
+    let img =
+        image::open(path).with_context(|| format!("cannot decode image {}", path.display()))?;
+    let short = (size * 8).div_ceil(7) as u32;
+    let (w, h) = (img.width().max(1), img.height().max(1));
+    let (nw, nh) = if w < h {
+        (short, (h as u64 * short as u64 / w as u64) as u32)
+    } else {
+        ((w as u64 * short as u64 / h as u64) as u32, short)
+    };
+    let rgb = img
+        .resize_exact(
+            nw.max(size as u32),
+            nh.max(size as u32),
+            FilterType::Triangle,
+        )
+        .to_rgb8();
+    let (x0, y0) = (
+        (rgb.width() - size as u32) / 2,
+        (rgb.height() - size as u32) / 2,
+    );
+    let mut out = vec![0u8; 3 * size * size];
+    for y in 0..size {
+        for x in 0..size {
+            let p = rgb.get_pixel(x0 + x as u32, y0 + y as u32);
+            for c in 0..3 {
+                out[(c * size + y) * size + x] = p[c];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Load every image of `list` under `root` with `classes` classes (0 = max label + 1).
+pub fn load(list: &Path, root: &Path, size: usize, classes: usize) -> Result<Dataset> {
+    if size == 0 {
+        bail!("image size must be positive");
+    }
+    let entries = parse_list(list)?;
+    let classes = if classes == 0 {
+        entries.iter().map(|e| e.1).max().unwrap_or(0) as usize + 1
+    } else {
+        classes
+    };
+    let mut images = Vec::with_capacity(entries.len() * 3 * size * size);
+    let mut labels = Vec::with_capacity(entries.len());
+    for (path, label) in &entries {
+        if *label as usize >= classes {
+            bail!(
+                "{}: label {label} of {path} is out of range (expected 0..{classes})",
+                list.display()
+            );
+        }
+        images.extend(decode(&root.join(path), size)?);
+        labels.push(*label);
+    }
+    Ok(Dataset {
+        images,
+        labels,
+        channels: 3,
+        height: size,
+        width: size,
+        classes,
+        // ImageNet statistics.
+        mean: vec![0.485, 0.456, 0.406],
+        std: vec![0.229, 0.224, 0.225],
+    })
+}

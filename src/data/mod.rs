@@ -1,0 +1,103 @@
+//! Data: readers for IDX (Fashion-MNIST, MNIST), CIFAR-10/100 binary and ImageNet-LT-style
+//! lists; the long-tailed subset; augmentation and batch assembly.
+//!
+//! Images are kept as u8 `[N, C, H, W]` on the host (60k Fashion-MNIST images are 47 MB) and
+//! normalised when a batch is assembled.
+
+pub mod augment;
+pub mod cifar;
+pub mod idx;
+pub mod list;
+pub mod longtail;
+
+use anyhow::{Result, bail};
+
+/// An in-memory image classification set.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// `[N, C, H, W]` pixels.
+    pub images: Vec<u8>,
+    pub labels: Vec<u32>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub classes: usize,
+    /// Per-channel normalisation (of pixels scaled to [0, 1]).
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Dataset {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    /// Values per image.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+    /// Pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.images[i * n..(i + 1) * n]
+    }
+    /// Images per class.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.classes];
+        for &l in &self.labels {
+            c[l as usize] += 1;
+        }
+        c
+    }
+    /// The subset at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let n = self.image_len();
+        let mut images = Vec::with_capacity(indices.len() * n);
+        for &i in indices {
+            images.extend_from_slice(self.image(i));
+        }
+        Dataset {
+            images,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            ..self.clone_meta()
+        }
+    }
+    fn clone_meta(&self) -> Dataset {
+        Dataset {
+            images: Vec::new(),
+            labels: Vec::new(),
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            classes: self.classes,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
+    }
+    /// Fail unless every label is below `classes` (`source` names the file for the message).
+    pub fn check_labels(&self, source: &str) -> Result<()> {
+        if let Some((i, l)) = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l as usize >= self.classes)
+        {
+            bail!(
+                "{source}: label {l} of image {i} is out of range (expected 0..{})",
+                self.classes
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Train and test splits of one data set.
+pub struct Splits {
+    pub name: String,
+    pub train: Dataset,
+    pub test: Dataset,
+}

@@ -1,0 +1,669 @@
+//! `longtail train` and `longtail eval`: the training loop of METHOD.md §6–7.
+//!
+//! Every epoch's batches and augmentation come from generators seeded by (seed, epoch), and GPU
+//! kernels are deterministic, so a run is reproducible on one adapter and `--resume` continues
+//! from the last finished epoch to the same final weights as an uninterrupted run.
+//! While the GPU runs step t, the host assembles the batch of step t + 1; the loss of step t is
+//! read after that (the one sync per step).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, HostTensor, write_atomic};
+use crate::config::TrainConfig;
+use crate::data::augment::{Augment, assemble};
+use crate::data::longtail::{class_sizes, shot_group, subset_indices};
+use crate::data::{Dataset, Splits, cifar, idx, list};
+use crate::gpu::Gpu;
+use crate::losses::{LossConfig, LossKind, LossSetup, class_balanced_weights};
+use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
+use crate::ops::batchnorm::BnMode;
+use crate::ops::whiten::WhitenConfig;
+use crate::optim::SgdConfig;
+use crate::rng::Rng64;
+use crate::sampler::{B3rsConfig, Bet, Sampler, plan_epoch, steps_per_epoch};
+use crate::schedule::Schedule;
+use crate::tape::Tape;
+use crate::tensor::{DType, Tensor};
+
+/// Load the configured data set (train and test splits).
+pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
+    let dir = |default: Option<&str>| -> Result<PathBuf> {
+        match (&cfg.data_dir, default) {
+            (Some(d), _) => Ok(PathBuf::from(d)),
+            (None, Some(d)) => Ok(PathBuf::from(d)),
+            (None, None) => bail!("dataset {} needs --data-dir", cfg.dataset),
+        }
+    };
+    match cfg.dataset.as_str() {
+        "fashion-mnist" => idx::load(&dir(Some(idx::FASHION_MNIST_DIR))?, true),
+        "mnist" => idx::load(&dir(None)?, false),
+        "cifar10" => cifar::load10(&dir(None)?),
+        "cifar100" => cifar::load100(&dir(None)?),
+        "imagenet-lt" => {
+            let root = cfg
+                .data_root
+                .as_deref()
+                .context("imagenet-lt needs --data-root")?;
+            let tl = cfg
+                .train_list
+                .as_deref()
+                .context("imagenet-lt needs --train-list")?;
+            let vl = cfg
+                .test_list
+                .as_deref()
+                .context("imagenet-lt needs --test-list")?;
+            let train = list::load(Path::new(tl), Path::new(root), cfg.image_size, 0)?;
+            let test = list::load(
+                Path::new(vl),
+                Path::new(root),
+                cfg.image_size,
+                train.classes,
+            )?;
+            Ok(Splits {
+                name: "imagenet-lt".into(),
+                train,
+                test,
+            })
+        }
+        d => bail!("unknown dataset {d:?}"),
+    }
+}
+
+/// The long-tailed training subset and the (optionally reduced) test set.
+pub fn prepare_data(cfg: &TrainConfig, splits: Splits) -> Result<(Dataset, Dataset)> {
+    let counts = splits.train.class_counts();
+    // METHOD.md §6: n_max = 5000 for the 10-class sets (Fashion-MNIST has 6000 per class, MNIST
+    // 5421..6742), 500 for CIFAR-100; otherwise the largest class.
+    let largest = counts.iter().copied().max().unwrap_or(0);
+    let protocol = match cfg.dataset.as_str() {
+        "fashion-mnist" | "mnist" | "cifar10" => Some(5000),
+        "cifar100" => Some(500),
+        _ => None,
+    };
+    let n_max = cfg.n_max.or(protocol).unwrap_or(largest).min(largest);
+    let sizes = class_sizes(splits.train.classes, n_max, cfg.rho, cfg.profile)?;
+    let train = if cfg.rho == 1.0 && n_max == largest {
+        splits.train
+    } else {
+        splits.train.subset(&subset_indices(&splits.train, &sizes)?)
+    };
+    let test = if cfg.test_per_class > 0 {
+        let mut taken = vec![0usize; splits.test.classes];
+        let keep: Vec<usize> = (0..splits.test.len())
+            .filter(|&i| {
+                let c = splits.test.labels[i] as usize;
+                taken[c] += 1;
+                taken[c] <= cfg.test_per_class
+            })
+            .collect();
+        splits.test.subset(&keep)
+    } else {
+        splits.test
+    };
+    Ok((train, test))
+}
+
+/// The network the configuration describes.
+pub fn build_model(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    channels: usize,
+    classes: usize,
+) -> Result<ResNet> {
+    let whiten = cfg.whiten_method()?.map(|method| WhitenConfig {
+        method,
+        iters: cfg
+            .whiten_iters
+            .unwrap_or_else(|| WhitenConfig::default_iters(method)),
+        eps: cfg.whiten_eps as f32,
+        group: cfg.whiten_group,
+        track: cfg.whiten_track,
+        momentum: 0.1,
+    });
+    ResNet::new(
+        gpu,
+        ResNetConfig {
+            arch: Arch::parse(&cfg.model)?,
+            in_channels: channels,
+            classes,
+            // LDAM's margins are meant for cosine logits.
+            classifier: if cfg.loss == LossKind::Ldam {
+                Classifier::Normed
+            } else {
+                Classifier::Linear
+            },
+            seed: cfg.seed,
+            whiten,
+        },
+    )
+}
+
+/// Accuracy figures of one evaluation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EvalResult {
+    /// Top-1 on the balanced test set = mean per-class accuracy (%).
+    pub acc: f64,
+    pub many: Option<f64>,
+    pub medium: Option<f64>,
+    pub few: Option<f64>,
+    pub per_class: Vec<f64>,
+    /// confusion[true][predicted]
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// A recorded eval-mode forward of `batch` images plus the whitening preparation.
+pub struct Evaluator {
+    tape: Tape,
+    prepare: Tape,
+    x: Tensor,
+    logits: Tensor,
+    batch: usize,
+}
+
+impl Evaluator {
+    /// Record the eval program of `model` for batches of `batch` images like those of `d`.
+    pub fn new(gpu: &Gpu, model: &ResNet, d: &Dataset, batch: usize) -> Result<Self> {
+        let batch = batch.min(d.len()).max(1);
+        let x = Tensor::zeros(gpu, &[batch, d.channels, d.height, d.width], DType::F32)?;
+        let mut tape = Tape::new(gpu);
+        let logits = model.forward(&mut tape, &x, BnMode::Eval)?;
+        let mut prepare = Tape::new(gpu);
+        model.record_prepare(&mut prepare)?;
+        Ok(Self {
+            tape,
+            prepare,
+            x,
+            logits,
+            batch,
+        })
+    }
+
+    /// Logits of every image of `d`, `[N, C]`.
+    pub fn logits(&self, gpu: &Gpu, d: &Dataset) -> Result<Vec<f32>> {
+        self.prepare.run(false);
+        let mut out = Vec::with_capacity(d.len() * d.classes);
+        let (mut buf, mut lab) = (Vec::new(), Vec::new());
+        for start in (0..d.len()).step_by(self.batch) {
+            let idx: Vec<usize> = (start..(start + self.batch).min(d.len())).collect();
+            assemble(d, &idx, None, &mut buf, &mut lab);
+            buf.resize(self.x.numel(), 0.0); // pad the last batch; its extra rows are ignored
+            self.x.write_f32(gpu, &buf)?;
+            self.tape.run(false);
+            let z = self.logits.to_f32(gpu)?;
+            out.extend_from_slice(&z[..idx.len() * d.classes]);
+        }
+        Ok(out)
+    }
+}
+
+/// Accuracy, Many/Medium/Few, per-class accuracy and confusion from logits.
+pub fn score(
+    logits: &[f32],
+    labels: &[u32],
+    classes: usize,
+    train_counts: &[usize],
+    posthoc: Option<(f64, &[usize])>,
+) -> Result<EvalResult> {
+    let mut z = logits.to_vec();
+    if let Some((tau, counts)) = posthoc {
+        crate::losses::posthoc_adjust(&mut z, counts, tau)?;
+    }
+    let mut confusion = vec![vec![0u64; classes]; classes];
+    for (i, &y) in labels.iter().enumerate() {
+        let row = &z[i * classes..(i + 1) * classes];
+        let pred = row
+            .iter()
+            .enumerate()
+            .fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
+        confusion[y as usize][pred] += 1;
+    }
+    let per_class: Vec<f64> = confusion
+        .iter()
+        .enumerate()
+        .map(|(c, r)| {
+            let n: u64 = r.iter().sum();
+            if n == 0 {
+                0.0
+            } else {
+                100.0 * r[c] as f64 / n as f64
+            }
+        })
+        .collect();
+    let present: Vec<usize> = (0..classes)
+        .filter(|&c| confusion[c].iter().sum::<u64>() > 0)
+        .collect();
+    let mean = |cs: &[usize]| {
+        (!cs.is_empty()).then(|| cs.iter().map(|&c| per_class[c]).sum::<f64>() / cs.len() as f64)
+    };
+    let group = |g: usize| -> Vec<usize> {
+        present
+            .iter()
+            .copied()
+            .filter(|&c| shot_group(train_counts[c]) == g)
+            .collect()
+    };
+    Ok(EvalResult {
+        acc: mean(&present).unwrap_or(0.0),
+        many: mean(&group(0)),
+        medium: mean(&group(1)),
+        few: mean(&group(2)),
+        per_class,
+        confusion,
+    })
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("  -  ".into(), |x| format!("{x:5.2}"))
+}
+
+/// One line: top-1 and Many / Medium / Few.
+pub fn eval_line(r: &EvalResult) -> String {
+    format!(
+        "top-1 {:5.2} % | many {} | medium {} | few {}",
+        r.acc,
+        fmt_opt(r.many),
+        fmt_opt(r.medium),
+        fmt_opt(r.few)
+    )
+}
+
+/// One `metrics.jsonl` row.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub loss: f64,
+    pub acc: Option<f64>,
+    pub many: Option<f64>,
+    pub medium: Option<f64>,
+    pub few: Option<f64>,
+    pub img_s: f64,
+    pub seconds: f64,
+}
+
+/// What `--resume` needs beyond the weights.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunState {
+    /// Epochs finished.
+    epochs_done: usize,
+    /// Global steps done.
+    steps_done: usize,
+    best: Option<(usize, EvalResult)>,
+    last_eval: Option<EvalResult>,
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub dataset: String,
+    pub final_: Option<EvalResult>,
+    pub best: Option<EvalResult>,
+    pub best_epoch: Option<usize>,
+    pub class_counts: Vec<usize>,
+    pub adapter: String,
+    pub epochs: usize,
+    pub steps: usize,
+    pub seconds: f64,
+    pub img_s: f64,
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    write_atomic(path, serde_json::to_string_pretty(v)?.as_bytes())
+}
+
+fn summary_json(s: &Summary) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).expect("serialisable");
+    if let Some(o) = v.as_object_mut() {
+        if let Some(f) = o.remove("final_") {
+            o.insert("final".into(), f);
+        }
+    }
+    v
+}
+
+fn epoch_seed(seed: u64, epoch: usize, stream: u64) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (epoch as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+        ^ stream
+}
+
+/// Train per `cfg` into `out`; with `resume`, continue the run already there.
+pub fn train(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    quiet: bool,
+) -> Result<Summary> {
+    train_with_init(gpu, cfg, out, resume, quiet, None)
+}
+
+/// [`train`], starting from the weights in `init` when given (ignored on resume).
+pub fn train_with_init(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    quiet: bool,
+    init: Option<&Path>,
+) -> Result<Summary> {
+    let t_start = Instant::now();
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let splits = load_data(cfg)?;
+    let name = splits.name.clone();
+    let (train, test) = prepare_data(cfg, splits)?;
+    let counts = train.class_counts();
+    let spe = steps_per_epoch(train.len(), cfg.batch_size)?;
+    let model = build_model(gpu, cfg, train.channels, train.classes)?;
+    if !resume {
+        write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    }
+    println!(
+        "{name}-LT: {} training images {:?}, {} test images; {} on {}",
+        train.len(),
+        counts,
+        test.len(),
+        cfg.model,
+        gpu.describe()
+    );
+    let loss_cfg = LossConfig {
+        kind: cfg.loss,
+        max_margin: cfg.ldam_max_margin,
+        ldam_scale: cfg.ldam_scale,
+        tau: cfg.tau,
+    };
+    let loss = LossSetup::new(gpu, loss_cfg, &counts)?;
+    let bet = match cfg.bet {
+        Some(k) => Bet {
+            mode: cfg.bet_mode,
+            period: Some(k),
+            size: cfg.bet_size,
+        },
+        None => Bet::OFF,
+    };
+    let extra = if bet.mode == crate::sampler::BetMode::Concat && bet.period.is_some() {
+        bet.size
+    } else {
+        0
+    };
+    let batch = cfg.batch_size + extra;
+    let shape = [batch, train.channels, train.height, train.width];
+    let sgd_cfg = SgdConfig {
+        lr: cfg.lr as f32,
+        momentum: cfg.momentum as f32,
+        weight_decay: cfg.weight_decay as f32,
+        nesterov: cfg.nesterov,
+    };
+    if let (Some(p), false) = (init, resume) {
+        checkpoint::load_model(gpu, p, &model)?;
+    }
+    let mut st = model.train_step(gpu, shape, sgd_cfg, &loss)?;
+    let evaluator = Evaluator::new(gpu, &model, &test, cfg.eval_batch)?;
+    let schedule = Schedule {
+        lr: cfg.lr,
+        epochs: cfg.epochs,
+        steps_per_epoch: spe,
+        warmup_epochs: cfg.warmup_epochs,
+        decay: cfg.schedule,
+    };
+    let b3rs = B3rsConfig {
+        groups: cfg.b3rs_groups,
+        q: cfg.b3rs_q,
+        r: cfg.b3rs_r,
+    };
+    let aug = if cfg.augment == "none" {
+        Augment::NONE
+    } else {
+        Augment::STANDARD
+    };
+    let drw_weights = class_balanced_weights(&counts, cfg.drw_beta)?;
+    let posthoc = cfg.posthoc_tau.map(|t| (t, counts.as_slice()));
+
+    // Resume: weights, optimizer state, counters, metrics so far.
+    let mut state = RunState {
+        epochs_done: 0,
+        steps_done: 0,
+        best: None,
+        last_eval: None,
+    };
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    if resume {
+        let s = std::fs::read_to_string(out.join("state.json")).with_context(|| {
+            format!(
+                "{}: no state.json to resume from (was a run started there?)",
+                out.display()
+            )
+        })?;
+        state = serde_json::from_str(&s).with_context(|| {
+            format!(
+                "{}: state.json is corrupt",
+                out.join("state.json").display()
+            )
+        })?;
+        checkpoint::load_model(gpu, &out.join("last.safetensors"), &model)?;
+        let opt = std::fs::read(out.join("optimizer.safetensors"))
+            .context("reading optimizer.safetensors")?;
+        let ost = safetensors::SafeTensors::deserialize(&opt)
+            .context("optimizer.safetensors is corrupt")?;
+        let m = ost
+            .tensor("momentum")
+            .context("optimizer.safetensors: no momentum tensor")?;
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(m.data());
+        st.step.sgd.momentum.write_f32(gpu, &v)?;
+        if let Ok(text) = std::fs::read_to_string(out.join("metrics.jsonl")) {
+            history = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(serde_json::from_str)
+                .collect::<Result<_, _>>()?;
+            history.truncate(state.epochs_done);
+        }
+        println!(
+            "resuming after epoch {} (step {})",
+            state.epochs_done, state.steps_done
+        );
+    }
+
+    let total_steps = cfg.max_steps.unwrap_or(usize::MAX).min(cfg.epochs * spe);
+    let (mut xbuf, mut ybuf) = (Vec::new(), Vec::new());
+    let mut step = state.steps_done;
+    let mut images = 0usize;
+    let mut train_secs = 0.0;
+    for epoch in state.epochs_done..cfg.epochs {
+        if step >= total_steps {
+            break;
+        }
+        let t0 = Instant::now();
+        let drw_on = cfg.drw_start().is_some_and(|e| epoch >= e);
+        loss.set_weights(gpu, drw_on.then_some(drw_weights.as_slice()))?;
+        let mut sampler = Sampler::new(
+            cfg.sampler,
+            &train.labels,
+            train.classes,
+            b3rs,
+            epoch_seed(cfg.seed, epoch, 1),
+        );
+        let plan = plan_epoch(&mut sampler, spe, cfg.batch_size, bet)?;
+        let mut arng = Rng64::new(epoch_seed(cfg.seed, epoch, 2));
+        let steps_here = plan.len().min(total_steps - step);
+        let bar = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(steps_here as u64).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            )
+        };
+        bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+        let mut loss_sum = 0.0;
+        let mut lr = cfg.lr;
+        assemble(
+            &train,
+            &plan[0],
+            Some((aug, &mut arng)),
+            &mut xbuf,
+            &mut ybuf,
+        );
+        for (i, batch_idx) in plan.iter().take(steps_here).enumerate() {
+            let _ = batch_idx;
+            lr = schedule.lr_at(step);
+            st.step.sgd.set_lr(gpu, lr as f32);
+            st.x.write_f32(gpu, &xbuf)?;
+            st.y.write_u32(gpu, &ybuf)?;
+            st.step.submit();
+            if i + 1 < steps_here {
+                assemble(
+                    &train,
+                    &plan[i + 1],
+                    Some((aug, &mut arng)),
+                    &mut xbuf,
+                    &mut ybuf,
+                );
+            }
+            let l = st.step.read_loss()?;
+            step += 1;
+            if !l.is_finite() {
+                bar.abandon();
+                bail!(
+                    "the loss became {l} at epoch {} step {step}: training stopped. The last good checkpoint \
+                     ({}, after epoch {}) is kept; try a lower --lr",
+                    epoch + 1,
+                    out.join("last.safetensors").display(),
+                    state.epochs_done
+                );
+            }
+            loss_sum += l as f64;
+            let secs = t0.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4} {:.1} img/s",
+                loss_sum / (i + 1) as f64,
+                ((i + 1) * batch) as f64 / secs
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let secs = t0.elapsed().as_secs_f64();
+        train_secs += secs;
+        images += steps_here * batch;
+        let last_epoch = epoch + 1 == cfg.epochs || step >= total_steps;
+        let eval = if (epoch + 1) % cfg.eval_every == 0 || last_epoch {
+            let z = evaluator.logits(gpu, &test)?;
+            Some(score(&z, &test.labels, test.classes, &counts, posthoc)?)
+        } else {
+            None
+        };
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / steps_here.max(1) as f64,
+            acc: eval.as_ref().map(|e| e.acc),
+            many: eval.as_ref().and_then(|e| e.many),
+            medium: eval.as_ref().and_then(|e| e.medium),
+            few: eval.as_ref().and_then(|e| e.few),
+            img_s: (steps_here * batch) as f64 / secs,
+            seconds: secs,
+        };
+        println!(
+            "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.1} img/s  {:.0} s{}",
+            epoch + 1,
+            cfg.epochs,
+            m.loss,
+            m.lr,
+            m.img_s,
+            secs,
+            eval.as_ref()
+                .map_or(String::new(), |e| format!("  | {}", eval_line(e)))
+        );
+        history.push(m);
+        state.epochs_done = epoch + 1;
+        state.steps_done = step;
+        checkpoint::save_model(gpu, &out.join("last.safetensors"), &model, step as i64)?;
+        if let Some(e) = &eval {
+            state.last_eval = Some(e.clone());
+            if state.best.as_ref().is_none_or(|(_, b)| e.acc > b.acc) {
+                state.best = Some((epoch + 1, e.clone()));
+                checkpoint::save_model(gpu, &out.join("best.safetensors"), &model, step as i64)?;
+            }
+        }
+        let mom = st.step.sgd.momentum.to_f32(gpu)?;
+        let mut opt = BTreeMap::new();
+        opt.insert("momentum".to_string(), HostTensor::f32(&[mom.len()], &mom));
+        checkpoint::save(&out.join("optimizer.safetensors"), &opt, None)?;
+        let mut lines = Vec::new();
+        for h in &history {
+            writeln!(lines, "{}", serde_json::to_string(h)?)?;
+        }
+        write_atomic(&out.join("metrics.jsonl"), &lines)?;
+        write_json(&out.join("state.json"), &state)?;
+    }
+    let summary = Summary {
+        dataset: name,
+        final_: state.last_eval.clone(),
+        best: state.best.as_ref().map(|b| b.1.clone()),
+        best_epoch: state.best.as_ref().map(|b| b.0),
+        class_counts: counts.clone(),
+        adapter: gpu.describe(),
+        epochs: state.epochs_done,
+        steps: state.steps_done,
+        seconds: t_start.elapsed().as_secs_f64(),
+        img_s: if train_secs > 0.0 {
+            images as f64 / train_secs
+        } else {
+            0.0
+        },
+    };
+    write_json(&out.join("summary.json"), &summary_json(&summary))?;
+    Ok(summary)
+}
+
+/// Print the Many/Medium/Few/All table and per-class accuracy.
+pub fn print_table(r: &EvalResult, counts: &[usize]) {
+    println!("{:<8} {:>8}", "split", "top-1 %");
+    for (n, v) in [
+        ("many", r.many),
+        ("medium", r.medium),
+        ("few", r.few),
+        ("all", Some(r.acc)),
+    ] {
+        println!(
+            "{n:<8} {}",
+            v.map_or("      -".into(), |x| format!("{x:8.2}"))
+        );
+    }
+    println!("per class (train images -> accuracy %):");
+    for (c, a) in r.per_class.iter().enumerate() {
+        println!(
+            "  class {c:>3}  {:>6} -> {a:6.2}",
+            counts.get(c).copied().unwrap_or(0)
+        );
+    }
+}
+
+/// `longtail eval`: score a checkpoint on the configured test set.
+pub fn eval_checkpoint(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    checkpoint_path: &Path,
+) -> Result<(EvalResult, Vec<usize>)> {
+    let splits = load_data(cfg)?;
+    let (train, test) = prepare_data(cfg, splits)?;
+    let counts = train.class_counts();
+    let model = build_model(gpu, cfg, test.channels, test.classes)?;
+    checkpoint::load_model(gpu, checkpoint_path, &model)?;
+    let ev = Evaluator::new(gpu, &model, &test, cfg.eval_batch)?;
+    let z = ev.logits(gpu, &test)?;
+    let posthoc = cfg.posthoc_tau.map(|t| (t, counts.as_slice()));
+    Ok((
+        score(&z, &test.labels, test.classes, &counts, posthoc)?,
+        counts,
+    ))
+}
