@@ -51,6 +51,13 @@ pub const KERNELS: &[(&str, &[&str])] = &[
     ("conv_fwd", CONV_SHAPES),
     ("conv_dgrad", CONV_SHAPES),
     ("conv_wgrad", CONV_SHAPES),
+    ("batchnorm", &["128x16x32x32", "128x32x16x16", "128x64x8x8"]),
+    ("batchnorm_relu", &["128x16x32x32"]),
+    ("avgpool", &["128x64x8x8"]),
+    ("maxpool", &["64x64x56x56"]),
+    ("shortcut", &["128x16x32x32x32", "128x32x16x16x64"]),
+    ("linear", &["128x64x10", "64x512x1000"]),
+    ("normed_linear", &["128x64x10"]),
     ("whiten_cov", &["128x64", "128x512"]),
     ("ns_step", &["1x64", "1x512", "8x64"]),
     ("eigen", &["1x64", "8x64", "4x128"]),
@@ -139,6 +146,81 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
                 ),
             };
             mk(disp, g.flops(), 4.0 * bytes, vec![x, w, y, dx, dw])
+        }
+        "batchnorm" | "batchnorm_relu" | "avgpool" | "maxpool" | "shortcut" | "linear"
+        | "normed_linear" => {
+            // Forward and backward of one layer (the ResNet-32 shapes by default).
+            use crate::ops::{batchnorm, linear, pool, shortcut};
+            let mut tape = Tape::new(gpu);
+            let (out, flops, bytes, keep) = match kernel {
+                "batchnorm" | "batchnorm_relu" | "avgpool" | "maxpool" => {
+                    let d = dims(shape, 4)?;
+                    let x = random(gpu, &mut rng, &d)?.requiring_grad();
+                    let n = x.numel() as f64;
+                    match kernel {
+                        "avgpool" => (
+                            pool::global_avg_pool(&mut tape, &x)?,
+                            2.0 * n,
+                            4.0 * 2.0 * n,
+                            x,
+                        ),
+                        "maxpool" => (
+                            pool::max_pool2d(&mut tape, &x, 3, 2, 1)?,
+                            9.0 * n / 4.0 * 2.0,
+                            4.0 * 2.5 * n,
+                            x,
+                        ),
+                        _ => {
+                            let c = d[1];
+                            let g = Tensor::from_f32(gpu, &[c], &vec![1.0; c])?.requiring_grad();
+                            let b = Tensor::from_f32(gpu, &[c], &vec![0.0; c])?.requiring_grad();
+                            let st = batchnorm::BnState::new(gpu, c)?;
+                            let y = batchnorm::batch_norm(
+                                &mut tape,
+                                &x,
+                                &g,
+                                &b,
+                                &st,
+                                batchnorm::BnMode::Train,
+                                kernel == "batchnorm_relu",
+                            )?;
+                            // stats (2 reads), apply (read + write), backward (3 reads x 2, write)
+                            (y, 10.0 * n, 4.0 * 10.0 * n, x)
+                        }
+                    }
+                }
+                "shortcut" => {
+                    let d = dims(shape, 5)?;
+                    let x = random(gpu, &mut rng, &d[..4])?.requiring_grad();
+                    let n = x.numel() as f64;
+                    (
+                        shortcut::option_a(&mut tape, &x, d[4], 2)?,
+                        0.0,
+                        4.0 * 2.0 * n,
+                        x,
+                    )
+                }
+                _ => {
+                    let d = dims(shape, 3)?;
+                    let (b, i, o) = (d[0], d[1], d[2]);
+                    let x = random(gpu, &mut rng, &[b, i])?.requiring_grad();
+                    let y = if kernel == "linear" {
+                        let w = random(gpu, &mut rng, &[o, i])?.requiring_grad();
+                        let bias = random(gpu, &mut rng, &[o])?.requiring_grad();
+                        linear::linear(&mut tape, &x, &w, Some(&bias))?
+                    } else {
+                        let w = random(gpu, &mut rng, &[i, o])?.requiring_grad();
+                        linear::normed_linear(&mut tape, &x, &w)?
+                    };
+                    let f = 3.0 * 2.0 * (b * i * o) as f64;
+                    (y, f, 4.0 * 3.0 * (b * i + i * o + b * o) as f64, x)
+                }
+            };
+            let seed = random(gpu, &mut rng, out.shape())?;
+            tape.backward_with(&out, seed)?;
+            let mut cs = mk(Vec::new(), flops, bytes, vec![keep]);
+            cs._tape = Some(tape);
+            cs
         }
         "whiten_cov" | "ns_step" | "eigen" => {
             use crate::ops::{eigen, linalg};

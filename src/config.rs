@@ -211,7 +211,7 @@ pub fn resolve(base: toml::Table, flags: toml::Table, source: &str) -> Result<Tr
 impl TrainConfig {
     /// Reject values that cannot work, with the key's name.
     pub fn check(&self) -> Result<()> {
-        if !(self.rho >= 1.0) {
+        if self.rho.is_nan() || self.rho < 1.0 {
             bail!(
                 "rho must be >= 1 (the imbalance ratio n_max / n_min), got {}",
                 self.rho
@@ -232,7 +232,7 @@ impl TrainConfig {
         if self.batch_size < 2 {
             bail!("batch_size must be at least 2 (batch norm needs two samples)");
         }
-        if !(self.lr > 0.0) || !self.lr.is_finite() {
+        if self.lr.is_nan() || self.lr <= 0.0 || !self.lr.is_finite() {
             bail!("lr must be a positive number, got {}", self.lr);
         }
         if self.eval_every == 0 || self.eval_batch == 0 {

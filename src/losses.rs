@@ -5,6 +5,7 @@
 //!   scale `s` (30), meant for the normed-linear classifier (Cao et al. 2019);
 //! - `la`: logit adjustment, offsets `tau * log(pi_c)` with the training prior (Menon et al.
 //!   2021); `bs`: balanced softmax, the same with tau = 1.
+//!
 //! Any of them takes class weights, e.g. the class-balanced DRW weights
 //! `w_c = (1 - beta) / (1 - beta^n_c)` normalised to sum to C.
 

@@ -319,10 +319,10 @@ fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
 
 fn summary_json(s: &Summary) -> serde_json::Value {
     let mut v = serde_json::to_value(s).expect("serialisable");
-    if let Some(o) = v.as_object_mut() {
-        if let Some(f) = o.remove("final_") {
-            o.insert("final".into(), f);
-        }
+    if let Some(o) = v.as_object_mut()
+        && let Some(f) = o.remove("final_")
+    {
+        o.insert("final".into(), f);
     }
     v
 }

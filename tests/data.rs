@@ -110,10 +110,11 @@ fn idx_broken_files() {
     assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
     let e = err(idx::load(&tmp("empty"), false));
     assert!(e.contains("train-images-idx3-ubyte"), "{e}");
-    if !Path::new(idx::FASHION_MNIST_DIR).exists() {
-        let e = err(idx::load(Path::new(idx::FASHION_MNIST_DIR), true));
-        assert!(e.contains("dataset-fashion-mnist"), "{e}");
-    }
+    let e = err(idx::load(&d.join("no-fashion-here"), true));
+    assert!(
+        e.contains("no-fashion-here") && e.contains("apt-get install dataset-fashion-mnist"),
+        "{e}"
+    );
 }
 
 #[test]

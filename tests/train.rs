@@ -186,6 +186,32 @@ fn full_method_run_writes_its_files_and_resumes_exactly() {
         wa == wb,
         "resumed weights differ from the uninterrupted run"
     );
+    // --init starts a new run from given weights (same architecture flags).
+    let c = tmp("runC");
+    let init = a.join("last.safetensors");
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend([
+        "--init",
+        init.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--out",
+        c.to_str().unwrap(),
+    ]);
+    let (ok, out, err) = run(&args, &data);
+    assert!(ok, "{out}\n{err}");
+    let (ok, _, err) = run(
+        &[
+            "--init",
+            "/no/such.safetensors",
+            "--max-steps",
+            "1",
+            "--out",
+            tmp("runD").to_str().unwrap(),
+        ],
+        &data,
+    );
+    assert!(!ok && err.contains("/no/such.safetensors"), "{err}");
     // eval on the checkpoint (config.toml beside it).
     let (ok, out, err) = longtail(&[
         "eval",

@@ -18,7 +18,7 @@ pub fn parse(
     classes: usize,
 ) -> Result<(Vec<u8>, Vec<u32>)> {
     let rec = label_bytes + PIXELS;
-    if b.is_empty() || b.len() % rec != 0 {
+    if b.is_empty() || !b.len().is_multiple_of(rec) {
         bail!(
             "{}: {} bytes is not a whole number of {rec}-byte CIFAR records (truncated?)",
             path.display(),

@@ -142,8 +142,9 @@ fn split(
 /// Fashion-MNIST (or MNIST, same format) from `dir`. `fashion` picks the normalisation and the
 /// install hint.
 pub fn load(dir: &Path, fashion: bool) -> Result<Splits> {
-    let hint = if fashion && dir == Path::new(FASHION_MNIST_DIR) {
-        " (install Debian's dataset-fashion-mnist: sudo apt-get install dataset-fashion-mnist, or pass --data-dir)"
+    let hint = if fashion {
+        " (Fashion-MNIST comes with Debian's dataset-fashion-mnist: sudo apt-get install \
+         dataset-fashion-mnist installs it under /usr/share/datasets/fashion-mnist; or pass --data-dir)"
     } else {
         ""
     };

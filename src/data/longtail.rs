@@ -19,7 +19,7 @@ pub enum Profile {
 
 /// Per-class sizes for `classes` classes, largest class `n_max`, imbalance ratio `rho >= 1`.
 pub fn class_sizes(classes: usize, n_max: usize, rho: f64, profile: Profile) -> Result<Vec<usize>> {
-    if !(rho >= 1.0) || !rho.is_finite() {
+    if rho.is_nan() || rho < 1.0 || !rho.is_finite() {
         bail!("imbalance ratio rho must be a number >= 1, got {rho}");
     }
     if classes == 0 {

@@ -30,7 +30,7 @@ pub fn option_a(tape: &mut Tape, x: &Tensor, cout: usize, stride: usize) -> Resu
     let &[b, cin, h, w] = x.shape() else {
         bail!("shortcut: input must be [B, C, H, W], got {:?}", x.shape());
     };
-    if cout < cin || (cout - cin) % 2 != 0 || stride == 0 {
+    if cout < cin || !(cout - cin).is_multiple_of(2) || stride == 0 {
         bail!("shortcut: cannot pad {cin} channels to {cout} evenly (stride {stride})");
     }
     let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));

@@ -114,7 +114,7 @@ impl Whitening {
     /// A layer over `dim` channels. Running mean 0, running Sigma and W the identity.
     pub fn new(gpu: &Gpu, dim: usize, cfg: WhitenConfig) -> Result<Self> {
         let group = if cfg.group == 0 { dim } else { cfg.group };
-        if dim == 0 || group == 0 || dim % group != 0 {
+        if dim == 0 || group == 0 || !dim.is_multiple_of(group) {
             bail!("whitening: {dim} channels do not split into groups of {group}");
         }
         if cfg.method == WhitenMethod::Eigen && group > 256 {
@@ -125,7 +125,7 @@ impl Whitening {
         if cfg.method != WhitenMethod::Eigen && cfg.iters == 0 {
             bail!("whitening: Newton–Schulz needs at least one iteration");
         }
-        if !(cfg.eps > 0.0) {
+        if cfg.eps.is_nan() || cfg.eps <= 0.0 {
             bail!("whitening: eps must be positive, got {}", cfg.eps);
         }
         let groups = dim / group;
@@ -161,7 +161,7 @@ impl Whitening {
     }
 
     /// `[G, B, g] -> [B, d]`.
-    fn from_groups(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    fn ungroup(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
         let b = x.shape()[1];
         if self.groups() == 1 {
             linalg::reshape(tape, x, &[b, self.dim])
@@ -229,7 +229,7 @@ impl Whitening {
             Some(rw) => tape.push_forward("whiten", ema(&w, rw)?),
             None => tape.push_forward("whiten", ema(&sigma, &self.running_cov)?),
         }
-        self.from_groups(tape, &out)
+        self.ungroup(tape, &out)
     }
 
     /// Batch statistics: (B, Sigma, W, centred features as `[G, B, g]`, mean).
@@ -292,7 +292,7 @@ impl Whitening {
         let xc = elementwise::add_row(tape, f, &self.cached_neg_mean)?;
         let xt = self.to_groups(tape, &xc)?;
         let out = matmul::matmul(tape, &xt, &self.cached_w, false, false)?;
-        self.from_groups(tape, &out)
+        self.ungroup(tape, &out)
     }
 }
 
