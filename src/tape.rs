@@ -122,6 +122,27 @@ impl Tape {
         Ok(())
     }
 
+    /// Record a single-input op whose backward is one launch into the input's gradient target.
+    pub fn push_unary(
+        &mut self,
+        family: &'static str,
+        x: &Tensor,
+        y: &Tensor,
+        forward: Vec<Dispatch>,
+        grad: impl FnOnce(&Gpu, &Tensor, &GradOut) -> Result<Dispatch> + 'static,
+    ) -> Result<()> {
+        self.push(
+            family,
+            vec![x.clone()],
+            y,
+            forward,
+            Box::new(move |gpu, g, gin| match &gin[0] {
+                Some(t) => Ok(vec![grad(gpu, g, t)?]),
+                None => Ok(Vec::new()),
+            }),
+        )
+    }
+
     /// Record a forward-only launch (e.g. a running-statistics update).
     pub fn push_forward(&mut self, family: &'static str, dispatch: Dispatch) {
         let family = self.family.unwrap_or(family);

@@ -80,37 +80,27 @@ pub fn margin_cross_entropy(
         [1, 1, 1],
     )?;
     let (z, y, c) = (logits.clone(), labels.clone(), cls.clone());
-    tape.push(
-        "loss",
-        vec![logits.clone()],
-        &loss,
-        vec![fwd],
-        Box::new(move |gpu, g, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                let bp = Params {
-                    beta: t.beta(),
-                    ..p
-                };
-                v.push(Dispatch::build(
-                    gpu,
-                    "cross_entropy",
-                    "backward",
-                    &[
-                        z.read(),
-                        y.read(),
-                        c.read(),
-                        saved.read(),
-                        g.read(),
-                        t.tensor.write(),
-                    ],
-                    bytemuck::bytes_of(&bp),
-                    grid_1d(gpu, ((rows * classes) as u32).div_ceil(256)),
-                )?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("loss", logits, &loss, vec![fwd], move |gpu, g, t| {
+        let bp = Params {
+            beta: t.beta(),
+            ..p
+        };
+        Dispatch::build(
+            gpu,
+            "cross_entropy",
+            "backward",
+            &[
+                z.read(),
+                y.read(),
+                c.read(),
+                saved.read(),
+                g.read(),
+                t.tensor.write(),
+            ],
+            bytemuck::bytes_of(&bp),
+            grid_1d(gpu, ((rows * classes) as u32).div_ceil(256)),
+        )
+    })?;
     Ok(loss)
 }
 

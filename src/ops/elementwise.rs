@@ -132,19 +132,9 @@ pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn scale(tape: &mut Tape, a: &Tensor, s: f32) -> Result<Tensor> {
     let out = tape.output(a.shape(), &[a])?;
     let fwd = dispatch(tape.gpu(), "scale", a, a, &out, s, 0.0, 0)?;
-    tape.push(
-        "elementwise",
-        vec![a.clone()],
-        &out,
-        vec![fwd],
-        Box::new(move |gpu, g, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                v.push(dispatch(gpu, "scale", g, g, &t.tensor, s, t.beta(), 0)?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("elementwise", a, &out, vec![fwd], move |gpu, g, t| {
+        dispatch(gpu, "scale", g, g, &t.tensor, s, t.beta(), 0)
+    })?;
     Ok(out)
 }
 
@@ -153,28 +143,9 @@ pub fn relu(tape: &mut Tape, a: &Tensor) -> Result<Tensor> {
     let out = tape.output(a.shape(), &[a])?;
     let fwd = dispatch(tape.gpu(), "relu", a, a, &out, 1.0, 0.0, 0)?;
     let x = a.clone();
-    tape.push(
-        "elementwise",
-        vec![a.clone()],
-        &out,
-        vec![fwd],
-        Box::new(move |gpu, g, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                v.push(dispatch(
-                    gpu,
-                    "relu_backward",
-                    g,
-                    &x,
-                    &t.tensor,
-                    1.0,
-                    t.beta(),
-                    0,
-                )?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("elementwise", a, &out, vec![fwd], move |gpu, g, t| {
+        dispatch(gpu, "relu_backward", g, &x, &t.tensor, 1.0, t.beta(), 0)
+    })?;
     Ok(out)
 }
 

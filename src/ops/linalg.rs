@@ -73,35 +73,16 @@ pub fn reshape(tape: &mut Tape, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
         x.dtype(),
         x.requires_grad(),
     )?;
-    tape.push(
-        "reshape",
-        vec![x.clone()],
-        &y,
-        Vec::new(),
-        Box::new(|gpu, g, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                let flat = Tensor::view(
-                    g.storage().clone(),
-                    g.offset(),
-                    t.tensor.shape(),
-                    g.dtype(),
-                    false,
-                )?;
-                v.push(elementwise::dispatch(
-                    gpu,
-                    "scale",
-                    &flat,
-                    &flat,
-                    &t.tensor,
-                    1.0,
-                    t.beta(),
-                    0,
-                )?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("reshape", x, &y, Vec::new(), |gpu, g, t| {
+        let flat = Tensor::view(
+            g.storage().clone(),
+            g.offset(),
+            t.tensor.shape(),
+            g.dtype(),
+            false,
+        )?;
+        elementwise::dispatch(gpu, "scale", &flat, &flat, &t.tensor, 1.0, t.beta(), 0)
+    })?;
     Ok(y)
 }
 
@@ -122,20 +103,10 @@ pub fn swap01(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
         n,
         256,
     )?;
-    tape.push(
-        "linalg",
-        vec![x.clone()],
-        &y,
-        vec![fwd],
-        Box::new(move |gpu, g, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                let p = params([b, a, c], 1.0, t.beta(), 0.0, 0.0);
-                v.push(launch(gpu, "swap01", g, g, &t.tensor, p, n, 256)?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("linalg", x, &y, vec![fwd], move |gpu, g, t| {
+        let p = params([b, a, c], 1.0, t.beta(), 0.0, 0.0);
+        launch(gpu, "swap01", g, g, &t.tensor, p, n, 256)
+    })?;
     Ok(y)
 }
 
@@ -160,29 +131,10 @@ pub fn trace(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
         g,
         64,
     )?;
-    tape.push(
-        "linalg",
-        vec![x.clone()],
-        &t,
-        vec![fwd],
-        Box::new(move |gpu, dt, gin| {
-            let mut v = Vec::new();
-            if let Some(gx) = &gin[0] {
-                let p = params([g, n, 0], 1.0, gx.beta(), 0.0, 0.0);
-                v.push(launch(
-                    gpu,
-                    "trace_back",
-                    dt,
-                    dt,
-                    &gx.tensor,
-                    p,
-                    g * n * n,
-                    256,
-                )?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("linalg", x, &t, vec![fwd], move |gpu, dt, gx| {
+        let p = params([g, n, 0], 1.0, gx.beta(), 0.0, 0.0);
+        launch(gpu, "trace_back", dt, dt, &gx.tensor, p, g * n * n, 256)
+    })?;
     Ok(t)
 }
 
@@ -192,28 +144,9 @@ pub fn add_identity(tape: &mut Tape, x: &Tensor, alpha: f32, diag: f32) -> Resul
     let y = tape.output(x.shape(), &[x])?;
     let p = params([g, n, 0], alpha, 0.0, 0.0, diag);
     let fwd = launch(tape.gpu(), "add_identity", x, x, &y, p, g * n * n, 256)?;
-    tape.push(
-        "linalg",
-        vec![x.clone()],
-        &y,
-        vec![fwd],
-        Box::new(move |gpu, dy, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                v.push(elementwise::dispatch(
-                    gpu,
-                    "scale",
-                    dy,
-                    dy,
-                    &t.tensor,
-                    alpha,
-                    t.beta(),
-                    0,
-                )?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("linalg", x, &y, vec![fwd], move |gpu, dy, t| {
+        elementwise::dispatch(gpu, "scale", dy, dy, &t.tensor, alpha, t.beta(), 0)
+    })?;
     Ok(y)
 }
 

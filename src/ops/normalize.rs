@@ -49,30 +49,20 @@ pub fn l2_normalize(tape: &mut Tape, x: &Tensor, axis: usize) -> Result<Tensor> 
         grid_1d(&gpu, vectors.div_ceil(64)),
     )?;
     let sy = y.clone();
-    tape.push(
-        "normalize",
-        vec![x.clone()],
-        &y,
-        vec![fwd],
-        Box::new(move |gpu, g, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                let bp = Params {
-                    beta: t.beta(),
-                    ..p
-                };
-                v.push(Dispatch::build(
-                    gpu,
-                    "normalize",
-                    "backward",
-                    &[g.read(), sy.read(), norms.read(), t.tensor.write()],
-                    bytemuck::bytes_of(&bp),
-                    grid_1d(gpu, vectors.div_ceil(64)),
-                )?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("normalize", x, &y, vec![fwd], move |gpu, g, t| {
+        let bp = Params {
+            beta: t.beta(),
+            ..p
+        };
+        Dispatch::build(
+            gpu,
+            "normalize",
+            "backward",
+            &[g.read(), sy.read(), norms.read(), t.tensor.write()],
+            bytemuck::bytes_of(&bp),
+            grid_1d(gpu, vectors.div_ceil(64)),
+        )
+    })?;
     Ok(y)
 }
 

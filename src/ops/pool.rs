@@ -21,26 +21,9 @@ pub fn global_avg_pool(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
     let alpha = 1.0 / (h * w) as f32;
     let y = tape.output(&[b, c], &[x])?;
     let fwd = reduce::sum_dispatch(tape.gpu(), x, &y, dims, alpha, 0.0)?;
-    tape.push(
-        "pool",
-        vec![x.clone()],
-        &y,
-        vec![fwd],
-        Box::new(move |gpu, g, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                v.push(reduce::broadcast_dispatch(
-                    gpu,
-                    g,
-                    &t.tensor,
-                    dims,
-                    alpha,
-                    t.beta(),
-                )?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("pool", x, &y, vec![fwd], move |gpu, g, t| {
+        reduce::broadcast_dispatch(gpu, g, &t.tensor, dims, alpha, t.beta())
+    })?;
     Ok(y)
 }
 
@@ -107,30 +90,20 @@ pub fn max_pool2d(
         grid_1d(&gpu, n_out.div_ceil(256)),
     )?;
     let n_in = x.numel() as u32;
-    tape.push(
-        "pool",
-        vec![x.clone()],
-        &y,
-        vec![fwd],
-        Box::new(move |gpu, g, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                let bp = MaxParams {
-                    beta: t.beta(),
-                    ..p
-                };
-                v.push(Dispatch::build(
-                    gpu,
-                    "pool",
-                    "max_backward",
-                    &[g.read(), argmax.read(), t.tensor.write()],
-                    bytemuck::bytes_of(&bp),
-                    grid_1d(gpu, n_in.div_ceil(256)),
-                )?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("pool", x, &y, vec![fwd], move |gpu, g, t| {
+        let bp = MaxParams {
+            beta: t.beta(),
+            ..p
+        };
+        Dispatch::build(
+            gpu,
+            "pool",
+            "max_backward",
+            &[g.read(), argmax.read(), t.tensor.write()],
+            bytemuck::bytes_of(&bp),
+            grid_1d(gpu, n_in.div_ceil(256)),
+        )
+    })?;
     Ok(y)
 }
 

@@ -93,26 +93,9 @@ fn reduce(tape: &mut Tape, x: &Tensor, axis: usize, mean: bool) -> Result<Tensor
     let alpha = if mean { 1.0 / dims[1] as f32 } else { 1.0 };
     let out = tape.output(&shape, &[x])?;
     let fwd = sum_dispatch(tape.gpu(), x, &out, dims, alpha, 0.0)?;
-    tape.push(
-        "reduce",
-        vec![x.clone()],
-        &out,
-        vec![fwd],
-        Box::new(move |gpu, g, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                v.push(broadcast_dispatch(
-                    gpu,
-                    g,
-                    &t.tensor,
-                    dims,
-                    alpha,
-                    t.beta(),
-                )?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("reduce", x, &out, vec![fwd], move |gpu, g, t| {
+        broadcast_dispatch(gpu, g, &t.tensor, dims, alpha, t.beta())
+    })?;
     Ok(out)
 }
 

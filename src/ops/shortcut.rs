@@ -58,30 +58,20 @@ pub fn option_a(tape: &mut Tape, x: &Tensor, cout: usize, stride: usize) -> Resu
         grid_1d(&gpu, (y.numel() as u32).div_ceil(256)),
     )?;
     let n_in = x.numel() as u32;
-    tape.push(
-        "shortcut",
-        vec![x.clone()],
-        &y,
-        vec![fwd],
-        Box::new(move |gpu, g, gin| {
-            let mut v = Vec::new();
-            if let Some(t) = &gin[0] {
-                let bp = Params {
-                    beta: t.beta(),
-                    ..p
-                };
-                v.push(Dispatch::build(
-                    gpu,
-                    "shortcut",
-                    "backward",
-                    &[g.read(), t.tensor.write()],
-                    bytemuck::bytes_of(&bp),
-                    grid_1d(gpu, n_in.div_ceil(256)),
-                )?);
-            }
-            Ok(v)
-        }),
-    )?;
+    tape.push_unary("shortcut", x, &y, vec![fwd], move |gpu, g, t| {
+        let bp = Params {
+            beta: t.beta(),
+            ..p
+        };
+        Dispatch::build(
+            gpu,
+            "shortcut",
+            "backward",
+            &[g.read(), t.tensor.write()],
+            bytemuck::bytes_of(&bp),
+            grid_1d(gpu, n_in.div_ceil(256)),
+        )
+    })?;
     Ok(y)
 }
 
