@@ -240,6 +240,10 @@ fn iternorm_t5_is_partial_whitening_matching_its_reference() {
     let (w, s) = gpu_w_and_sigma(&x, b, d, cfg);
     let want = whiten::reference::iternorm(&s, d, 5);
     let e = rel_err(&w, &want);
+    eprintln!(
+        "IterNorm T=5 (cond 100): |W - ref|/|ref| = {e:.2e}, max|W S W^T - I| = {:.2e}",
+        whitening_error(&w, &s, d)
+    );
     assert!(e < 1e-4, "IterNorm T=5 differs from its reference by {e:e}");
     let zca = whiten::reference::zca(&s, d);
     assert!(
