@@ -127,14 +127,7 @@ fn backward_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
     red0[lid] = s0;
     red1[lid] = s1;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red0[lid] += red0[lid + s];
-            red1[lid] += red1[lid + s];
-        }
-        workgroupBarrier();
-    }
+    tree(lid);
     if (lid == 0u) {
         sums[c] = red0[0];
         sums[bp.channels + c] = red1[0];

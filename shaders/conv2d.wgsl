@@ -84,6 +84,15 @@ fn zero_acc() -> Acc {
     return Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
 }
 
+// The input pixel of tap t = (offset, kh, kw, _) for the output pixel whose top-left input corner
+// is (ih0, iw0) at flat offset xoff; zero in the padding.
+fn gather_x(t: vec4<i32>, xoff: i32, ih0: i32, iw0: i32) -> f32 {
+    let ih = ih0 + t.y;
+    let iw = iw0 + t.z;
+    if (ih >= 0 && iw >= 0 && ih < i32(p.h) && iw < i32(p.w)) { return src_b[u32(xoff + t.x)]; }
+    return 0.0;
+}
+
 // Output element index for (m, n) in each mode.
 fn out_index(mode: u32, m: u32, n: u32, split: u32) -> u32 {
     if (mode == 0u) {
@@ -159,10 +168,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             let gk = k0 + l;
             var v = 0.0;
             if (nvalid && gk < p.k) {
-                let t = tab[gk];
-                let ih = ih0 + t.y;
-                let iw = iw0 + t.z;
-                if (ih >= 0 && iw >= 0 && ih < i32(p.h) && iw < i32(p.w)) { v = src_b[u32(xoff + t.x)]; }
+                v = gather_x(tab[gk], xoff, ih0, iw0);
             }
             put_b(l, lid, v);
         }
@@ -272,10 +278,7 @@ fn conv_wgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             let gn = n0 + nn;
             var v = 0.0;
             if (gn < p.n && kvalid) {
-                let t = tab[gn];
-                let ih = ih0 + t.y;
-                let iw = iw0 + t.z;
-                if (ih >= 0 && iw >= 0 && ih < i32(p.h) && iw < i32(p.w)) { v = src_b[u32(xoff + t.x)]; }
+                v = gather_x(tab[gn], xoff, ih0, iw0);
             }
             put_b(kk, nn, v);
         }
