@@ -19,3 +19,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found; install a Rust toolchain (https://rustup.rs), then rerun" >&2
   exit 1
 fi
+# The test command checks format and lints: add the components a minimal toolchain lacks.
+for comp in rustfmt clippy; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+    rustup component add "$comp"
+  fi
+done

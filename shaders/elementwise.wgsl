@@ -70,11 +70,3 @@ fn relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let i = index(wg, nwg, lid);
     if (i < p.n) { store(i, select(0.0, a[i], b[i] > 0.0)); }
 }
-
-// out[i] = alpha (a constant fill), used to seed gradients.
-@compute @workgroup_size(256)
-fn fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = index(wg, nwg, lid);
-    if (i < p.n) { store(i, p.alpha); }
-}

@@ -21,8 +21,8 @@ pub struct Case {
     /// Minimum bytes moved through device memory (each input read once, each output written once).
     pub bytes: f64,
     dispatches: Vec<Dispatch>,
-    _keep: Vec<Tensor>,
-    _tape: Option<Tape>,
+    _keep: Vec<Tensor>, // inputs stay alive while the launches reference them
+    tape_prog: Option<Tape>,
 }
 
 /// One measured case.
@@ -105,7 +105,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
         bytes,
         dispatches,
         _keep: keep,
-        _tape: None,
+        tape_prog: None,
     };
     Ok(match kernel {
         "matmul" => {
@@ -219,7 +219,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             let seed = random(gpu, &mut rng, out.shape())?;
             tape.backward_with(&out, seed)?;
             let mut cs = mk(Vec::new(), flops, bytes, vec![keep]);
-            cs._tape = Some(tape);
+            cs.tape_prog = Some(tape);
             cs
         }
         "whiten_cov" | "ns_step" | "eigen" => {
@@ -275,7 +275,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
                 }
             };
             let mut cs = mk(Vec::new(), flops, bytes, vec![keep]);
-            cs._tape = Some(tape);
+            cs.tape_prog = Some(tape);
             cs
         }
         "add" | "mul" | "scale" | "relu" => {
@@ -315,7 +315,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             // Forward and backward together: the loss is always used with its gradient.
             let n = (b * c) as f64;
             let mut cs = mk(Vec::new(), 8.0 * n, 4.0 * 3.0 * n, vec![z, y]);
-            cs._tape = Some(tape);
+            cs.tape_prog = Some(tape);
             cs
         }
         "sgd" => {
@@ -381,7 +381,7 @@ impl Case {
         for d in &self.dispatches {
             d.encode(pass);
         }
-        if let Some(t) = &self._tape {
+        if let Some(t) = &self.tape_prog {
             t.encode_forward(pass);
             t.encode_backward(pass);
         }

@@ -513,8 +513,7 @@ pub fn train_with_init(
             &mut xbuf,
             &mut ybuf,
         );
-        for (i, batch_idx) in plan.iter().take(steps_here).enumerate() {
-            let _ = batch_idx;
+        for i in 0..steps_here {
             lr = schedule.lr_at(step);
             st.step.sgd.set_lr(gpu, lr as f32);
             st.x.write_f32(gpu, &xbuf)?;

@@ -137,7 +137,7 @@ fn gpu_w_and_sigma(x: &[f32], b: usize, d: usize, cfg: WhitenConfig) -> (Vec<f64
     let layer = Whitening::new(g, d, cfg).unwrap();
     let xt = Tensor::from_f32(g, &[b, d], x).unwrap();
     let mut tape = Tape::new(g);
-    let (_, sigma, w, _, _) = layer.statistics(&mut tape, &xt).unwrap();
+    let (sigma, w, _, _) = layer.statistics(&mut tape, &xt).unwrap();
     tape.run(false);
     let f = |t: &Tensor| {
         t.to_f32(g)

@@ -1,4 +1,4 @@
-//! Elementwise ops: add, add_row (bias broadcast), mul, scale, relu; and `fill`.
+//! Elementwise ops: add, add_row (bias broadcast), mul, scale, relu.
 
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
@@ -147,11 +147,6 @@ pub fn relu(tape: &mut Tape, a: &Tensor) -> Result<Tensor> {
         dispatch(gpu, "relu_backward", g, &x, &t.tensor, 1.0, t.beta(), 0)
     })?;
     Ok(out)
-}
-
-/// Record a launch that sets every element of `out` to `value`.
-pub fn fill_dispatch(gpu: &Gpu, out: &Tensor, value: f32) -> Result<Dispatch> {
-    dispatch(gpu, "fill", out, out, out, value, 0.0, 0)
 }
 
 /// CPU references (f64). Gradients take the upstream gradient `g` and return one per input.

@@ -217,7 +217,7 @@ impl Whitening {
     }
 
     fn forward_train_inner(&self, tape: &mut Tape, f: &Tensor) -> Result<Tensor> {
-        let (_, sigma, w, xt, mu) = self.statistics(tape, f)?;
+        let (sigma, w, xt, mu) = self.statistics(tape, f)?;
         let out = matmul::matmul(tape, &xt, &w, false, false)?;
         // EMAs: r = (1 - m) r + m x.
         let gpu = tape.gpu().clone();
@@ -232,13 +232,12 @@ impl Whitening {
         self.ungroup(tape, &out)
     }
 
-    /// Batch statistics: (B, Sigma, W, centred features as `[G, B, g]`, mean).
-    #[allow(clippy::type_complexity)]
+    /// Batch statistics: (Sigma, W, centred features as `[G, B, g]`, mean).
     pub fn statistics(
         &self,
         tape: &mut Tape,
         f: &Tensor,
-    ) -> Result<(usize, Tensor, Tensor, Tensor, Tensor)> {
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         let &[b, d] = f.shape() else {
             bail!("whitening: features must be [B, d], got {:?}", f.shape());
         };
@@ -257,7 +256,7 @@ impl Whitening {
         let cov = matmul::matmul(tape, &xt, &xt, true, false)?;
         let sigma = linalg::add_identity(tape, &cov, 1.0 / b as f32, self.cfg.eps)?;
         let w = self.whitening_matrix(tape, &sigma)?;
-        Ok((b, sigma, w, xt, mu))
+        Ok((sigma, w, xt, mu))
     }
 
     /// Record the program that computes the eval-mode W (and `-mean`) from the running
