@@ -1,9 +1,11 @@
 // Reductions over the middle axis of x viewed as [outer, len, inner]:
 //   sum:       out[o, i] = beta * out[o, i] + alpha * sum_k x[o, k, i]
 //   broadcast: out[o, k, i] = beta * out[o, k, i] + alpha * x[o, i]   (the backward of sum)
-// One workgroup per output element: each invocation sums a strided slice sequentially, then a
-// tree in workgroup memory combines the 256 partials. No size limit on `len` beyond u32, and no
-// assumption about subgroup size.
+// `sum`: one workgroup per output element: each invocation sums a strided slice sequentially,
+// then a tree in workgroup memory combines the 256 partials. No size limit on `len` beyond u32,
+// and no assumption about subgroup size. `sum_short`: one invocation per output element, a
+// sequential loop over `len` (for short sums over many outputs, e.g. split-K partials, where a
+// workgroup per output would be mostly idle lanes).
 
 struct Params {
     outer: u32,
@@ -68,5 +70,25 @@ fn broadcast(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
         } else {
             out[i] = v;
         }
+    }
+}
+
+@compute @workgroup_size(64)
+fn sum_short(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let o = (wg.x + wg.y * nwg.x) * 64u + lid;
+    if (o >= p.outer * p.inner) { return; }
+    let oi = o / p.inner;
+    let ii = o % p.inner;
+    let base = oi * p.len * p.inner + ii;
+    var acc = 0.0;
+    for (var k = 0u; k < p.len; k++) {
+        acc += x[base + k * p.inner];
+    }
+    let v = p.alpha * acc;
+    if (p.beta != 0.0) {
+        out[o] = p.beta * out[o] + v;
+    } else {
+        out[o] = v;
     }
 }

@@ -51,6 +51,9 @@ pub const KERNELS: &[(&str, &[&str])] = &[
     ("conv_fwd", CONV_SHAPES),
     ("conv_dgrad", CONV_SHAPES),
     ("conv_wgrad", CONV_SHAPES),
+    ("conv_fwd_gemm", CONV_SHAPES),
+    ("conv_dgrad_gemm", CONV_SHAPES),
+    ("conv_wgrad_gemm", CONV_SHAPES),
     ("batchnorm", &["128x16x32x32", "128x32x16x16", "128x64x8x8"]),
     ("batchnorm_relu", &["128x16x32x32"]),
     ("avgpool", &["128x64x8x8"]),
@@ -119,7 +122,8 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             let by = 4.0 * (m * k + k * n + m * n) as f64;
             mk(vec![disp], f, by, vec![a, b, c])
         }
-        "conv_fwd" | "conv_dgrad" | "conv_wgrad" => {
+        "conv_fwd" | "conv_dgrad" | "conv_wgrad" | "conv_fwd_gemm" | "conv_dgrad_gemm"
+        | "conv_wgrad_gemm" => {
             use crate::ops::conv2d;
             let d = dims(shape, 7)?;
             let xs = [d[0], d[1], d[2], d[3]];
@@ -131,17 +135,22 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             let dx = Tensor::zeros(gpu, &xs, DType::F32)?;
             let dw = Tensor::zeros(gpu, &ws, DType::F32)?;
             let (xn, wn, yn) = (x.numel() as f64, w.numel() as f64, y.numel() as f64);
+            let algo = if kernel.ends_with("_gemm") {
+                conv2d::Algo::Gemm
+            } else {
+                conv2d::Algo::Auto
+            };
             let (disp, bytes) = match kernel {
-                "conv_fwd" => (
-                    vec![conv2d::forward_dispatch(gpu, &g, &x, &w, &y, 0.0)?],
+                "conv_fwd" | "conv_fwd_gemm" => (
+                    conv2d::forward_dispatches(gpu, &g, &x, &w, &y, 0.0, algo)?,
                     xn + wn + yn,
                 ),
-                "conv_dgrad" => (
-                    vec![conv2d::dgrad_dispatch(gpu, &g, &y, &w, &dx, 0.0)?],
+                "conv_dgrad" | "conv_dgrad_gemm" => (
+                    conv2d::dgrad_dispatches(gpu, &g, &y, &w, &dx, 0.0, algo)?,
                     xn + wn + yn,
                 ),
                 _ => (
-                    conv2d::wgrad_dispatches(gpu, &g, &y, &x, &dw, 0.0)?,
+                    conv2d::wgrad_dispatches(gpu, &g, &y, &x, &dw, 0.0, algo)?,
                     xn + wn + yn,
                 ),
             };

@@ -7,6 +7,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("elementwise", include_str!("../shaders/elementwise.wgsl")),
     ("matmul", include_str!("../shaders/matmul.wgsl")),
     ("conv2d", include_str!("../shaders/conv2d.wgsl")),
+    ("conv_direct", include_str!("../shaders/conv_direct.wgsl")),
     ("batchnorm", include_str!("../shaders/batchnorm.wgsl")),
     ("pool", include_str!("../shaders/pool.wgsl")),
     ("shortcut", include_str!("../shaders/shortcut.wgsl")),

@@ -237,6 +237,35 @@ fn sum_and_mean_every_axis() {
     }
 }
 
+/// Both sum kernels: short sums over many outputs (one invocation each) and the workgroup tree,
+/// on either side of the switch.
+#[test]
+fn short_sums_over_many_outputs() {
+    for (seed, shape) in [
+        (11u64, [3usize, 200, 700]),
+        (12, [2, 257, 600]),
+        (13, [1, 1, 1500]),
+    ] {
+        let mut rng = Rng64::new(seed);
+        let dims = [shape[0], shape[1], shape[2]];
+        let case = Case {
+            name: format!("sum {shape:?} axis 1"),
+            seed,
+            inputs: vec![Input::uniform(&mut rng, &shape, -1.0, 1.0, true)],
+            fwd: sum_of(dims[1]),
+            bwd: ELEMENTWISE,
+        };
+        verify::check(
+            gpu(),
+            &case,
+            &|t, x| reduce::sum(t, &x[0], 1),
+            &|x| reduce::reference::reduce(&x[0], dims, false),
+            &|_, g| vec![Some(reduce::reference::reduce_grad(g, dims, false))],
+        )
+        .unwrap();
+    }
+}
+
 /// Rows of 2^17 and 2^18 + 3 values (past the 65,536 where a peer framework's reductions break
 /// on llvmpipe), with a non-zero mean so that a dropped or doubled chunk shows.
 #[test]

@@ -7,12 +7,28 @@ use longtail::ops::conv2d::{self, ConvGeom};
 use longtail::rng::Rng64;
 use longtail::verify::{self, Case, Input, sum_of};
 
+/// Both kernel families: the direct kernels (what `Auto` picks on adapters with 64 KiB uniform
+/// bindings, llvmpipe included) and the GEMM fallback.
 fn check(seed: u64, x: [usize; 4], cout: usize, k: usize, stride: usize, pad: usize) {
+    for algo in [conv2d::Algo::Auto, conv2d::Algo::Gemm] {
+        check_with(seed, x, cout, k, stride, pad, algo);
+    }
+}
+
+fn check_with(
+    seed: u64,
+    x: [usize; 4],
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    algo: conv2d::Algo,
+) {
     let mut rng = Rng64::new(seed);
     let wsh = [cout, x[1], k, k];
     let g = ConvGeom::new(&x, &wsh, stride, pad).unwrap();
     let case = Case {
-        name: format!("conv2d x={x:?} w={wsh:?} stride={stride} pad={pad}"),
+        name: format!("conv2d {algo:?} x={x:?} w={wsh:?} stride={stride} pad={pad}"),
         seed,
         inputs: vec![
             Input::uniform(&mut rng, &x, -1.0, 1.0, true),
@@ -25,7 +41,7 @@ fn check(seed: u64, x: [usize; 4], cout: usize, k: usize, stride: usize, pad: us
     verify::check(
         gpu(),
         &case,
-        &|t, v| conv2d::conv2d(t, &v[0], &v[1], stride, pad),
+        &|t, v| conv2d::conv2d_with(t, &v[0], &v[1], stride, pad, algo),
         &|v| conv2d::reference::conv2d(&v[0], &v[1], &g),
         &|v, dy| {
             let (dx, dw) = conv2d::reference::conv2d_grad(&v[0], &v[1], dy, &g);
@@ -54,6 +70,34 @@ fn conv_resnet32_stage_shapes() {
     check(6, [2, 16, 32, 32], 16, 3, 1, 1);
     check(7, [2, 16, 16, 16], 32, 3, 2, 1);
     check(8, [4, 64, 8, 8], 64, 3, 1, 1);
+}
+
+#[test]
+fn conv_direct_groups_and_chunks() {
+    use longtail::ops::conv_direct::Plan;
+    // 70 -> 66 channels: two output groups of 64 and three input chunks each way.
+    let p = Plan::new(gpu(), 66, 70, 9).expect("adapter without 64 KiB uniform bindings");
+    assert_eq!((p.groups, p.chunks), (2, 3));
+    check(10, [2, 70, 5, 6], 66, 3, 2, 1);
+    // Wider than one row of pixels per invocation, odd width, stride 2 with pad 0.
+    check(11, [1, 8, 11, 13], 40, 3, 2, 0);
+}
+
+#[test]
+fn conv_direct_wgrad_blocks() {
+    use longtail::ops::conv_direct::WgradPlan;
+    // 16x16 outputs: 4 images per uniform block, 5 image groups (the last one short), three
+    // channel groups (the last one partial), rows split into runs.
+    let g = ConvGeom::new(&[17, 5, 16, 16], &[40, 5, 3, 3], 1, 1).unwrap();
+    let p = WgradPlan::new(gpu(), &g).expect("adapter without 64 KiB uniform bindings");
+    assert_eq!((p.ipb, p.igroups, p.cgroups), (4, 5, 3));
+    check(12, [17, 5, 16, 16], 40, 3, 1, 1);
+    // Stride 2 with an odd input size; a width that is no multiple of 4 takes the GEMM path.
+    let g = ConvGeom::new(&[3, 6, 15, 15], &[16, 6, 3, 3], 2, 1).unwrap();
+    assert!(WgradPlan::new(gpu(), &g).is_some());
+    check(13, [3, 6, 15, 15], 16, 3, 2, 1);
+    let g = ConvGeom::new(&[2, 3, 7, 9], &[5, 3, 3, 3], 1, 1).unwrap();
+    assert!(WgradPlan::new(gpu(), &g).is_none());
 }
 
 #[test]

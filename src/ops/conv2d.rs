@@ -1,11 +1,13 @@
 //! 2-D convolution (NCHW, OIHW weights, zero padding, no bias): forward, input gradient (dgrad)
-//! and weight gradient (wgrad), all as tiled implicit GEMMs in `shaders/conv2d.wgsl`.
+//! and weight gradient (wgrad). Forward and dgrad use the direct kernels of
+//! [`super::conv_direct`] where the adapter allows them, else (and wgrad always) the tiled
+//! implicit GEMMs of `shaders/conv2d.wgsl`.
 
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{Dispatch, Gpu};
-use crate::ops::reduce;
+use crate::ops::{conv_direct, reduce};
 use crate::tape::Tape;
 use crate::tensor::{DType, Tensor};
 
@@ -225,30 +227,72 @@ fn launch(
     )
 }
 
+/// Which kernels a convolution records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algo {
+    /// The direct kernels where the adapter allows them, else the GEMM kernels.
+    #[default]
+    Auto,
+    /// Always the tiled implicit GEMMs (for tests and benchmarks of that path).
+    Gemm,
+}
+
 /// Record `y = conv(x, w)` (`beta` = 1 adds into `y`).
-pub fn forward_dispatch(
+pub fn forward_dispatches(
     gpu: &Gpu,
     g: &ConvGeom,
     x: &Tensor,
     w: &Tensor,
     y: &Tensor,
     beta: f32,
-) -> Result<Dispatch> {
+    algo: Algo,
+) -> Result<Vec<Dispatch>> {
+    if algo == Algo::Auto
+        && let Some(d) = conv_direct::forward(gpu, g, x, w, y, beta)?
+    {
+        return Ok(d);
+    }
     let (_, _, k) = g.gemm(Mode::Forward);
-    launch(gpu, g, Mode::Forward, w, x, y, 1, k.max(1), beta)
+    Ok(vec![launch(
+        gpu,
+        g,
+        Mode::Forward,
+        w,
+        x,
+        y,
+        1,
+        k.max(1),
+        beta,
+    )?])
 }
 
 /// Record `dx (+)= conv_transpose(dy, w)`.
-pub fn dgrad_dispatch(
+pub fn dgrad_dispatches(
     gpu: &Gpu,
     g: &ConvGeom,
     dy: &Tensor,
     w: &Tensor,
     dx: &Tensor,
     beta: f32,
-) -> Result<Dispatch> {
+    algo: Algo,
+) -> Result<Vec<Dispatch>> {
+    if algo == Algo::Auto
+        && let Some(d) = conv_direct::dgrad(gpu, g, dy, w, dx, beta)?
+    {
+        return Ok(d);
+    }
     let (_, _, k) = g.gemm(Mode::Dgrad);
-    launch(gpu, g, Mode::Dgrad, w, dy, dx, 1, k.max(1), beta)
+    Ok(vec![launch(
+        gpu,
+        g,
+        Mode::Dgrad,
+        w,
+        dy,
+        dx,
+        1,
+        k.max(1),
+        beta,
+    )?])
 }
 
 /// The split-K plan of wgrad: (splits, K values per split).
@@ -262,7 +306,8 @@ pub fn wgrad_splits(g: &ConvGeom) -> (usize, usize) {
     (k.div_ceil(chunk.max(1)).max(1), chunk.max(TK))
 }
 
-/// Record `dw (+)= wgrad(dy, x)`: split-K partials, then their sum.
+/// Record `dw (+)= wgrad(dy, x)`: the direct kernel where it applies, else split-K GEMM
+/// partials, then their sum.
 pub fn wgrad_dispatches(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -270,7 +315,13 @@ pub fn wgrad_dispatches(
     x: &Tensor,
     dw: &Tensor,
     beta: f32,
+    algo: Algo,
 ) -> Result<Vec<Dispatch>> {
+    if algo == Algo::Auto
+        && let Some(d) = conv_direct::wgrad(gpu, g, dy, x, dw, beta)?
+    {
+        return Ok(d);
+    }
     let (splits, chunk) = wgrad_splits(g);
     if splits == 1 {
         return Ok(vec![launch(
@@ -301,22 +352,50 @@ pub fn conv2d(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
+    conv2d_with(tape, x, w, stride, pad, Algo::Auto)
+}
+
+/// [`conv2d`] with a choice of kernels.
+pub fn conv2d_with(
+    tape: &mut Tape,
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    algo: Algo,
+) -> Result<Tensor> {
     let g = ConvGeom::new(x.shape(), w.shape(), stride, pad)?;
     let y = tape.output(&g.out_shape(), &[x, w])?;
-    let fwd = forward_dispatch(tape.gpu(), &g, x, w, &y, 0.0)?;
+    let fwd = forward_dispatches(tape.gpu(), &g, x, w, &y, 0.0, algo)?;
     let (sx, sw) = (x.clone(), w.clone());
     tape.push(
         "conv",
         vec![x.clone(), w.clone()],
         &y,
-        vec![fwd],
+        fwd,
         Box::new(move |gpu, dy, gin| {
             let mut v = Vec::new();
             if let Some(t) = &gin[0] {
-                v.push(dgrad_dispatch(gpu, &g, dy, &sw, &t.tensor, t.beta())?);
+                v.extend(dgrad_dispatches(
+                    gpu,
+                    &g,
+                    dy,
+                    &sw,
+                    &t.tensor,
+                    t.beta(),
+                    algo,
+                )?);
             }
             if let Some(t) = &gin[1] {
-                v.extend(wgrad_dispatches(gpu, &g, dy, &sx, &t.tensor, t.beta())?);
+                v.extend(wgrad_dispatches(
+                    gpu,
+                    &g,
+                    dy,
+                    &sx,
+                    &t.tensor,
+                    t.beta(),
+                    algo,
+                )?);
             }
             Ok(v)
         }),

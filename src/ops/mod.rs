@@ -4,6 +4,7 @@
 
 pub mod batchnorm;
 pub mod conv2d;
+pub mod conv_direct;
 pub mod cross_entropy;
 pub mod eigen;
 pub mod elementwise;

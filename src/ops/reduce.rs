@@ -29,8 +29,15 @@ fn params(dims: [usize; 3], alpha: f32, beta: f32) -> Params {
     }
 }
 
+/// Sums of at most this many values go one invocation per output when there are at least
+/// [`SHORT_MIN_OUTPUTS`] outputs (a workgroup of 256 per output would idle most of its lanes).
+const SHORT_MAX_LEN: usize = 256;
+/// ...enough outputs to fill the machine with one invocation each.
+const SHORT_MIN_OUTPUTS: usize = 1024;
+
 /// Record `out[o, i] = beta * out[o, i] + alpha * sum_k x[o, k, i]` with `dims = [outer, len,
-/// inner]`: one workgroup per output element.
+/// inner]`: one workgroup per output element, or one invocation per output for short sums over
+/// many outputs.
 pub fn sum_dispatch(
     gpu: &Gpu,
     x: &Tensor,
@@ -40,6 +47,17 @@ pub fn sum_dispatch(
     beta: f32,
 ) -> Result<Dispatch> {
     let p = params(dims, alpha, beta);
+    let outputs = dims[0] * dims[2];
+    if dims[1] <= SHORT_MAX_LEN && outputs >= SHORT_MIN_OUTPUTS {
+        return Dispatch::build(
+            gpu,
+            "reduce",
+            "sum_short",
+            &[x.read(), out.write()],
+            bytemuck::bytes_of(&p),
+            grid_1d(gpu, outputs.div_ceil(64) as u32),
+        );
+    }
     Dispatch::build(
         gpu,
         "reduce",

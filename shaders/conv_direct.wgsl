@@ -1,0 +1,328 @@
+// Direct convolution with the weights in a uniform buffer: the forward pass and the input gradient
+// of `conv2d` (see src/ops/conv_direct.rs for when it is used and why).
+//
+// Each invocation computes CO = 4 * QN output channels of PX = 16 / QN neighbouring output pixels
+// of one row: 16 named vec4 accumulators whatever the split (llvmpipe keeps dynamically indexed
+// arrays in memory). Per (input channel, tap) it reads PX input values from storage and CO
+// weights from the uniform buffer: on llvmpipe a storage read is a loop over the SIMD lanes, a
+// uniform read is one gather, so the weight side is cheap and the storage side is shared by CO
+// multiply-adds per value.
+//
+// One dispatch covers one group of CO output channels and one chunk of input channels (the
+// uniform block holds at most 64 KiB of weights); later chunks add into the output (beta = 1).
+// The output grid may be a strided sub-grid ("phase class") of the destination: the input
+// gradient of a stride-s convolution runs once per class (oy0, ox0), each with only the taps
+// that reach it, so no multiply-add is spent on the zeros of the upsampled gradient.
+
+struct Params {
+    batch: u32, nch: u32, src_c: u32, src_h: u32,
+    src_w: u32, dst_c: u32, dst_h: u32, dst_w: u32,
+    chan0: u32, o0: u32, o_end: u32, ni: u32,
+    nj: u32, istride: u32, ostride: u32, oy0: u32,
+    ox0: u32, ntaps: u32, khw: u32, jgroups: u32,
+    beta: f32, _p0: f32, _p1: f32, _p2: f32,
+    // (dy, dx, weight slot, 0) of each tap: the input pixel of output (i, j) for this tap is
+    // (i * istride + dy, j * istride + dx).
+    taps: array<vec4<i32>, 64>,
+}
+
+@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<uniform> wu: array<vec4<f32>, 4096>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+override QN: u32 = 4u;        // output channels per invocation / 4: 4, 8 or 16
+override PX: u32 = 16u / QN;  // output pixels per invocation
+
+struct Acc {
+    a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
+    a4: vec4<f32>, a5: vec4<f32>, a6: vec4<f32>, a7: vec4<f32>,
+    a8: vec4<f32>, a9: vec4<f32>, a10: vec4<f32>, a11: vec4<f32>,
+    a12: vec4<f32>, a13: vec4<f32>, a14: vec4<f32>, a15: vec4<f32>,
+}
+
+// The input value at column ix of the row starting at `row` (zero in the padding). The read is
+// unconditional (from a clamped index) so it adds no branch of its own.
+fn ld(row_ok: bool, row: i32, ix: i32) -> f32 {
+    let ok = row_ok && ix >= 0 && ix < i32(p.src_w);
+    return select(0.0, src[u32(select(0, row + ix, ok))], ok);
+}
+
+fn put(b: u32, i: u32, j: u32, o: u32, v: f32) {
+    if (j >= p.nj || o >= p.o_end) { return; }
+    let y = i * p.ostride + p.oy0;
+    let x = j * p.ostride + p.ox0;
+    let at = ((b * p.dst_c + o) * p.dst_h + y) * p.dst_w + x;
+    if (p.beta != 0.0) { dst[at] = p.beta * dst[at] + v; } else { dst[at] = v; }
+}
+
+// Accumulator k holds pixel k / QN, output channels 4 * (k % QN) .. + 3.
+fn put4(b: u32, i: u32, j0: u32, k: u32, v: vec4<f32>) {
+    let j = j0 + k / QN;
+    let o = p.o0 + 4u * (k % QN);
+    put(b, i, j, o, v.x);
+    put(b, i, j, o + 1u, v.y);
+    put(b, i, j, o + 2u, v.z);
+    put(b, i, j, o + 3u, v.w);
+}
+
+@compute @workgroup_size(64)
+fn conv_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let idx = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (idx >= p.batch * p.ni * p.jgroups) { return; }
+    let jg = idx % p.jgroups;
+    let bi = idx / p.jgroups;
+    let i = bi % p.ni;
+    let b = bi / p.ni;
+    let j0 = jg * PX;
+    let plane = i32(p.src_h * p.src_w);
+    let iy0 = i32(i * p.istride);
+    let ix0 = i32(j0 * p.istride);
+    let st = i32(p.istride);
+    var cbase = i32(b * p.src_c + p.chan0) * plane;
+
+    let z = vec4<f32>(0.0);
+    var c = Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
+    for (var ch = 0u; ch < p.nch; ch++) {
+        for (var t = 0u; t < p.ntaps; t++) {
+            let tap = p.taps[t];
+            let iy = iy0 + tap.x;
+            let row_ok = iy >= 0 && iy < i32(p.src_h);
+            let row = cbase + iy * i32(p.src_w);
+            let ix = ix0 + tap.y;
+            var v = vec4<f32>(ld(row_ok, row, ix), 0.0, 0.0, 0.0);
+            if (PX >= 2u) { v.y = ld(row_ok, row, ix + st); }
+            if (PX >= 4u) {
+                v.z = ld(row_ok, row, ix + 2 * st);
+                v.w = ld(row_ok, row, ix + 3 * st);
+            }
+            let wb = (ch * p.khw + u32(tap.z)) * QN;
+            c.a0 = fma(vec4<f32>(v[0u / QN]), wu[wb + 0u % QN], c.a0);
+            c.a1 = fma(vec4<f32>(v[1u / QN]), wu[wb + 1u % QN], c.a1);
+            c.a2 = fma(vec4<f32>(v[2u / QN]), wu[wb + 2u % QN], c.a2);
+            c.a3 = fma(vec4<f32>(v[3u / QN]), wu[wb + 3u % QN], c.a3);
+            c.a4 = fma(vec4<f32>(v[4u / QN]), wu[wb + 4u % QN], c.a4);
+            c.a5 = fma(vec4<f32>(v[5u / QN]), wu[wb + 5u % QN], c.a5);
+            c.a6 = fma(vec4<f32>(v[6u / QN]), wu[wb + 6u % QN], c.a6);
+            c.a7 = fma(vec4<f32>(v[7u / QN]), wu[wb + 7u % QN], c.a7);
+            c.a8 = fma(vec4<f32>(v[8u / QN]), wu[wb + 8u % QN], c.a8);
+            c.a9 = fma(vec4<f32>(v[9u / QN]), wu[wb + 9u % QN], c.a9);
+            c.a10 = fma(vec4<f32>(v[10u / QN]), wu[wb + 10u % QN], c.a10);
+            c.a11 = fma(vec4<f32>(v[11u / QN]), wu[wb + 11u % QN], c.a11);
+            c.a12 = fma(vec4<f32>(v[12u / QN]), wu[wb + 12u % QN], c.a12);
+            c.a13 = fma(vec4<f32>(v[13u / QN]), wu[wb + 13u % QN], c.a13);
+            c.a14 = fma(vec4<f32>(v[14u / QN]), wu[wb + 14u % QN], c.a14);
+            c.a15 = fma(vec4<f32>(v[15u / QN]), wu[wb + 15u % QN], c.a15);
+        }
+        cbase += plane;
+    }
+    put4(b, i, j0, 0u, c.a0); put4(b, i, j0, 1u, c.a1);
+    put4(b, i, j0, 2u, c.a2); put4(b, i, j0, 3u, c.a3);
+    put4(b, i, j0, 4u, c.a4); put4(b, i, j0, 5u, c.a5);
+    put4(b, i, j0, 6u, c.a6); put4(b, i, j0, 7u, c.a7);
+    put4(b, i, j0, 8u, c.a8); put4(b, i, j0, 9u, c.a9);
+    put4(b, i, j0, 10u, c.a10); put4(b, i, j0, 11u, c.a11);
+    put4(b, i, j0, 12u, c.a12); put4(b, i, j0, 13u, c.a13);
+    put4(b, i, j0, 14u, c.a14); put4(b, i, j0, 15u, c.a15);
+}
+
+// Packing of the weights into uniform blocks of 4096 vec4 (64 KiB), one per (output group,
+// input chunk): block element ((cl * khw + kidx) * CO + ol) = w[o * so + c * sc + kidx] with
+// o = group * CO + ol and c = chunk * cch + cl, zero outside the tensor. The forward pass packs
+// W[co, ci] (so = Cin*KHW, sc = KHW), the input gradient its transpose (so = KHW, sc = Cin*KHW).
+struct PackParams {
+    co: u32, cch: u32, khw: u32, nchunks: u32,
+    o_total: u32, c_total: u32, so: u32, sc: u32,
+    blocks: u32, _p0: u32, _p1: u32, _p2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> pw_src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> pw_dst: array<f32>;
+@group(0) @binding(2) var<uniform> pp: PackParams;
+
+@compute @workgroup_size(64)
+fn pack_weights(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let e = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (e >= pp.blocks * 16384u) { return; }
+    let blk = e / 16384u;
+    let r = e % 16384u;
+    let group = blk / pp.nchunks;
+    let chunk = blk % pp.nchunks;
+    let ol = r % pp.co;
+    let kidx = (r / pp.co) % pp.khw;
+    let cl = r / (pp.co * pp.khw);
+    let o = group * pp.co + ol;
+    let c = chunk * pp.cch + cl;
+    var v = 0.0;
+    if (cl < pp.cch && o < pp.o_total && c < pp.c_total) {
+        v = pw_src[o * pp.so + c * pp.sc + kidx];
+    }
+    pw_dst[e] = v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight gradient of a 3-wide kernel: dW[co, ci, ky, kx] = sum over (b, oy, ox) of
+// dY[b, co, oy, ox] * X[b, ci, oy*s + ky - pad, ox*s + kx - pad].
+// dY is first packed into 64 KiB uniform blocks (`pack_dy`), each holding `ipb` images of a group
+// of 16 output channels, [image][co][pixel]; one launch per block. An invocation owns one
+// (ci, ky) and a run of `rpi` output rows of the block, and keeps all 3 kx taps for the 16
+// output channels (12 vec4). Per 4 output pixels of a row it reads 3*s + 3 input values from
+// storage and 16 vec4 of dY from the uniform block, for 192 multiply-adds. Its sums go to
+// part[rg, co, ci, ky, kx] (rg = its row run; the first block of a channel group writes,
+// later ones add); a reduction over rg gives dW.
+
+struct WgParams {
+    cin: u32, h: u32, w: u32, oh: u32,
+    ow: u32, pad: u32, ipb: u32, rpi: u32,
+    nrg: u32, co0: u32, cout: u32, nimg: u32,
+    kh: u32, first: u32, b0: u32, _p1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> wg_x: array<f32>;
+@group(0) @binding(1) var<uniform> wg_dy: array<vec4<f32>, 4096>;
+@group(0) @binding(2) var<storage, read_write> wg_part: array<f32>;
+@group(0) @binding(3) var<uniform> wq: WgParams;
+
+override WSTRIDE: u32 = 1u;   // convolution stride (1 or 2)
+
+struct WAcc {
+    a00: vec4<f32>, a01: vec4<f32>, a02: vec4<f32>, a03: vec4<f32>,
+    a10: vec4<f32>, a11: vec4<f32>, a12: vec4<f32>, a13: vec4<f32>,
+    a20: vec4<f32>, a21: vec4<f32>, a22: vec4<f32>, a23: vec4<f32>,
+}
+
+// Window of input values for 4 output pixels: x[s*p + kx], p < 4, kx < 3.
+struct Win { v: array<f32, 9> }
+
+fn wld(row_ok: bool, row: i32, ix: i32) -> f32 {
+    let ok = row_ok && ix >= 0 && ix < i32(wq.w);
+    return select(0.0, wg_x[u32(select(0, row + ix, ok))], ok);
+}
+
+// One channel quad: d0..d3 hold 4 pixels of output channels 4q..4q+3; rows of the transpose
+// (pixel p across the quad) are free in llvmpipe's SIMD-of-lanes layout.
+struct Tri { a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32> }
+
+fn quad(d0: vec4<f32>, d1: vec4<f32>, d2: vec4<f32>, d3: vec4<f32>, x: Win, acc: Tri) -> Tri {
+    let s = WSTRIDE;
+    var a = acc;
+    let e0 = vec4<f32>(d0.x, d1.x, d2.x, d3.x);
+    let e1 = vec4<f32>(d0.y, d1.y, d2.y, d3.y);
+    let e2 = vec4<f32>(d0.z, d1.z, d2.z, d3.z);
+    let e3 = vec4<f32>(d0.w, d1.w, d2.w, d3.w);
+    a.a0 = fma(e0, vec4<f32>(x.v[0u]), a.a0);
+    a.a1 = fma(e0, vec4<f32>(x.v[1u]), a.a1);
+    a.a2 = fma(e0, vec4<f32>(x.v[2u]), a.a2);
+    a.a0 = fma(e1, vec4<f32>(x.v[s]), a.a0);
+    a.a1 = fma(e1, vec4<f32>(x.v[s + 1u]), a.a1);
+    a.a2 = fma(e1, vec4<f32>(x.v[s + 2u]), a.a2);
+    a.a0 = fma(e2, vec4<f32>(x.v[2u * s]), a.a0);
+    a.a1 = fma(e2, vec4<f32>(x.v[2u * s + 1u]), a.a1);
+    a.a2 = fma(e2, vec4<f32>(x.v[2u * s + 2u]), a.a2);
+    a.a0 = fma(e3, vec4<f32>(x.v[3u * s]), a.a0);
+    a.a1 = fma(e3, vec4<f32>(x.v[3u * s + 1u]), a.a1);
+    a.a2 = fma(e3, vec4<f32>(x.v[3u * s + 2u]), a.a2);
+    return a;
+}
+
+fn wstore(rg: u32, co: u32, ci: u32, ky: u32, kx: u32, v: f32) {
+    if (co >= wq.cout) { return; }
+    let at = (((rg * wq.cout + co) * wq.cin + ci) * wq.kh + ky) * 3u + kx;
+    if (wq.first != 0u) { wg_part[at] = v; } else { wg_part[at] = wg_part[at] + v; }
+}
+
+fn wstore4(rg: u32, q: u32, ci: u32, ky: u32, kx: u32, v: vec4<f32>) {
+    let co = wq.co0 + 4u * q;
+    wstore(rg, co, ci, ky, kx, v.x);
+    wstore(rg, co + 1u, ci, ky, kx, v.y);
+    wstore(rg, co + 2u, ci, ky, kx, v.z);
+    wstore(rg, co + 3u, ci, ky, kx, v.w);
+}
+
+@compute @workgroup_size(64)
+fn conv_wgrad3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let idx = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (idx >= wq.nrg * wq.cin * wq.kh) { return; }
+    let ky = idx % wq.kh;
+    let ci = (idx / wq.kh) % wq.cin;
+    let rg = idx / (wq.kh * wq.cin);
+    let ohw = wq.oh * wq.ow;
+    let z = vec4<f32>(0.0);
+    var c = WAcc(z, z, z, z, z, z, z, z, z, z, z, z);
+    let r_end = min((rg + 1u) * wq.rpi, wq.nimg * wq.oh);
+    for (var r = rg * wq.rpi; r < r_end; r++) {
+        let li = r / wq.oh;
+        let oy = r % wq.oh;
+        let iy = i32(oy * WSTRIDE + ky) - i32(wq.pad);
+        let row_ok = iy >= 0 && iy < i32(wq.h);
+        let row = i32(((wq.b0 + li) * wq.cin + ci) * wq.h * wq.w) + iy * i32(wq.w);
+        // vec4 index of (image li, channel 0, row oy) in the block.
+        let dbase = (li * 16u * ohw + oy * wq.ow) / 4u;
+        let qstride = ohw / 4u;   // one output channel further
+        for (var ox = 0u; ox < wq.ow; ox += 4u) {
+            let ix = i32(ox * WSTRIDE) - i32(wq.pad);
+            var x: Win;
+            for (var t = 0u; t < 3u * WSTRIDE + 3u; t++) {
+                x.v[t] = wld(row_ok, row, ix + i32(t));
+            }
+            let d = dbase + ox / 4u;
+            let t0 = quad(wg_dy[d], wg_dy[d + qstride], wg_dy[d + 2u * qstride], wg_dy[d + 3u * qstride],
+                 x, Tri(c.a00, c.a10, c.a20));
+            c.a00 = t0.a0; c.a10 = t0.a1; c.a20 = t0.a2;
+            let d1 = d + 4u * qstride;
+            let t1 = quad(wg_dy[d1], wg_dy[d1 + qstride], wg_dy[d1 + 2u * qstride], wg_dy[d1 + 3u * qstride],
+                 x, Tri(c.a01, c.a11, c.a21));
+            c.a01 = t1.a0; c.a11 = t1.a1; c.a21 = t1.a2;
+            let d2 = d + 8u * qstride;
+            let t2 = quad(wg_dy[d2], wg_dy[d2 + qstride], wg_dy[d2 + 2u * qstride], wg_dy[d2 + 3u * qstride],
+                 x, Tri(c.a02, c.a12, c.a22));
+            c.a02 = t2.a0; c.a12 = t2.a1; c.a22 = t2.a2;
+            let d3 = d + 12u * qstride;
+            let t3 = quad(wg_dy[d3], wg_dy[d3 + qstride], wg_dy[d3 + 2u * qstride], wg_dy[d3 + 3u * qstride],
+                 x, Tri(c.a03, c.a13, c.a23));
+            c.a03 = t3.a0; c.a13 = t3.a1; c.a23 = t3.a2;
+        }
+    }
+    let b = rg;  // partial-sum slot
+    wstore4(b, 0u, ci, ky, 0u, c.a00); wstore4(b, 1u, ci, ky, 0u, c.a01);
+    wstore4(b, 2u, ci, ky, 0u, c.a02); wstore4(b, 3u, ci, ky, 0u, c.a03);
+    wstore4(b, 0u, ci, ky, 1u, c.a10); wstore4(b, 1u, ci, ky, 1u, c.a11);
+    wstore4(b, 2u, ci, ky, 1u, c.a12); wstore4(b, 3u, ci, ky, 1u, c.a13);
+    wstore4(b, 0u, ci, ky, 2u, c.a20); wstore4(b, 1u, ci, ky, 2u, c.a21);
+    wstore4(b, 2u, ci, ky, 2u, c.a22); wstore4(b, 3u, ci, ky, 2u, c.a23);
+}
+
+// dY into uniform blocks of 4096 vec4: block (image group ig, channel group cg) holds
+// [li][co_l][pixel] = dY[ig*ipb + li, cg*16 + co_l, pixel], zero outside the tensor.
+struct PdParams {
+    batch: u32, cout: u32, ohw: u32, ipb: u32,
+    cgroups: u32, blocks: u32, _p0: u32, _p1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> pd_src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> pd_dst: array<f32>;
+@group(0) @binding(2) var<uniform> pd: PdParams;
+
+@compute @workgroup_size(64)
+fn pack_dy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let e = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (e >= pd.blocks * 16384u) { return; }
+    let blk = e / 16384u;
+    let r = e % 16384u;
+    let ig = blk / pd.cgroups;
+    let cg = blk % pd.cgroups;
+    let pix = r % pd.ohw;
+    let col = (r / pd.ohw) % 16u;
+    let li = r / (pd.ohw * 16u);
+    let b = ig * pd.ipb + li;
+    let co = cg * 16u + col;
+    var v = 0.0;
+    if (li < pd.ipb && b < pd.batch && co < pd.cout) {
+        v = pd_src[(b * pd.cout + co) * pd.ohw + pix];
+    }
+    pd_dst[e] = v;
+}

@@ -1,0 +1,558 @@
+//! The direct convolution kernels of `conv2d`'s forward pass and input gradient
+//! (`shaders/conv_direct.wgsl`): the weights are packed into 64 KiB uniform blocks and each
+//! invocation accumulates a few output pixels across many output channels.
+//!
+//! Why a second kernel family: on llvmpipe every storage or workgroup-memory read is a loop over
+//! the SIMD lanes, while a uniform-buffer read is a single gather. Reading the weights as
+//! uniforms and sharing each storage read of the input among 16-64 output channels cuts the
+//! memory instructions per multiply-add several-fold against the tiled GEMM of `conv2d.wgsl`
+//! (benches/NOTES.md has the numbers). The input gradient of a stride-s convolution runs as s^2
+//! phase classes with their own taps, so it skips the zeros of the upsampled gradient.
+//!
+//! Used when the adapter allows a 64 KiB uniform binding (Vulkan's usual limit; the WebGPU
+//! minimum is 16 KiB); otherwise `conv2d` keeps the GEMM kernels.
+
+use anyhow::{Result, bail};
+use bytemuck::{Pod, Zeroable};
+
+use super::conv2d::ConvGeom;
+use crate::gpu::{Access, Binding, Dispatch, Gpu, GpuBuffer, grid_1d};
+use std::sync::Arc;
+
+/// Bytes of one uniform weight block (the binding size the shader declares).
+const BLOCK_BYTES: u64 = 65536;
+/// f32 weights per block.
+const BLOCK_FLOATS: usize = (BLOCK_BYTES / 4) as usize;
+/// Taps per launch the shader's parameter block can hold (7x7 kernels have 49).
+const MAX_TAPS: usize = 64;
+/// Invocations per workgroup (the shader's `@workgroup_size`).
+const WG: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    nch: u32,
+    src_c: u32,
+    src_h: u32,
+    src_w: u32,
+    dst_c: u32,
+    dst_h: u32,
+    dst_w: u32,
+    chan0: u32,
+    o0: u32,
+    o_end: u32,
+    ni: u32,
+    nj: u32,
+    istride: u32,
+    ostride: u32,
+    oy0: u32,
+    ox0: u32,
+    ntaps: u32,
+    khw: u32,
+    jgroups: u32,
+    beta: f32,
+    _p: [f32; 3],
+    taps: [[i32; 4]; MAX_TAPS],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PackParams {
+    co: u32,
+    cch: u32,
+    khw: u32,
+    nchunks: u32,
+    o_total: u32,
+    c_total: u32,
+    so: u32,
+    sc: u32,
+    blocks: u32,
+    _p: [u32; 3],
+}
+
+/// How one direct convolution splits into uniform blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Output channels per invocation and per group (16, 32 or 64).
+    pub co: usize,
+    /// Output-channel groups (one block column each).
+    pub groups: usize,
+    /// Input channels per block.
+    pub cch: usize,
+    /// Input-channel chunks (blocks per group).
+    pub chunks: usize,
+}
+
+impl Plan {
+    /// The plan for `outs` output and `ins` input channels with `khw` taps, or `None` when the
+    /// adapter cannot bind a 64 KiB uniform block or the kernel does not fit one block.
+    pub fn new(gpu: &Gpu, outs: usize, ins: usize, khw: usize) -> Option<Self> {
+        if gpu.limits.max_uniform_buffer_binding_size < BLOCK_BYTES || khw > MAX_TAPS {
+            return None;
+        }
+        let co = match outs {
+            0..=16 => 16,
+            17..=32 => 32,
+            _ => 64,
+        };
+        let cch = (BLOCK_FLOATS / (co * khw)).min(ins).max(1);
+        if co * khw * cch > BLOCK_FLOATS {
+            return None;
+        }
+        Some(Self {
+            co,
+            groups: outs.div_ceil(co),
+            cch,
+            chunks: ins.div_ceil(cch),
+        })
+    }
+
+    fn blocks(&self) -> usize {
+        self.groups * self.chunks
+    }
+}
+
+/// One phase class of a launch: its output sub-grid and the taps that reach it.
+struct Class {
+    ni: usize,
+    nj: usize,
+    oy0: usize,
+    ox0: usize,
+    taps: Vec<[i32; 4]>,
+}
+
+/// The packed weights: a storage buffer also bindable as uniform blocks.
+fn pack(
+    gpu: &Gpu,
+    w: &crate::tensor::Tensor,
+    plan: &Plan,
+    g: &ConvGeom,
+    transpose: bool,
+) -> Result<(Arc<GpuBuffer>, Dispatch)> {
+    let khw = g.kh * g.kw;
+    let blocks = plan.blocks();
+    let buf = Arc::new(GpuBuffer::new(
+        gpu,
+        "conv weights (uniform blocks)",
+        blocks as u64 * BLOCK_BYTES,
+        wgpu::BufferUsages::UNIFORM,
+    )?);
+    let (o_total, c_total, so, sc) = if transpose {
+        (g.cin, g.cout, khw, g.cin * khw)
+    } else {
+        (g.cout, g.cin, g.cin * khw, khw)
+    };
+    let pp = PackParams {
+        co: plan.co as u32,
+        cch: plan.cch as u32,
+        khw: khw as u32,
+        nchunks: plan.chunks as u32,
+        o_total: o_total as u32,
+        c_total: c_total as u32,
+        so: so as u32,
+        sc: sc as u32,
+        blocks: blocks as u32,
+        _p: [0; 3],
+    };
+    let total = (blocks * BLOCK_FLOATS).div_ceil(WG) as u32;
+    let d = Dispatch::build(
+        gpu,
+        "conv_direct",
+        "pack_weights",
+        &[
+            w.read(),
+            Binding {
+                access: Access::ReadWrite,
+                buffer: &buf,
+                offset: 0,
+                size: buf.size(),
+            },
+        ],
+        bytemuck::bytes_of(&pp),
+        grid_1d(gpu, total),
+    )?;
+    Ok((buf, d))
+}
+
+#[allow(clippy::too_many_arguments)] // the launch grid: source, packed weights, destination, class
+fn launches(
+    gpu: &Gpu,
+    plan: &Plan,
+    weights: &Arc<GpuBuffer>,
+    src: &crate::tensor::Tensor,
+    dst: &crate::tensor::Tensor,
+    src_chw: [usize; 3],
+    dst_chw: [usize; 3],
+    batch: usize,
+    istride: usize,
+    ostride: usize,
+    khw: usize,
+    classes: &[Class],
+    beta: f32,
+    out: &mut Vec<Dispatch>,
+) -> Result<()> {
+    let px = 64 / plan.co;
+    for class in classes {
+        if class.ni == 0 || class.nj == 0 {
+            continue;
+        }
+        if class.taps.len() > MAX_TAPS {
+            bail!(
+                "conv2d: {} taps exceed the direct kernel's {MAX_TAPS}",
+                class.taps.len()
+            );
+        }
+        let mut taps = [[0i32; 4]; MAX_TAPS];
+        taps[..class.taps.len()].copy_from_slice(&class.taps);
+        let jgroups = class.nj.div_ceil(px);
+        let invocations = batch * class.ni * jgroups;
+        for group in 0..plan.groups {
+            for chunk in 0..plan.chunks {
+                let chan0 = chunk * plan.cch;
+                let p = Params {
+                    batch: batch as u32,
+                    nch: plan.cch.min(src_chw[0] - chan0) as u32,
+                    src_c: src_chw[0] as u32,
+                    src_h: src_chw[1] as u32,
+                    src_w: src_chw[2] as u32,
+                    dst_c: dst_chw[0] as u32,
+                    dst_h: dst_chw[1] as u32,
+                    dst_w: dst_chw[2] as u32,
+                    chan0: chan0 as u32,
+                    o0: (group * plan.co) as u32,
+                    o_end: ((group + 1) * plan.co).min(dst_chw[0]) as u32,
+                    ni: class.ni as u32,
+                    nj: class.nj as u32,
+                    istride: istride as u32,
+                    ostride: ostride as u32,
+                    oy0: class.oy0 as u32,
+                    ox0: class.ox0 as u32,
+                    ntaps: class.taps.len() as u32,
+                    khw: khw as u32,
+                    jgroups: jgroups as u32,
+                    beta: if chunk == 0 { beta } else { 1.0 },
+                    _p: [0.0; 3],
+                    taps,
+                };
+                let block = (group * plan.chunks + chunk) as u64 * BLOCK_BYTES;
+                out.push(Dispatch::build_with(
+                    gpu,
+                    "conv_direct",
+                    "conv_direct",
+                    &[
+                        src.read(),
+                        Binding {
+                            access: Access::Uniform,
+                            buffer: weights,
+                            offset: block,
+                            size: BLOCK_BYTES,
+                        },
+                        dst.write(),
+                    ],
+                    bytemuck::bytes_of(&p),
+                    grid_1d(gpu, invocations.div_ceil(WG) as u32),
+                    &[("QN", (plan.co / 4) as f64)],
+                )?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Record `y (+)= conv(x, w)` with the direct kernel, or `None` when `plan` says it does not fit.
+pub fn forward(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &crate::tensor::Tensor,
+    w: &crate::tensor::Tensor,
+    y: &crate::tensor::Tensor,
+    beta: f32,
+) -> Result<Option<Vec<Dispatch>>> {
+    let khw = g.kh * g.kw;
+    let Some(plan) = Plan::new(gpu, g.cout, g.cin, khw) else {
+        return Ok(None);
+    };
+    let (buf, pack) = pack(gpu, w, &plan, g, false)?;
+    let mut taps = Vec::with_capacity(khw);
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let slot = (ky * g.kw + kx) as i32;
+            taps.push([ky as i32 - g.pad as i32, kx as i32 - g.pad as i32, slot, 0]);
+        }
+    }
+    let class = Class {
+        ni: g.oh,
+        nj: g.ow,
+        oy0: 0,
+        ox0: 0,
+        taps,
+    };
+    let mut out = vec![pack];
+    launches(
+        gpu,
+        &plan,
+        &buf,
+        x,
+        y,
+        [g.cin, g.h, g.w],
+        [g.cout, g.oh, g.ow],
+        g.batch,
+        g.stride,
+        1,
+        khw,
+        &[class],
+        beta,
+        &mut out,
+    )?;
+    Ok(Some(out))
+}
+
+/// Record `dx (+)= conv_transpose(dy, w)` with the direct kernel, one launch set per phase
+/// class, or `None` when `plan` says it does not fit.
+pub fn dgrad(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    dy: &crate::tensor::Tensor,
+    w: &crate::tensor::Tensor,
+    dx: &crate::tensor::Tensor,
+    beta: f32,
+) -> Result<Option<Vec<Dispatch>>> {
+    let khw = g.kh * g.kw;
+    let Some(plan) = Plan::new(gpu, g.cin, g.cout, khw) else {
+        return Ok(None);
+    };
+    let (buf, pack) = pack(gpu, w, &plan, g, true)?;
+    let (s, pad) = (g.stride as i32, g.pad as i32);
+    // Input row y = s*i + py takes tap ky when (y + pad - ky) is a multiple of s: it reads
+    // gradient row i + (py + pad - ky) / s.
+    let offsets = |phase: i32, k: usize| -> Vec<(i32, usize)> {
+        (0..k)
+            .filter(|&kk| (phase + pad - kk as i32).rem_euclid(s) == 0)
+            .map(|kk| ((phase + pad - kk as i32).div_euclid(s), kk))
+            .collect()
+    };
+    let mut classes = Vec::new();
+    for py in 0..g.stride.min(g.h) {
+        for px in 0..g.stride.min(g.w) {
+            let mut taps = Vec::new();
+            for &(dy_off, ky) in &offsets(py as i32, g.kh) {
+                for &(dx_off, kx) in &offsets(px as i32, g.kw) {
+                    taps.push([dy_off, dx_off, (ky * g.kw + kx) as i32, 0]);
+                }
+            }
+            classes.push(Class {
+                ni: (g.h - py).div_ceil(g.stride),
+                nj: (g.w - px).div_ceil(g.stride),
+                oy0: py,
+                ox0: px,
+                taps,
+            });
+        }
+    }
+    let mut out = vec![pack];
+    launches(
+        gpu,
+        &plan,
+        &buf,
+        dy,
+        dx,
+        [g.cout, g.oh, g.ow],
+        [g.cin, g.h, g.w],
+        g.batch,
+        1,
+        g.stride,
+        khw,
+        &classes,
+        beta,
+        &mut out,
+    )?;
+    Ok(Some(out))
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct WgParams {
+    cin: u32,
+    h: u32,
+    w: u32,
+    oh: u32,
+    ow: u32,
+    pad: u32,
+    ipb: u32,
+    rpi: u32,
+    nrg: u32,
+    co0: u32,
+    cout: u32,
+    nimg: u32,
+    kh: u32,
+    first: u32,
+    b0: u32,
+    _p: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PdParams {
+    batch: u32,
+    cout: u32,
+    ohw: u32,
+    ipb: u32,
+    cgroups: u32,
+    blocks: u32,
+    _p: [u32; 2],
+}
+
+/// Output channels per block of the weight-gradient kernel (its 12 vec4 accumulators).
+const WG_CO: usize = 16;
+/// Invocations a weight-gradient launch aims for: longer row runs mean fewer partial sums to
+/// write and reduce (measured on llvmpipe: runs of 4-8 rows beat 1-2 by 1.5-3x), but each launch
+/// still needs a few workgroups per core. Capped at 8 rows per invocation.
+const WG_TARGET_INVOCATIONS: usize = 384;
+
+/// How the weight gradient splits into uniform blocks of dY.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WgradPlan {
+    /// Images per block.
+    pub ipb: usize,
+    /// Output-channel groups of 16.
+    pub cgroups: usize,
+    /// Image groups.
+    pub igroups: usize,
+    /// Output rows per invocation.
+    pub rpi: usize,
+    /// Row runs per block (the partial sums reduced at the end).
+    pub nrg: usize,
+}
+
+impl WgradPlan {
+    /// The plan for `g`, or `None` unless the kernel is 3 wide, the stride 1 or 2, output rows
+    /// a multiple of 4 pixels, 16 channels of one output image fit a block, and the adapter
+    /// binds 64 KiB uniform blocks.
+    pub fn new(gpu: &Gpu, g: &ConvGeom) -> Option<Self> {
+        let ohw = g.oh * g.ow;
+        if gpu.limits.max_uniform_buffer_binding_size < BLOCK_BYTES
+            || g.kw != 3
+            || !(1..=2).contains(&g.stride)
+            || !g.ow.is_multiple_of(4)
+            || WG_CO * ohw > BLOCK_FLOATS
+        {
+            return None;
+        }
+        let ipb = (BLOCK_FLOATS / (WG_CO * ohw)).min(g.batch);
+        let rows = ipb * g.oh;
+        let rpi = (rows * g.cin * g.kh / WG_TARGET_INVOCATIONS).clamp(1, 8);
+        Some(Self {
+            ipb,
+            cgroups: g.cout.div_ceil(WG_CO),
+            igroups: g.batch.div_ceil(ipb),
+            rpi,
+            nrg: rows.div_ceil(rpi),
+        })
+    }
+}
+
+/// Record `dw (+)= wgrad(dy, x)` with the direct kernel (pack dY, one launch per block, sum of
+/// the row-run partials), or `None` when [`WgradPlan`] says it does not apply.
+pub fn wgrad(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    dy: &crate::tensor::Tensor,
+    x: &crate::tensor::Tensor,
+    dw: &crate::tensor::Tensor,
+    beta: f32,
+) -> Result<Option<Vec<Dispatch>>> {
+    let Some(plan) = WgradPlan::new(gpu, g) else {
+        return Ok(None);
+    };
+    let ohw = g.oh * g.ow;
+    let blocks = plan.igroups * plan.cgroups;
+    let buf = Arc::new(GpuBuffer::new(
+        gpu,
+        "conv dY (uniform blocks)",
+        blocks as u64 * BLOCK_BYTES,
+        wgpu::BufferUsages::UNIFORM,
+    )?);
+    let pd = PdParams {
+        batch: g.batch as u32,
+        cout: g.cout as u32,
+        ohw: ohw as u32,
+        ipb: plan.ipb as u32,
+        cgroups: plan.cgroups as u32,
+        blocks: blocks as u32,
+        _p: [0; 2],
+    };
+    let mut out = vec![Dispatch::build(
+        gpu,
+        "conv_direct",
+        "pack_dy",
+        &[
+            dy.read(),
+            Binding {
+                access: Access::ReadWrite,
+                buffer: &buf,
+                offset: 0,
+                size: buf.size(),
+            },
+        ],
+        bytemuck::bytes_of(&pd),
+        grid_1d(gpu, (blocks * BLOCK_FLOATS).div_ceil(WG) as u32),
+    )?];
+    let partial = crate::tensor::Tensor::zeros(
+        gpu,
+        &[plan.nrg, g.cout * g.cin * g.kh * g.kw],
+        crate::tensor::DType::F32,
+    )?;
+    let invocations = plan.nrg * g.cin * g.kh;
+    for ig in 0..plan.igroups {
+        let b0 = ig * plan.ipb;
+        for cg in 0..plan.cgroups {
+            let p = WgParams {
+                cin: g.cin as u32,
+                h: g.h as u32,
+                w: g.w as u32,
+                oh: g.oh as u32,
+                ow: g.ow as u32,
+                pad: g.pad as u32,
+                ipb: plan.ipb as u32,
+                rpi: plan.rpi as u32,
+                nrg: plan.nrg as u32,
+                co0: (cg * WG_CO) as u32,
+                cout: g.cout as u32,
+                nimg: plan.ipb.min(g.batch - b0) as u32,
+                kh: g.kh as u32,
+                first: (ig == 0) as u32,
+                b0: b0 as u32,
+                _p: 0,
+            };
+            out.push(Dispatch::build_with(
+                gpu,
+                "conv_direct",
+                "conv_wgrad3",
+                &[
+                    x.read(),
+                    Binding {
+                        access: Access::Uniform,
+                        buffer: &buf,
+                        offset: (ig * plan.cgroups + cg) as u64 * BLOCK_BYTES,
+                        size: BLOCK_BYTES,
+                    },
+                    partial.write(),
+                ],
+                bytemuck::bytes_of(&p),
+                grid_1d(gpu, invocations.div_ceil(WG) as u32),
+                &[("WSTRIDE", g.stride as f64)],
+            )?);
+        }
+    }
+    let n = g.cout * g.cin * g.kh * g.kw;
+    out.push(super::reduce::sum_dispatch(
+        gpu,
+        &partial,
+        dw,
+        [1, plan.nrg, n],
+        1.0,
+        beta,
+    )?);
+    Ok(Some(out))
+}
