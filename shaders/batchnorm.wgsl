@@ -164,3 +164,172 @@ fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let v = dx_gamma[c] * inv * (g - dx_sums[c] / count - xhat * dx_sums[dp.channels + c] / count);
     if (dp.beta != 0.0) { dx[i] = dx[i] + v; } else { dx[i] = v; }
 }
+
+// ---- vec4 variants (H*W a multiple of 4). llvmpipe turns every storage access into a loop over
+// the SIMD lanes, so a vec4 access costs about what a scalar one does: these read four
+// elements per access, and the per-channel values once per run of RUN vec4 instead of once per
+// element. The reductions give each lane whole vec4 of a plane (no index division per element).
+
+const RUN: u32 = 4u;
+
+// Lane layout of a channel reduction over [batch][hw4] vec4: `pv` lanes along the plane,
+// `ipi` images side by side.
+struct Lanes { lb: u32, lv: u32, pv: u32, ipi: u32 }
+
+fn lanes(lid: u32, hw4: u32) -> Lanes {
+    let pv = min(hw4, WG);
+    let ipi = WG / pv;
+    return Lanes(lid / pv, lid % pv, pv, ipi);
+}
+
+fn hsum(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
+
+@group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn batch_stats4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let count = p.batch * p.hw;
+    let hw4 = p.hw / 4u;
+    let l = lanes(lid, hw4);
+    var s = vec4<f32>(0.0);
+    if (l.lb < l.ipi) {
+        for (var b = l.lb; b < p.batch; b += l.ipi) {
+            let base = (b * p.channels + c) * hw4;
+            for (var v = l.lv; v < hw4; v += l.pv) { s += x4[base + v]; }
+        }
+    }
+    red0[lid] = hsum(s);
+    red1[lid] = 0.0;
+    tree(lid);
+    let mean = red0[0] / f32(count);
+    workgroupBarrier();
+    var q = vec4<f32>(0.0);
+    if (l.lb < l.ipi) {
+        for (var b = l.lb; b < p.batch; b += l.ipi) {
+            let base = (b * p.channels + c) * hw4;
+            for (var v = l.lv; v < hw4; v += l.pv) {
+                let d = x4[base + v] - vec4<f32>(mean);
+                q = fma(d, d, q);
+            }
+        }
+    }
+    red0[lid] = hsum(q);
+    tree(lid);
+    if (lid == 0u) {
+        let var_b = red0[0] / f32(count);
+        stats[c] = mean;
+        stats[p.channels + c] = inverseSqrt(var_b + p.eps);
+        let unbiased = select(var_b, var_b * f32(count) / f32(count - 1u), count > 1u);
+        running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
+        running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
+    }
+}
+
+@group(0) @binding(0) var<storage, read> ax4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> y4: array<vec4<f32>>;
+
+// Invocation i covers vec4 RUN*k .. RUN*k + RUN - 1 of plane pl (= b * C + c).
+fn run_start(i: u32, hw4: u32) -> vec2<u32> {
+    let cpp = (hw4 + RUN - 1u) / RUN;
+    return vec2<u32>(i / cpp, (i % cpp) * RUN);
+}
+
+@compute @workgroup_size(256)
+fn apply4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+    let hw4 = ap.hw / 4u;
+    let r = run_start(i, hw4);
+    if (r.x >= ap.batch * ap.channels) { return; }
+    let c = r.x % ap.channels;
+    let scale = astats[ap.channels + c] * gamma[c];
+    let sh = shift[c] - astats[c] * scale;
+    let base = r.x * hw4;
+    for (var k = 0u; k < RUN; k++) {
+        let v = r.y + k;
+        if (v < hw4) {
+            var o = fma(ax4[base + v], vec4<f32>(scale), vec4<f32>(sh));
+            if (ap.relu != 0u) { o = max(o, vec4<f32>(0.0)); }
+            y4[base + v] = o;
+        }
+    }
+}
+
+@group(0) @binding(0) var<storage, read> bx4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> by4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bdy4: array<vec4<f32>>;
+
+fn masked_dy4(i: u32, relu: u32) -> vec4<f32> {
+    let g = bdy4[i];
+    if (relu != 0u) { return select(g, vec4<f32>(0.0), by4[i] <= vec4<f32>(0.0)); }
+    return g;
+}
+
+@compute @workgroup_size(256)
+fn backward_sums4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let hw4 = bp.hw / 4u;
+    let mean = bstats[c];
+    let inv = bstats[bp.channels + c];
+    let l = lanes(lid, hw4);
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    if (l.lb < l.ipi) {
+        for (var b = l.lb; b < bp.batch; b += l.ipi) {
+            let base = (b * bp.channels + c) * hw4;
+            for (var v = l.lv; v < hw4; v += l.pv) {
+                let g = masked_dy4(base + v, bp.relu);
+                s0 += g;
+                s1 = fma(g, (bx4[base + v] - vec4<f32>(mean)) * inv, s1);
+            }
+        }
+    }
+    red0[lid] = hsum(s0);
+    red1[lid] = hsum(s1);
+    tree(lid);
+    if (lid == 0u) {
+        sums[c] = red0[0];
+        sums[bp.channels + c] = red1[0];
+        if (bp.beta != 0.0) {
+            dgamma[c] += red1[0];
+            dshift[c] += red0[0];
+        } else {
+            dgamma[c] = red1[0];
+            dshift[c] = red0[0];
+        }
+    }
+}
+
+@group(0) @binding(0) var<storage, read> dx_x4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> dx_y4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> dx_dy4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> dx4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn backward_dx4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+    let hw4 = dp.hw / 4u;
+    let r = run_start(i, hw4);
+    if (r.x >= dp.batch * dp.channels) { return; }
+    let c = r.x % dp.channels;
+    let count = f32(dp.batch * dp.hw);
+    let mean = dx_stats[c];
+    let inv = dx_stats[dp.channels + c];
+    let k = dx_gamma[c] * inv;
+    let m0 = dx_sums[c] / count;
+    let m1 = dx_sums[dp.channels + c] / count;
+    let base = r.x * hw4;
+    for (var j = 0u; j < RUN; j++) {
+        let v = r.y + j;
+        if (v < hw4) {
+            let e = base + v;
+            let xhat = (dx_x4[e] - vec4<f32>(mean)) * inv;
+            var g = dx_dy4[e];
+            if (dp.relu != 0u) { g = select(g, vec4<f32>(0.0), dx_y4[e] <= vec4<f32>(0.0)); }
+            let o = k * (g - vec4<f32>(m0) - xhat * m1);
+            if (dp.beta != 0.0) { dx4[e] = dx4[e] + o; } else { dx4[e] = o; }
+        }
+    }
+}

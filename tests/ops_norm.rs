@@ -58,6 +58,9 @@ fn batch_norm_train_odd_shapes() {
     check(1, [3, 5, 7, 3], false);
     check(2, [4, 3, 5, 5], true);
     check(3, [2, 16, 8, 8], true);
+    // vec4 kernels: a plane longer than the 256 lanes, a plane of 9 vec4 (a short last run).
+    check(5, [2, 3, 36, 36], true);
+    check(6, [3, 4, 6, 6], false);
 }
 
 #[test]

@@ -14,6 +14,8 @@ use crate::tensor::{DType, Tensor};
 pub const EPS: f32 = 1e-5;
 /// PyTorch's default running-statistics momentum.
 pub const MOMENTUM: f32 = 0.1;
+/// vec4 per invocation in the vec4 apply / backward kernels (`RUN` in the shader).
+const RUN: usize = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -107,11 +109,22 @@ pub fn batch_norm(
         state.running_mean.write(),
         state.running_var.write(),
     ];
+    // vec4 kernels when planes split into vec4 and the activations start 16-byte aligned.
+    let v4 = hw % 4 == 0 && x.offset() % 16 == 0;
+    let entry = |e: &'static str, e4: &'static str| if v4 { e4 } else { e };
+    // apply / backward_dx: one invocation per RUN vec4 of a plane, or per element.
+    let ew_groups = move |v4: bool| {
+        if v4 {
+            ((batch * channels * (hw / 4).div_ceil(RUN)) as u32).div_ceil(256)
+        } else {
+            ((batch * channels * hw) as u32).div_ceil(256)
+        }
+    };
     let stats_launch = match mode {
         BnMode::Train => Dispatch::build(
             &gpu,
             "batchnorm",
-            "batch_stats",
+            entry("batch_stats", "batch_stats4"),
             &stat_bindings,
             bytemuck::bytes_of(&p),
             [channels as u32, 1, 1],
@@ -126,14 +139,14 @@ pub fn batch_norm(
         )?,
     };
     let y = tape.output(x.shape(), &[x, gamma, beta])?;
-    let n = x.numel() as u32;
+    let v4 = v4 && y.offset() % 16 == 0;
     let apply = Dispatch::build(
         &gpu,
         "batchnorm",
-        "apply",
+        if v4 { "apply4" } else { "apply" },
         &[x.read(), gamma.read(), beta.read(), stats.read(), y.write()],
         bytemuck::bytes_of(&p),
-        grid_1d(&gpu, n.div_ceil(256)),
+        grid_1d(&gpu, ew_groups(v4)),
     )?;
     let (sx, sy, sg) = (x.clone(), y.clone(), gamma.clone());
     tape.push(
@@ -162,10 +175,15 @@ pub fn batch_norm(
                 beta: if acc_g { 1.0 } else { 0.0 },
                 ..p
             };
+            let v4 = v4 && dy.offset() % 16 == 0;
             let mut v = vec![Dispatch::build(
                 gpu,
                 "batchnorm",
-                "backward_sums",
+                if v4 {
+                    "backward_sums4"
+                } else {
+                    "backward_sums"
+                },
                 &[
                     sx.read(),
                     sy.read(),
@@ -184,10 +202,16 @@ pub fn batch_norm(
                     ..p
                 };
                 // After the sums it reads.
+                let v4 = v4 && t.tensor.offset() % 16 == 0;
+                let (entry, groups) = if v4 {
+                    ("backward_dx4", ew_groups(true))
+                } else {
+                    ("backward_dx", ew_groups(false))
+                };
                 v.push(Dispatch::build(
                     gpu,
                     "batchnorm",
-                    "backward_dx",
+                    entry,
                     &[
                         sx.read(),
                         sy.read(),
@@ -198,7 +222,7 @@ pub fn batch_norm(
                         t.tensor.write(),
                     ],
                     bytemuck::bytes_of(&dp),
-                    grid_1d(gpu, n.div_ceil(256)),
+                    grid_1d(gpu, groups),
                 )?);
             }
             Ok(v)
