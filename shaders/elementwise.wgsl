@@ -70,3 +70,51 @@ fn relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let i = index(wg, nwg, lid);
     if (i < p.n) { store(i, select(0.0, a[i], b[i] > 0.0)); }
 }
+
+// vec4 twins (n counts vec4 here): one storage access per four elements.
+@group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> out4: array<vec4<f32>>;
+
+fn store4(i: u32, v: vec4<f32>) {
+    if (p.beta != 0.0) {
+        out4[i] = p.beta * out4[i] + v;
+    } else {
+        out4[i] = v;
+    }
+}
+
+@compute @workgroup_size(256)
+fn add4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store4(i, p.alpha * (a4[i] + b4[i])); }
+}
+
+@compute @workgroup_size(256)
+fn mul4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store4(i, p.alpha * a4[i] * b4[i]); }
+}
+
+@compute @workgroup_size(256)
+fn scale4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store4(i, p.alpha * a4[i]); }
+}
+
+@compute @workgroup_size(256)
+fn relu4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store4(i, max(a4[i], vec4<f32>(0.0))); }
+}
+
+@compute @workgroup_size(256)
+fn relu_backward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) { store4(i, select(vec4<f32>(0.0), a4[i], b4[i] > vec4<f32>(0.0))); }
+}

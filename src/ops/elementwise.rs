@@ -31,8 +31,19 @@ pub fn dispatch(
     cols: u32,
 ) -> Result<Dispatch> {
     let n = out.numel() as u32;
+    // Four elements per invocation when every operand splits into aligned vec4 (one storage
+    // access per four elements: on llvmpipe each access is a loop over the SIMD lanes).
+    let vec4 = VEC4_ENTRIES
+        .iter()
+        .find(|(e, _)| *e == entry)
+        .map(|(_, e4)| *e4);
+    let aligned = [a, b, out].iter().all(|t| t.offset() % 16 == 0);
+    let (entry, per) = match vec4 {
+        Some(e4) if n % 4 == 0 && aligned => (e4, 4),
+        _ => (entry, 1),
+    };
     let p = Params {
-        n,
+        n: n / per,
         cols: cols.max(1),
         alpha,
         beta,
@@ -43,9 +54,18 @@ pub fn dispatch(
         entry,
         &[a.read(), b.read(), out.write()],
         bytemuck::bytes_of(&p),
-        grid_1d(gpu, n.div_ceil(256)),
+        grid_1d(gpu, (n / per).div_ceil(256)),
     )
 }
+
+/// Kernels with a vec4 twin in `elementwise.wgsl`.
+const VEC4_ENTRIES: [(&str, &str); 5] = [
+    ("add", "add4"),
+    ("mul", "mul4"),
+    ("scale", "scale4"),
+    ("relu", "relu4"),
+    ("relu_backward", "relu_backward4"),
+];
 
 /// `a + b` (same shapes).
 pub fn add(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
