@@ -1,14 +1,15 @@
 // Direct convolution with the weights in a uniform buffer: the forward pass and the input gradient
 // of `conv2d` (see src/ops/conv_direct.rs for when it is used and why).
 //
-// Each invocation computes CO = 4 * QN output channels of PX = 16 / QN neighbouring output pixels
-// of one row: 16 named vec4 accumulators whatever the split (llvmpipe keeps dynamically indexed
-// arrays in memory). Per (input channel, tap) it reads PX input values from storage and CO
-// weights from the uniform buffer: on llvmpipe a storage read is a loop over the SIMD lanes, a
-// uniform read is one gather, so the weight side is cheap and the storage side is shared by CO
-// multiply-adds per value.
+// Each invocation computes 16 output channels of 4 neighbouring output pixels of one row (16
+// named vec4 accumulators: llvmpipe keeps dynamically indexed arrays in memory). The taps come
+// in rows of KR taps whose input columns are consecutive; per (input channel, tap row) the
+// invocation reads one window of 3 * IS + KR input values from storage, which serves all KR
+// taps of all 4 pixels, and 4 vec4 of weights per tap from the uniform block. On llvmpipe a
+// storage read is a loop over the SIMD lanes and a uniform read one gather, so this keeps both
+// kinds of read few per multiply-add.
 //
-// One dispatch covers one group of CO output channels and one chunk of input channels (the
+// One dispatch covers one group of 16 output channels and one chunk of input channels (the
 // uniform block holds at most 64 KiB of weights); later chunks add into the output (beta = 1).
 // The output grid may be a strided sub-grid ("phase class") of the destination: the input
 // gradient of a stride-s convolution runs once per class (oy0, ox0), each with only the taps
@@ -19,11 +20,11 @@ struct Params {
     src_w: u32, dst_c: u32, dst_h: u32, dst_w: u32,
     chan0: u32, o0: u32, o_end: u32, ni: u32,
     nj: u32, istride: u32, ostride: u32, oy0: u32,
-    ox0: u32, ntaps: u32, khw: u32, jgroups: u32,
+    ox0: u32, nrows: u32, khw: u32, jgroups: u32,
     beta: f32, _p0: f32, _p1: f32, _p2: f32,
-    // (dy, dx, weight slot, 0) of each tap: the input pixel of output (i, j) for this tap is
-    // (i * istride + dy, j * istride + dx).
-    taps: array<vec4<i32>, 64>,
+    // Tap rows (dy, dx, slot, step): output (i, j) reads input row i * istride + dy, columns
+    // j * istride + dx + k for k < KR, with the weights of slot + k * step.
+    rows: array<vec4<i32>, 64>,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<f32>;
@@ -31,8 +32,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-override QN: u32 = 4u;        // output channels per invocation / 4: 4, 8 or 16
-override PX: u32 = 16u / QN;  // output pixels per invocation
+override KR: u32 = 3u;   // taps per row
+override IS: u32 = 1u;   // input columns between neighbouring output pixels
 
 struct Acc {
     a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
@@ -56,14 +57,44 @@ fn put(b: u32, i: u32, j: u32, o: u32, v: f32) {
     if (p.beta != 0.0) { dst[at] = p.beta * dst[at] + v; } else { dst[at] = v; }
 }
 
-// Accumulator k holds pixel k / QN, output channels 4 * (k % QN) .. + 3.
+// Accumulator 4 * px + q holds pixel px, output channels 4 * q .. 4 * q + 3.
 fn put4(b: u32, i: u32, j0: u32, k: u32, v: vec4<f32>) {
-    let j = j0 + k / QN;
-    let o = p.o0 + 4u * (k % QN);
+    let j = j0 + k / 4u;
+    let o = p.o0 + 4u * (k % 4u);
     put(b, i, j, o, v.x);
     put(b, i, j, o + 1u, v.y);
     put(b, i, j, o + 2u, v.z);
     put(b, i, j, o + 3u, v.w);
+}
+
+// Window of input values of one tap row: 3 * IS + KR <= 3 * 2 + 7 = 13 values.
+struct Win { v: array<f32, 16> }
+
+// Tap k (a constant after inlining) of a row: pixel px reads window value px * IS + k; the 16
+// weights of the tap's slot are 4 vec4 of the uniform block.
+fn tap(c: ptr<function, Acc>, w: Win, k: u32, slot: i32) {
+    let v = vec4<f32>(w.v[k], w.v[IS + k], w.v[2u * IS + k], w.v[3u * IS + k]);
+    let wb = u32(slot) * 4u;
+    let w0 = wu[wb];
+    let w1 = wu[wb + 1u];
+    let w2 = wu[wb + 2u];
+    let w3 = wu[wb + 3u];
+    (*c).a0 = fma(vec4<f32>(v.x), w0, (*c).a0);
+    (*c).a1 = fma(vec4<f32>(v.x), w1, (*c).a1);
+    (*c).a2 = fma(vec4<f32>(v.x), w2, (*c).a2);
+    (*c).a3 = fma(vec4<f32>(v.x), w3, (*c).a3);
+    (*c).a4 = fma(vec4<f32>(v.y), w0, (*c).a4);
+    (*c).a5 = fma(vec4<f32>(v.y), w1, (*c).a5);
+    (*c).a6 = fma(vec4<f32>(v.y), w2, (*c).a6);
+    (*c).a7 = fma(vec4<f32>(v.y), w3, (*c).a7);
+    (*c).a8 = fma(vec4<f32>(v.z), w0, (*c).a8);
+    (*c).a9 = fma(vec4<f32>(v.z), w1, (*c).a9);
+    (*c).a10 = fma(vec4<f32>(v.z), w2, (*c).a10);
+    (*c).a11 = fma(vec4<f32>(v.z), w3, (*c).a11);
+    (*c).a12 = fma(vec4<f32>(v.w), w0, (*c).a12);
+    (*c).a13 = fma(vec4<f32>(v.w), w1, (*c).a13);
+    (*c).a14 = fma(vec4<f32>(v.w), w2, (*c).a14);
+    (*c).a15 = fma(vec4<f32>(v.w), w3, (*c).a15);
 }
 
 @compute @workgroup_size(64)
@@ -75,45 +106,47 @@ fn conv_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let bi = idx / p.jgroups;
     let i = bi % p.ni;
     let b = bi / p.ni;
-    let j0 = jg * PX;
+    let j0 = jg * 4u;
     let plane = i32(p.src_h * p.src_w);
     let iy0 = i32(i * p.istride);
     let ix0 = i32(j0 * p.istride);
-    let st = i32(p.istride);
     var cbase = i32(b * p.src_c + p.chan0) * plane;
 
     let z = vec4<f32>(0.0);
     var c = Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
     for (var ch = 0u; ch < p.nch; ch++) {
-        for (var t = 0u; t < p.ntaps; t++) {
-            let tap = p.taps[t];
-            let iy = iy0 + tap.x;
+        for (var r = 0u; r < p.nrows; r++) {
+            let tr = p.rows[r];
+            let iy = iy0 + tr.x;
             let row_ok = iy >= 0 && iy < i32(p.src_h);
             let row = cbase + iy * i32(p.src_w);
-            let ix = ix0 + tap.y;
-            var v = vec4<f32>(ld(row_ok, row, ix), 0.0, 0.0, 0.0);
-            if (PX >= 2u) { v.y = ld(row_ok, row, ix + st); }
-            if (PX >= 4u) {
-                v.z = ld(row_ok, row, ix + 2 * st);
-                v.w = ld(row_ok, row, ix + 3 * st);
-            }
-            let wb = (ch * p.khw + u32(tap.z)) * QN;
-            c.a0 = fma(vec4<f32>(v[0u / QN]), wu[wb + 0u % QN], c.a0);
-            c.a1 = fma(vec4<f32>(v[1u / QN]), wu[wb + 1u % QN], c.a1);
-            c.a2 = fma(vec4<f32>(v[2u / QN]), wu[wb + 2u % QN], c.a2);
-            c.a3 = fma(vec4<f32>(v[3u / QN]), wu[wb + 3u % QN], c.a3);
-            c.a4 = fma(vec4<f32>(v[4u / QN]), wu[wb + 4u % QN], c.a4);
-            c.a5 = fma(vec4<f32>(v[5u / QN]), wu[wb + 5u % QN], c.a5);
-            c.a6 = fma(vec4<f32>(v[6u / QN]), wu[wb + 6u % QN], c.a6);
-            c.a7 = fma(vec4<f32>(v[7u / QN]), wu[wb + 7u % QN], c.a7);
-            c.a8 = fma(vec4<f32>(v[8u / QN]), wu[wb + 8u % QN], c.a8);
-            c.a9 = fma(vec4<f32>(v[9u / QN]), wu[wb + 9u % QN], c.a9);
-            c.a10 = fma(vec4<f32>(v[10u / QN]), wu[wb + 10u % QN], c.a10);
-            c.a11 = fma(vec4<f32>(v[11u / QN]), wu[wb + 11u % QN], c.a11);
-            c.a12 = fma(vec4<f32>(v[12u / QN]), wu[wb + 12u % QN], c.a12);
-            c.a13 = fma(vec4<f32>(v[13u / QN]), wu[wb + 13u % QN], c.a13);
-            c.a14 = fma(vec4<f32>(v[14u / QN]), wu[wb + 14u % QN], c.a14);
-            c.a15 = fma(vec4<f32>(v[15u / QN]), wu[wb + 15u % QN], c.a15);
+            let ix = ix0 + tr.y;
+            // Written out rather than looped: the conditions fold once KR and IS are fixed,
+            // leaving straight-line code with constant indices (a loop here would leave the
+            // window as a dynamically indexed array in memory).
+            let wn = 3u * IS + KR;
+            var w: Win;
+            w.v[0] = ld(row_ok, row, ix);
+            w.v[1] = ld(row_ok, row, ix + 1);
+            w.v[2] = ld(row_ok, row, ix + 2);
+            w.v[3] = ld(row_ok, row, ix + 3);
+            if (wn > 4u) { w.v[4] = ld(row_ok, row, ix + 4); }
+            if (wn > 5u) { w.v[5] = ld(row_ok, row, ix + 5); }
+            if (wn > 6u) { w.v[6] = ld(row_ok, row, ix + 6); }
+            if (wn > 7u) { w.v[7] = ld(row_ok, row, ix + 7); }
+            if (wn > 8u) { w.v[8] = ld(row_ok, row, ix + 8); }
+            if (wn > 9u) { w.v[9] = ld(row_ok, row, ix + 9); }
+            if (wn > 10u) { w.v[10] = ld(row_ok, row, ix + 10); }
+            if (wn > 11u) { w.v[11] = ld(row_ok, row, ix + 11); }
+            if (wn > 12u) { w.v[12] = ld(row_ok, row, ix + 12); }
+            let wb = i32(ch * p.khw) + tr.z;
+            tap(&c, w, 0u, wb);
+            if (KR > 1u) { tap(&c, w, 1u, wb + tr.w); }
+            if (KR > 2u) { tap(&c, w, 2u, wb + 2 * tr.w); }
+            if (KR > 3u) { tap(&c, w, 3u, wb + 3 * tr.w); }
+            if (KR > 4u) { tap(&c, w, 4u, wb + 4 * tr.w); }
+            if (KR > 5u) { tap(&c, w, 5u, wb + 5 * tr.w); }
+            if (KR > 6u) { tap(&c, w, 6u, wb + 6 * tr.w); }
         }
         cbase += plane;
     }
@@ -193,8 +226,7 @@ struct WAcc {
     a20: vec4<f32>, a21: vec4<f32>, a22: vec4<f32>, a23: vec4<f32>,
 }
 
-// Window of input values for 4 output pixels: x[s*p + kx], p < 4, kx < 3.
-struct Win { v: array<f32, 9> }
+// (`Win` holds the window of input values for 4 output pixels: x[s*p + kx], p < 4, kx < 3.)
 
 fn wld(row_ok: bool, row: i32, ix: i32) -> f32 {
     let ok = row_ok && ix >= 0 && ix < i32(wq.w);

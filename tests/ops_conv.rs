@@ -75,10 +75,12 @@ fn conv_resnet32_stage_shapes() {
 #[test]
 fn conv_direct_groups_and_chunks() {
     use longtail::ops::conv_direct::Plan;
-    // 70 -> 66 channels: two output groups of 64 and three input chunks each way.
-    let p = Plan::new(gpu(), 66, 70, 9).expect("adapter without 64 KiB uniform bindings");
-    assert_eq!((p.groups, p.chunks), (2, 3));
-    check(10, [2, 70, 5, 6], 66, 3, 2, 1);
+    // 120 -> 20 channels: two output groups of 16, the 120 inputs in two chunks of 113.
+    let p = Plan::new(gpu(), 20, 120, 9, 6).expect("adapter without 64 KiB uniform bindings");
+    assert_eq!((p.groups, p.chunks), (2, 2));
+    check(10, [1, 120, 5, 6], 20, 3, 2, 1);
+    // 7x7 taps: 20 input channels per block, so 24 take two chunks.
+    check(14, [1, 24, 9, 9], 5, 7, 2, 3);
     // Wider than one row of pixels per invocation, odd width, stride 2 with pad 0.
     check(11, [1, 8, 11, 13], 40, 3, 2, 0);
 }

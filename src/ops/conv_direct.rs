@@ -23,8 +23,14 @@ use std::sync::Arc;
 const BLOCK_BYTES: u64 = 65536;
 /// f32 weights per block.
 const BLOCK_FLOATS: usize = (BLOCK_BYTES / 4) as usize;
-/// Taps per launch the shader's parameter block can hold (7x7 kernels have 49).
-const MAX_TAPS: usize = 64;
+/// Tap rows per launch the shader's parameter block can hold.
+const MAX_ROWS: usize = 64;
+/// Input values one tap-row window of the shader holds (`Win`).
+const MAX_WINDOW: usize = 16;
+/// Output channels per invocation and per uniform block column.
+const CO: usize = 16;
+/// Output pixels per invocation.
+const PX: usize = 4;
 /// Invocations per workgroup (the shader's `@workgroup_size`).
 const WG: usize = 64;
 
@@ -48,12 +54,12 @@ struct Params {
     ostride: u32,
     oy0: u32,
     ox0: u32,
-    ntaps: u32,
+    nrows: u32,
     khw: u32,
     jgroups: u32,
     beta: f32,
     _p: [f32; 3],
-    taps: [[i32; 4]; MAX_TAPS],
+    rows: [[i32; 4]; MAX_ROWS],
 }
 
 #[repr(C)]
@@ -74,9 +80,7 @@ struct PackParams {
 /// How one direct convolution splits into uniform blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// Output channels per invocation and per group (16, 32 or 64).
-    pub co: usize,
-    /// Output-channel groups (one block column each).
+    /// Output-channel groups of 16 (one block column each).
     pub groups: usize,
     /// Input channels per block.
     pub cch: usize,
@@ -85,24 +89,19 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan for `outs` output and `ins` input channels with `khw` taps, or `None` when the
-    /// adapter cannot bind a 64 KiB uniform block or the kernel does not fit one block.
-    pub fn new(gpu: &Gpu, outs: usize, ins: usize, khw: usize) -> Option<Self> {
-        if gpu.limits.max_uniform_buffer_binding_size < BLOCK_BYTES || khw > MAX_TAPS {
+    /// The plan for `outs` output and `ins` input channels with `khw` taps whose widest tap row
+    /// needs a window of `window` input values, or `None` when the adapter cannot bind a 64 KiB
+    /// uniform block or the kernel does not fit the shader.
+    pub fn new(gpu: &Gpu, outs: usize, ins: usize, khw: usize, window: usize) -> Option<Self> {
+        if gpu.limits.max_uniform_buffer_binding_size < BLOCK_BYTES
+            || window > MAX_WINDOW
+            || CO * khw > BLOCK_FLOATS
+        {
             return None;
         }
-        let co = match outs {
-            0..=16 => 16,
-            17..=32 => 32,
-            _ => 64,
-        };
-        let cch = (BLOCK_FLOATS / (co * khw)).min(ins).max(1);
-        if co * khw * cch > BLOCK_FLOATS {
-            return None;
-        }
+        let cch = (BLOCK_FLOATS / (CO * khw)).min(ins).max(1);
         Some(Self {
-            co,
-            groups: outs.div_ceil(co),
+            groups: outs.div_ceil(CO),
             cch,
             chunks: ins.div_ceil(cch),
         })
@@ -113,13 +112,15 @@ impl Plan {
     }
 }
 
-/// One phase class of a launch: its output sub-grid and the taps that reach it.
+/// One phase class of a launch: its output sub-grid and the tap rows that reach it, each of
+/// `kr` taps over consecutive input columns.
 struct Class {
     ni: usize,
     nj: usize,
     oy0: usize,
     ox0: usize,
-    taps: Vec<[i32; 4]>,
+    kr: usize,
+    rows: Vec<[i32; 4]>,
 }
 
 /// The packed weights: a storage buffer also bindable as uniform blocks.
@@ -144,7 +145,7 @@ fn pack(
         (g.cout, g.cin, g.cin * khw, khw)
     };
     let pp = PackParams {
-        co: plan.co as u32,
+        co: CO as u32,
         cch: plan.cch as u32,
         khw: khw as u32,
         nchunks: plan.chunks as u32,
@@ -192,20 +193,19 @@ fn launches(
     beta: f32,
     out: &mut Vec<Dispatch>,
 ) -> Result<()> {
-    let px = 64 / plan.co;
     for class in classes {
         if class.ni == 0 || class.nj == 0 {
             continue;
         }
-        if class.taps.len() > MAX_TAPS {
+        if class.rows.len() > MAX_ROWS {
             bail!(
-                "conv2d: {} taps exceed the direct kernel's {MAX_TAPS}",
-                class.taps.len()
+                "conv2d: {} tap rows exceed the direct kernel's {MAX_ROWS}",
+                class.rows.len()
             );
         }
-        let mut taps = [[0i32; 4]; MAX_TAPS];
-        taps[..class.taps.len()].copy_from_slice(&class.taps);
-        let jgroups = class.nj.div_ceil(px);
+        let mut rows = [[0i32; 4]; MAX_ROWS];
+        rows[..class.rows.len()].copy_from_slice(&class.rows);
+        let jgroups = class.nj.div_ceil(PX);
         let invocations = batch * class.ni * jgroups;
         for group in 0..plan.groups {
             for chunk in 0..plan.chunks {
@@ -220,20 +220,20 @@ fn launches(
                     dst_h: dst_chw[1] as u32,
                     dst_w: dst_chw[2] as u32,
                     chan0: chan0 as u32,
-                    o0: (group * plan.co) as u32,
-                    o_end: ((group + 1) * plan.co).min(dst_chw[0]) as u32,
+                    o0: (group * CO) as u32,
+                    o_end: ((group + 1) * CO).min(dst_chw[0]) as u32,
                     ni: class.ni as u32,
                     nj: class.nj as u32,
                     istride: istride as u32,
                     ostride: ostride as u32,
                     oy0: class.oy0 as u32,
                     ox0: class.ox0 as u32,
-                    ntaps: class.taps.len() as u32,
+                    nrows: class.rows.len() as u32,
                     khw: khw as u32,
                     jgroups: jgroups as u32,
                     beta: if chunk == 0 { beta } else { 1.0 },
                     _p: [0.0; 3],
-                    taps,
+                    rows,
                 };
                 let block = (group * plan.chunks + chunk) as u64 * BLOCK_BYTES;
                 out.push(Dispatch::build_with(
@@ -252,7 +252,7 @@ fn launches(
                     ],
                     bytemuck::bytes_of(&p),
                     grid_1d(gpu, invocations.div_ceil(WG) as u32),
-                    &[("QN", (plan.co / 4) as f64)],
+                    &[("KR", class.kr.max(1) as f64), ("IS", istride as f64)],
                 )?);
             }
         }
@@ -270,23 +270,22 @@ pub fn forward(
     beta: f32,
 ) -> Result<Option<Vec<Dispatch>>> {
     let khw = g.kh * g.kw;
-    let Some(plan) = Plan::new(gpu, g.cout, g.cin, khw) else {
+    let window = (PX - 1) * g.stride + g.kw;
+    let Some(plan) = Plan::new(gpu, g.cout, g.cin, khw, window) else {
         return Ok(None);
     };
     let (buf, pack) = pack(gpu, w, &plan, g, false)?;
-    let mut taps = Vec::with_capacity(khw);
-    for ky in 0..g.kh {
-        for kx in 0..g.kw {
-            let slot = (ky * g.kw + kx) as i32;
-            taps.push([ky as i32 - g.pad as i32, kx as i32 - g.pad as i32, slot, 0]);
-        }
-    }
+    let pad = g.pad as i32;
+    let rows = (0..g.kh)
+        .map(|ky| [ky as i32 - pad, -pad, (ky * g.kw) as i32, 1])
+        .collect();
     let class = Class {
         ni: g.oh,
         nj: g.ow,
         oy0: 0,
         ox0: 0,
-        taps,
+        kr: g.kw,
+        rows,
     };
     let mut out = vec![pack];
     launches(
@@ -319,34 +318,46 @@ pub fn dgrad(
     beta: f32,
 ) -> Result<Option<Vec<Dispatch>>> {
     let khw = g.kh * g.kw;
-    let Some(plan) = Plan::new(gpu, g.cin, g.cout, khw) else {
+    let window = (PX - 1) + g.kw.div_ceil(g.stride);
+    let Some(plan) = Plan::new(gpu, g.cin, g.cout, khw, window) else {
         return Ok(None);
     };
     let (buf, pack) = pack(gpu, w, &plan, g, true)?;
     let (s, pad) = (g.stride as i32, g.pad as i32);
-    // Input row y = s*i + py takes tap ky when (y + pad - ky) is a multiple of s: it reads
-    // gradient row i + (py + pad - ky) / s.
-    let offsets = |phase: i32, k: usize| -> Vec<(i32, usize)> {
+    // Input row y = s*i + py takes kernel row ky when (y + pad - ky) is a multiple of s: it
+    // reads gradient row i + (py + pad - ky) / s. The same holds for columns, where the taps
+    // of a class read consecutive gradient columns, in the order of decreasing kx.
+    let reach = |phase: usize, k: usize| -> Vec<usize> {
         (0..k)
-            .filter(|&kk| (phase + pad - kk as i32).rem_euclid(s) == 0)
-            .map(|kk| ((phase + pad - kk as i32).div_euclid(s), kk))
+            .filter(|&kk| (phase as i32 + pad - kk as i32).rem_euclid(s) == 0)
             .collect()
     };
+    let off = |phase: usize, kk: usize| (phase as i32 + pad - kk as i32).div_euclid(s);
     let mut classes = Vec::new();
     for py in 0..g.stride.min(g.h) {
         for px in 0..g.stride.min(g.w) {
-            let mut taps = Vec::new();
-            for &(dy_off, ky) in &offsets(py as i32, g.kh) {
-                for &(dx_off, kx) in &offsets(px as i32, g.kw) {
-                    taps.push([dy_off, dx_off, (ky * g.kw + kx) as i32, 0]);
-                }
-            }
+            let kxs = reach(px, g.kw);
+            let rows = match kxs.last() {
+                None => Vec::new(),
+                Some(&kx_max) => reach(py, g.kh)
+                    .into_iter()
+                    .map(|ky| {
+                        [
+                            off(py, ky),
+                            off(px, kx_max),
+                            (ky * g.kw + kx_max) as i32,
+                            -s,
+                        ]
+                    })
+                    .collect(),
+            };
             classes.push(Class {
                 ni: (g.h - py).div_ceil(g.stride),
                 nj: (g.w - px).div_ceil(g.stride),
                 oy0: py,
                 ox0: px,
-                taps,
+                kr: kxs.len(),
+                rows,
             });
         }
     }
