@@ -511,6 +511,8 @@ pub struct ModelMeasurement {
     pub launches: usize,
     /// (family, share of GPU time) from a separate profiling run; empty without timestamps.
     pub breakdown: Vec<(String, f64)>,
+    /// (kernel entry point, share of GPU time, launches), largest first: the same run by kernel.
+    pub kernels: Vec<(String, f64, usize)>,
     pub timer: &'static str,
 }
 
@@ -572,10 +574,10 @@ pub fn bench_model(
         .map(|l| (l.family, &l.dispatch))
         .chain(std::iter::once(("sgd", st.step.sgd.dispatch())))
         .collect();
-    let breakdown = if gpu.has_timestamps() {
+    let (breakdown, kernels) = if gpu.has_timestamps() {
         profile(gpu, &launches)?
     } else {
-        Vec::new()
+        Default::default()
     };
     Ok(ModelMeasurement {
         model: arch.to_string(),
@@ -586,16 +588,25 @@ pub fn bench_model(
         samples: times.len(),
         launches: launches.len(),
         breakdown,
+        kernels,
         timer: "wall-clock",
     })
 }
 
-/// GPU time share per family: every launch in its own pass bracketed by timestamps.
-fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Vec<(String, f64)>> {
+/// Per kernel entry point: (name, share of GPU time, launches).
+type KernelShares = Vec<(String, f64, usize)>;
+
+/// GPU time share per family and per kernel entry point: every launch in its own pass bracketed
+/// by timestamps.
+fn profile(
+    gpu: &Gpu,
+    launches: &[(&'static str, &Dispatch)],
+) -> Result<(Vec<(String, f64)>, KernelShares)> {
     let n = launches.len() as u32;
     // wgpu caps a query set at 4096 queries: profile in chunks.
     let chunk = 2000u32;
     let mut per: std::collections::BTreeMap<&str, f64> = Default::default();
+    let mut by_entry: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
     for start in (0..n).step_by(chunk as usize) {
         let end = (start + chunk).min(n);
         let count = 2 * (end - start);
@@ -638,8 +649,13 @@ fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Vec<(Str
         let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
         for i in start..end {
             let q = 2 * (i - start) as usize;
-            *per.entry(launches[i as usize].0).or_default() +=
-                t[q + 1].saturating_sub(t[q]) as f64 * period;
+            let dt = t[q + 1].saturating_sub(t[q]) as f64 * period;
+            *per.entry(launches[i as usize].0).or_default() += dt;
+            let e = by_entry
+                .entry(launches[i as usize].1.kernel.entry)
+                .or_default();
+            e.0 += dt;
+            e.1 += 1;
         }
     }
     let total: f64 = per.values().sum::<f64>().max(1e-12);
@@ -648,5 +664,10 @@ fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Vec<(Str
         .map(|(k, s)| (k.to_string(), s / total))
         .collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok(v)
+    let mut k: KernelShares = by_entry
+        .into_iter()
+        .map(|(e, (s, n))| (e.to_string(), s / total, n))
+        .collect();
+    k.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok((v, k))
 }

@@ -61,6 +61,12 @@ pub fn run(gpu: &Gpu, a: BenchArgs) -> Result<()> {
             for (fam, share) in &m.breakdown {
                 println!("  {fam:<12} {:>5.1} %", 100.0 * share);
             }
+            if !m.kernels.is_empty() {
+                println!("by kernel (share of GPU time, launches per step):");
+                for (entry, share, n) in m.kernels.iter().take(12) {
+                    println!("  {entry:<16} {:>5.1} %  {n:>5}", 100.0 * share);
+                }
+            }
         }
         return Ok(());
     }

@@ -476,6 +476,10 @@ pub fn wgrad(
     let Some(plan) = WgradPlan::new(gpu, g) else {
         return Ok(None);
     };
+    // pack_dy reads dY as vec4.
+    if dy.offset() % 16 != 0 {
+        return Ok(None);
+    }
     let ohw = g.oh * g.ow;
     let blocks = plan.igroups * plan.cgroups;
     let buf = Arc::new(GpuBuffer::new(
@@ -507,7 +511,7 @@ pub fn wgrad(
             },
         ],
         bytemuck::bytes_of(&pd),
-        grid_1d(gpu, (blocks * BLOCK_FLOATS).div_ceil(WG) as u32),
+        grid_1d(gpu, (blocks * BLOCK_FLOATS / 4).div_ceil(WG) as u32),
     )?];
     let partial = crate::tensor::Tensor::zeros(
         gpu,
