@@ -196,15 +196,16 @@ fn pack_weights(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // ---------------------------------------------------------------------------------------------
-// Weight gradient of a 3-wide kernel: dW[co, ci, ky, kx] = sum over (b, oy, ox) of
+// Weight gradient of a 3x3 kernel: dW[co, ci, ky, kx] = sum over (b, oy, ox) of
 // dY[b, co, oy, ox] * X[b, ci, oy*s + ky - pad, ox*s + kx - pad].
 // dY is first packed into 64 KiB uniform blocks (`pack_dy`), each holding `ipb` images of a group
-// of 16 output channels, [image][co][pixel]; one launch per block. An invocation owns one
-// (ci, ky) and a run of `rpi` output rows of the block, and keeps all 3 kx taps for the 16
-// output channels (12 vec4). Per 4 output pixels of a row it reads 3*s + 3 input values from
-// storage and 16 vec4 of dY from the uniform block, for 192 multiply-adds. Its sums go to
-// part[rg, co, ci, ky, kx] (rg = its row run; the first block of a channel group writes,
-// later ones add); a reduction over rg gives dW.
+// of 16 output channels, [image][co][pixel]; one launch per block. An invocation owns one input
+// channel ci and a run of `rpi` output rows of the block, and keeps all 9 taps for the 16 output
+// channels (36 vec4, as four `Nine`s). Per 4 output pixels of a row it reads three windows of
+// 3*s + 3 input values from storage and 16 vec4 of dY from the uniform block (the block reads,
+// one gather each on llvmpipe, are the cost: each now feeds 9 taps), for 576 multiply-adds.
+// Its sums go to part[rg, co, ci, ky, kx] (rg = its row run; the first block of a channel group
+// writes, later ones add); a reduction over rg gives dW.
 
 struct WgParams {
     cin: u32, h: u32, w: u32, oh: u32,
@@ -220,48 +221,77 @@ struct WgParams {
 
 override WSTRIDE: u32 = 1u;   // convolution stride (1 or 2)
 
-struct WAcc {
-    a00: vec4<f32>, a01: vec4<f32>, a02: vec4<f32>, a03: vec4<f32>,
-    a10: vec4<f32>, a11: vec4<f32>, a12: vec4<f32>, a13: vec4<f32>,
-    a20: vec4<f32>, a21: vec4<f32>, a22: vec4<f32>, a23: vec4<f32>,
-}
-
-// (`Win` holds the window of input values for 4 output pixels: x[s*p + kx], p < 4, kx < 3.)
+// The 9 taps (ky, kx) of 4 output channels.
+struct Nine { k00: vec4<f32>, k01: vec4<f32>, k02: vec4<f32>, k10: vec4<f32>, k11: vec4<f32>, k12: vec4<f32>, k20: vec4<f32>, k21: vec4<f32>, k22: vec4<f32> }
 
 fn wld(row_ok: bool, row: i32, ix: i32) -> f32 {
     let ok = row_ok && ix >= 0 && ix < i32(wq.w);
     return select(0.0, wg_x[u32(select(0, row + ix, ok))], ok);
 }
 
-// One channel quad: d0..d3 hold 4 pixels of output channels 4q..4q+3; rows of the transpose
-// (pixel p across the quad) are free in llvmpipe's SIMD-of-lanes layout.
-struct Tri { a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32> }
+// The window x[s*p + kx] (p < 4, kx < 3) of input row iy for the 4 pixels from column ix.
+fn window(ci_base: i32, iy: i32, ix: i32) -> Win {
+    let row_ok = iy >= 0 && iy < i32(wq.h);
+    let row = ci_base + iy * i32(wq.w);
+    var x: Win;
+    for (var t = 0u; t < 3u * WSTRIDE + 3u; t++) {
+        x.v[t] = wld(row_ok, row, ix + i32(t));
+    }
+    return x;
+}
 
-fn quad(d0: vec4<f32>, d1: vec4<f32>, d2: vec4<f32>, d3: vec4<f32>, x: Win, acc: Tri) -> Tri {
+// One channel quad: d0..d3 hold 4 pixels of output channels 4q..4q+3; the rows of their
+// transpose (pixel p across the quad) are free in llvmpipe's SIMD-of-lanes layout.
+fn quad(d0: vec4<f32>, d1: vec4<f32>, d2: vec4<f32>, d3: vec4<f32>,
+        x0: Win, x1: Win, x2: Win, acc: Nine) -> Nine {
     let s = WSTRIDE;
     var a = acc;
     let e0 = vec4<f32>(d0.x, d1.x, d2.x, d3.x);
     let e1 = vec4<f32>(d0.y, d1.y, d2.y, d3.y);
     let e2 = vec4<f32>(d0.z, d1.z, d2.z, d3.z);
     let e3 = vec4<f32>(d0.w, d1.w, d2.w, d3.w);
-    a.a0 = fma(e0, vec4<f32>(x.v[0u]), a.a0);
-    a.a1 = fma(e0, vec4<f32>(x.v[1u]), a.a1);
-    a.a2 = fma(e0, vec4<f32>(x.v[2u]), a.a2);
-    a.a0 = fma(e1, vec4<f32>(x.v[s]), a.a0);
-    a.a1 = fma(e1, vec4<f32>(x.v[s + 1u]), a.a1);
-    a.a2 = fma(e1, vec4<f32>(x.v[s + 2u]), a.a2);
-    a.a0 = fma(e2, vec4<f32>(x.v[2u * s]), a.a0);
-    a.a1 = fma(e2, vec4<f32>(x.v[2u * s + 1u]), a.a1);
-    a.a2 = fma(e2, vec4<f32>(x.v[2u * s + 2u]), a.a2);
-    a.a0 = fma(e3, vec4<f32>(x.v[3u * s]), a.a0);
-    a.a1 = fma(e3, vec4<f32>(x.v[3u * s + 1u]), a.a1);
-    a.a2 = fma(e3, vec4<f32>(x.v[3u * s + 2u]), a.a2);
+    a.k00 = fma(e0, vec4<f32>(x0.v[0u]), a.k00);
+    a.k01 = fma(e0, vec4<f32>(x0.v[0u + 1u]), a.k01);
+    a.k02 = fma(e0, vec4<f32>(x0.v[0u + 2u]), a.k02);
+    a.k10 = fma(e0, vec4<f32>(x1.v[0u]), a.k10);
+    a.k11 = fma(e0, vec4<f32>(x1.v[0u + 1u]), a.k11);
+    a.k12 = fma(e0, vec4<f32>(x1.v[0u + 2u]), a.k12);
+    a.k20 = fma(e0, vec4<f32>(x2.v[0u]), a.k20);
+    a.k21 = fma(e0, vec4<f32>(x2.v[0u + 1u]), a.k21);
+    a.k22 = fma(e0, vec4<f32>(x2.v[0u + 2u]), a.k22);
+    a.k00 = fma(e1, vec4<f32>(x0.v[1u * s]), a.k00);
+    a.k01 = fma(e1, vec4<f32>(x0.v[1u * s + 1u]), a.k01);
+    a.k02 = fma(e1, vec4<f32>(x0.v[1u * s + 2u]), a.k02);
+    a.k10 = fma(e1, vec4<f32>(x1.v[1u * s]), a.k10);
+    a.k11 = fma(e1, vec4<f32>(x1.v[1u * s + 1u]), a.k11);
+    a.k12 = fma(e1, vec4<f32>(x1.v[1u * s + 2u]), a.k12);
+    a.k20 = fma(e1, vec4<f32>(x2.v[1u * s]), a.k20);
+    a.k21 = fma(e1, vec4<f32>(x2.v[1u * s + 1u]), a.k21);
+    a.k22 = fma(e1, vec4<f32>(x2.v[1u * s + 2u]), a.k22);
+    a.k00 = fma(e2, vec4<f32>(x0.v[2u * s]), a.k00);
+    a.k01 = fma(e2, vec4<f32>(x0.v[2u * s + 1u]), a.k01);
+    a.k02 = fma(e2, vec4<f32>(x0.v[2u * s + 2u]), a.k02);
+    a.k10 = fma(e2, vec4<f32>(x1.v[2u * s]), a.k10);
+    a.k11 = fma(e2, vec4<f32>(x1.v[2u * s + 1u]), a.k11);
+    a.k12 = fma(e2, vec4<f32>(x1.v[2u * s + 2u]), a.k12);
+    a.k20 = fma(e2, vec4<f32>(x2.v[2u * s]), a.k20);
+    a.k21 = fma(e2, vec4<f32>(x2.v[2u * s + 1u]), a.k21);
+    a.k22 = fma(e2, vec4<f32>(x2.v[2u * s + 2u]), a.k22);
+    a.k00 = fma(e3, vec4<f32>(x0.v[3u * s]), a.k00);
+    a.k01 = fma(e3, vec4<f32>(x0.v[3u * s + 1u]), a.k01);
+    a.k02 = fma(e3, vec4<f32>(x0.v[3u * s + 2u]), a.k02);
+    a.k10 = fma(e3, vec4<f32>(x1.v[3u * s]), a.k10);
+    a.k11 = fma(e3, vec4<f32>(x1.v[3u * s + 1u]), a.k11);
+    a.k12 = fma(e3, vec4<f32>(x1.v[3u * s + 2u]), a.k12);
+    a.k20 = fma(e3, vec4<f32>(x2.v[3u * s]), a.k20);
+    a.k21 = fma(e3, vec4<f32>(x2.v[3u * s + 1u]), a.k21);
+    a.k22 = fma(e3, vec4<f32>(x2.v[3u * s + 2u]), a.k22);
     return a;
 }
 
 fn wstore(rg: u32, co: u32, ci: u32, ky: u32, kx: u32, v: f32) {
     if (co >= wq.cout) { return; }
-    let at = (((rg * wq.cout + co) * wq.cin + ci) * wq.kh + ky) * 3u + kx;
+    let at = (((rg * wq.cout + co) * wq.cin + ci) * 3u + ky) * 3u + kx;
     if (wq.first != 0u) { wg_part[at] = v; } else { wg_part[at] = wg_part[at] + v; }
 }
 
@@ -277,54 +307,80 @@ fn wstore4(rg: u32, q: u32, ci: u32, ky: u32, kx: u32, v: vec4<f32>) {
 fn conv_wgrad3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let idx = (wg.y * nwg.x + wg.x) * 64u + lid;
-    if (idx >= wq.nrg * wq.cin * wq.kh) { return; }
-    let ky = idx % wq.kh;
-    let ci = (idx / wq.kh) % wq.cin;
-    let rg = idx / (wq.kh * wq.cin);
+    if (idx >= wq.nrg * wq.cin) { return; }
+    let ci = idx % wq.cin;
+    let rg = idx / wq.cin;
     let ohw = wq.oh * wq.ow;
+    let qs = ohw / 4u;   // vec4 from one output channel to the next in the block
     let z = vec4<f32>(0.0);
-    var c = WAcc(z, z, z, z, z, z, z, z, z, z, z, z);
+    var n0 = Nine(z, z, z, z, z, z, z, z, z);
+    var n1 = n0;
+    var n2 = n0;
+    var n3 = n0;
     let r_end = min((rg + 1u) * wq.rpi, wq.nimg * wq.oh);
     for (var r = rg * wq.rpi; r < r_end; r++) {
         let li = r / wq.oh;
         let oy = r % wq.oh;
-        let iy = i32(oy * WSTRIDE + ky) - i32(wq.pad);
-        let row_ok = iy >= 0 && iy < i32(wq.h);
-        let row = i32(((wq.b0 + li) * wq.cin + ci) * wq.h * wq.w) + iy * i32(wq.w);
+        let iy = i32(oy * WSTRIDE) - i32(wq.pad);
+        let ci_base = i32(((wq.b0 + li) * wq.cin + ci) * wq.h * wq.w);
         // vec4 index of (image li, channel 0, row oy) in the block.
         let dbase = (li * 16u * ohw + oy * wq.ow) / 4u;
-        let qstride = ohw / 4u;   // one output channel further
         for (var ox = 0u; ox < wq.ow; ox += 4u) {
             let ix = i32(ox * WSTRIDE) - i32(wq.pad);
-            var x: Win;
-            for (var t = 0u; t < 3u * WSTRIDE + 3u; t++) {
-                x.v[t] = wld(row_ok, row, ix + i32(t));
-            }
+            let x0 = window(ci_base, iy, ix);
+            let x1 = window(ci_base, iy + 1, ix);
+            let x2 = window(ci_base, iy + 2, ix);
             let d = dbase + ox / 4u;
-            let t0 = quad(wg_dy[d], wg_dy[d + qstride], wg_dy[d + 2u * qstride], wg_dy[d + 3u * qstride],
-                 x, Tri(c.a00, c.a10, c.a20));
-            c.a00 = t0.a0; c.a10 = t0.a1; c.a20 = t0.a2;
-            let d1 = d + 4u * qstride;
-            let t1 = quad(wg_dy[d1], wg_dy[d1 + qstride], wg_dy[d1 + 2u * qstride], wg_dy[d1 + 3u * qstride],
-                 x, Tri(c.a01, c.a11, c.a21));
-            c.a01 = t1.a0; c.a11 = t1.a1; c.a21 = t1.a2;
-            let d2 = d + 8u * qstride;
-            let t2 = quad(wg_dy[d2], wg_dy[d2 + qstride], wg_dy[d2 + 2u * qstride], wg_dy[d2 + 3u * qstride],
-                 x, Tri(c.a02, c.a12, c.a22));
-            c.a02 = t2.a0; c.a12 = t2.a1; c.a22 = t2.a2;
-            let d3 = d + 12u * qstride;
-            let t3 = quad(wg_dy[d3], wg_dy[d3 + qstride], wg_dy[d3 + 2u * qstride], wg_dy[d3 + 3u * qstride],
-                 x, Tri(c.a03, c.a13, c.a23));
-            c.a03 = t3.a0; c.a13 = t3.a1; c.a23 = t3.a2;
+            let b0 = d;
+            n0 = quad(wg_dy[b0], wg_dy[b0 + qs], wg_dy[b0 + 2u * qs], wg_dy[b0 + 3u * qs],
+                        x0, x1, x2, n0);
+            let b1 = d + 4u * qs;
+            n1 = quad(wg_dy[b1], wg_dy[b1 + qs], wg_dy[b1 + 2u * qs], wg_dy[b1 + 3u * qs],
+                        x0, x1, x2, n1);
+            let b2 = d + 8u * qs;
+            n2 = quad(wg_dy[b2], wg_dy[b2 + qs], wg_dy[b2 + 2u * qs], wg_dy[b2 + 3u * qs],
+                        x0, x1, x2, n2);
+            let b3 = d + 12u * qs;
+            n3 = quad(wg_dy[b3], wg_dy[b3 + qs], wg_dy[b3 + 2u * qs], wg_dy[b3 + 3u * qs],
+                        x0, x1, x2, n3);
         }
     }
-    let b = rg;  // partial-sum slot
-    wstore4(b, 0u, ci, ky, 0u, c.a00); wstore4(b, 1u, ci, ky, 0u, c.a01);
-    wstore4(b, 2u, ci, ky, 0u, c.a02); wstore4(b, 3u, ci, ky, 0u, c.a03);
-    wstore4(b, 0u, ci, ky, 1u, c.a10); wstore4(b, 1u, ci, ky, 1u, c.a11);
-    wstore4(b, 2u, ci, ky, 1u, c.a12); wstore4(b, 3u, ci, ky, 1u, c.a13);
-    wstore4(b, 0u, ci, ky, 2u, c.a20); wstore4(b, 1u, ci, ky, 2u, c.a21);
-    wstore4(b, 2u, ci, ky, 2u, c.a22); wstore4(b, 3u, ci, ky, 2u, c.a23);
+    wstore4(rg, 0u, ci, 0u, 0u, n0.k00);
+    wstore4(rg, 0u, ci, 0u, 1u, n0.k01);
+    wstore4(rg, 0u, ci, 0u, 2u, n0.k02);
+    wstore4(rg, 0u, ci, 1u, 0u, n0.k10);
+    wstore4(rg, 0u, ci, 1u, 1u, n0.k11);
+    wstore4(rg, 0u, ci, 1u, 2u, n0.k12);
+    wstore4(rg, 0u, ci, 2u, 0u, n0.k20);
+    wstore4(rg, 0u, ci, 2u, 1u, n0.k21);
+    wstore4(rg, 0u, ci, 2u, 2u, n0.k22);
+    wstore4(rg, 1u, ci, 0u, 0u, n1.k00);
+    wstore4(rg, 1u, ci, 0u, 1u, n1.k01);
+    wstore4(rg, 1u, ci, 0u, 2u, n1.k02);
+    wstore4(rg, 1u, ci, 1u, 0u, n1.k10);
+    wstore4(rg, 1u, ci, 1u, 1u, n1.k11);
+    wstore4(rg, 1u, ci, 1u, 2u, n1.k12);
+    wstore4(rg, 1u, ci, 2u, 0u, n1.k20);
+    wstore4(rg, 1u, ci, 2u, 1u, n1.k21);
+    wstore4(rg, 1u, ci, 2u, 2u, n1.k22);
+    wstore4(rg, 2u, ci, 0u, 0u, n2.k00);
+    wstore4(rg, 2u, ci, 0u, 1u, n2.k01);
+    wstore4(rg, 2u, ci, 0u, 2u, n2.k02);
+    wstore4(rg, 2u, ci, 1u, 0u, n2.k10);
+    wstore4(rg, 2u, ci, 1u, 1u, n2.k11);
+    wstore4(rg, 2u, ci, 1u, 2u, n2.k12);
+    wstore4(rg, 2u, ci, 2u, 0u, n2.k20);
+    wstore4(rg, 2u, ci, 2u, 1u, n2.k21);
+    wstore4(rg, 2u, ci, 2u, 2u, n2.k22);
+    wstore4(rg, 3u, ci, 0u, 0u, n3.k00);
+    wstore4(rg, 3u, ci, 0u, 1u, n3.k01);
+    wstore4(rg, 3u, ci, 0u, 2u, n3.k02);
+    wstore4(rg, 3u, ci, 1u, 0u, n3.k10);
+    wstore4(rg, 3u, ci, 1u, 1u, n3.k11);
+    wstore4(rg, 3u, ci, 1u, 2u, n3.k12);
+    wstore4(rg, 3u, ci, 2u, 0u, n3.k20);
+    wstore4(rg, 3u, ci, 2u, 1u, n3.k21);
+    wstore4(rg, 3u, ci, 2u, 2u, n3.k22);
 }
 
 // dY into uniform blocks of 4096 vec4: block (image group ig, channel group cg) holds

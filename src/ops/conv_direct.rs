@@ -419,7 +419,7 @@ const WG_CO: usize = 16;
 /// Invocations a weight-gradient launch aims for: longer row runs mean fewer partial sums to
 /// write and reduce (measured on llvmpipe: runs of 4-8 rows beat 1-2 by 1.5-3x), but each launch
 /// still needs a few workgroups per core. Capped at 8 rows per invocation.
-const WG_TARGET_INVOCATIONS: usize = 384;
+const WG_TARGET_INVOCATIONS: usize = 256;
 
 /// How the weight gradient splits into uniform blocks of dY.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -437,13 +437,14 @@ pub struct WgradPlan {
 }
 
 impl WgradPlan {
-    /// The plan for `g`, or `None` unless the kernel is 3 wide, the stride 1 or 2, output rows
+    /// The plan for `g`, or `None` unless the kernel is 3x3, the stride 1 or 2, output rows
     /// a multiple of 4 pixels, 16 channels of one output image fit a block, and the adapter
     /// binds 64 KiB uniform blocks.
     pub fn new(gpu: &Gpu, g: &ConvGeom) -> Option<Self> {
         let ohw = g.oh * g.ow;
         if gpu.limits.max_uniform_buffer_binding_size < BLOCK_BYTES
             || g.kw != 3
+            || g.kh != 3
             || !(1..=2).contains(&g.stride)
             || !g.ow.is_multiple_of(4)
             || WG_CO * ohw > BLOCK_FLOATS
@@ -452,7 +453,7 @@ impl WgradPlan {
         }
         let ipb = (BLOCK_FLOATS / (WG_CO * ohw)).min(g.batch);
         let rows = ipb * g.oh;
-        let rpi = (rows * g.cin * g.kh / WG_TARGET_INVOCATIONS).clamp(1, 8);
+        let rpi = (rows * g.cin / WG_TARGET_INVOCATIONS).clamp(1, 8);
         Some(Self {
             ipb,
             cgroups: g.cout.div_ceil(WG_CO),
@@ -518,7 +519,7 @@ pub fn wgrad(
         &[plan.nrg, g.cout * g.cin * g.kh * g.kw],
         crate::tensor::DType::F32,
     )?;
-    let invocations = plan.nrg * g.cin * g.kh;
+    let invocations = plan.nrg * g.cin;
     for ig in 0..plan.igroups {
         let b0 = ig * plan.ipb;
         for cg in 0..plan.cgroups {
