@@ -34,12 +34,17 @@ struct Params {
 
 override KR: u32 = 3u;   // taps per row
 override IS: u32 = 1u;   // input columns between neighbouring output pixels
+override PX: u32 = 4u;   // output pixels per invocation: 4 or 8
 
 struct Acc {
     a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
     a4: vec4<f32>, a5: vec4<f32>, a6: vec4<f32>, a7: vec4<f32>,
     a8: vec4<f32>, a9: vec4<f32>, a10: vec4<f32>, a11: vec4<f32>,
     a12: vec4<f32>, a13: vec4<f32>, a14: vec4<f32>, a15: vec4<f32>,
+    a16: vec4<f32>, a17: vec4<f32>, a18: vec4<f32>, a19: vec4<f32>,
+    a20: vec4<f32>, a21: vec4<f32>, a22: vec4<f32>, a23: vec4<f32>,
+    a24: vec4<f32>, a25: vec4<f32>, a26: vec4<f32>, a27: vec4<f32>,
+    a28: vec4<f32>, a29: vec4<f32>, a30: vec4<f32>, a31: vec4<f32>,
 }
 
 // The input value at column ix of the row starting at `row` (zero in the padding). The read is
@@ -68,17 +73,17 @@ fn put4(b: u32, i: u32, j0: u32, k: u32, v: vec4<f32>) {
 }
 
 // Window of input values of one tap row: 3 * IS + KR <= 3 * 2 + 7 = 13 values.
-struct Win { v: array<f32, 16> }
+struct Win { v: array<f32, 24> }
 
 // Tap k (a constant after inlining) of a row: pixel px reads window value px * IS + k; the 16
 // weights of the tap's slot are 4 vec4 of the uniform block.
 fn tap(c: ptr<function, Acc>, w: Win, k: u32, slot: i32) {
-    let v = vec4<f32>(w.v[k], w.v[IS + k], w.v[2u * IS + k], w.v[3u * IS + k]);
     let wb = u32(slot) * 4u;
     let w0 = wu[wb];
     let w1 = wu[wb + 1u];
     let w2 = wu[wb + 2u];
     let w3 = wu[wb + 3u];
+    let v = vec4<f32>(w.v[k], w.v[IS + k], w.v[2u * IS + k], w.v[3u * IS + k]);
     (*c).a0 = fma(vec4<f32>(v.x), w0, (*c).a0);
     (*c).a1 = fma(vec4<f32>(v.x), w1, (*c).a1);
     (*c).a2 = fma(vec4<f32>(v.x), w2, (*c).a2);
@@ -95,6 +100,25 @@ fn tap(c: ptr<function, Acc>, w: Win, k: u32, slot: i32) {
     (*c).a13 = fma(vec4<f32>(v.w), w1, (*c).a13);
     (*c).a14 = fma(vec4<f32>(v.w), w2, (*c).a14);
     (*c).a15 = fma(vec4<f32>(v.w), w3, (*c).a15);
+    if (PX == 8u) {
+        let u = vec4<f32>(w.v[4u * IS + k], w.v[5u * IS + k], w.v[6u * IS + k], w.v[7u * IS + k]);
+        (*c).a16 = fma(vec4<f32>(u.x), w0, (*c).a16);
+        (*c).a17 = fma(vec4<f32>(u.x), w1, (*c).a17);
+        (*c).a18 = fma(vec4<f32>(u.x), w2, (*c).a18);
+        (*c).a19 = fma(vec4<f32>(u.x), w3, (*c).a19);
+        (*c).a20 = fma(vec4<f32>(u.y), w0, (*c).a20);
+        (*c).a21 = fma(vec4<f32>(u.y), w1, (*c).a21);
+        (*c).a22 = fma(vec4<f32>(u.y), w2, (*c).a22);
+        (*c).a23 = fma(vec4<f32>(u.y), w3, (*c).a23);
+        (*c).a24 = fma(vec4<f32>(u.z), w0, (*c).a24);
+        (*c).a25 = fma(vec4<f32>(u.z), w1, (*c).a25);
+        (*c).a26 = fma(vec4<f32>(u.z), w2, (*c).a26);
+        (*c).a27 = fma(vec4<f32>(u.z), w3, (*c).a27);
+        (*c).a28 = fma(vec4<f32>(u.w), w0, (*c).a28);
+        (*c).a29 = fma(vec4<f32>(u.w), w1, (*c).a29);
+        (*c).a30 = fma(vec4<f32>(u.w), w2, (*c).a30);
+        (*c).a31 = fma(vec4<f32>(u.w), w3, (*c).a31);
+    }
 }
 
 @compute @workgroup_size(64)
@@ -106,14 +130,14 @@ fn conv_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let bi = idx / p.jgroups;
     let i = bi % p.ni;
     let b = bi / p.ni;
-    let j0 = jg * 4u;
+    let j0 = jg * PX;
     let plane = i32(p.src_h * p.src_w);
     let iy0 = i32(i * p.istride);
     let ix0 = i32(j0 * p.istride);
     var cbase = i32(b * p.src_c + p.chan0) * plane;
 
     let z = vec4<f32>(0.0);
-    var c = Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
+    var c = Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
     for (var ch = 0u; ch < p.nch; ch++) {
         for (var r = 0u; r < p.nrows; r++) {
             let tr = p.rows[r];
@@ -124,7 +148,7 @@ fn conv_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             // Written out rather than looped: the conditions fold once KR and IS are fixed,
             // leaving straight-line code with constant indices (a loop here would leave the
             // window as a dynamically indexed array in memory).
-            let wn = 3u * IS + KR;
+            let wn = (PX - 1u) * IS + KR;
             var w: Win;
             w.v[0] = ld(row_ok, row, ix);
             w.v[1] = ld(row_ok, row, ix + 1);
@@ -139,6 +163,14 @@ fn conv_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             if (wn > 10u) { w.v[10] = ld(row_ok, row, ix + 10); }
             if (wn > 11u) { w.v[11] = ld(row_ok, row, ix + 11); }
             if (wn > 12u) { w.v[12] = ld(row_ok, row, ix + 12); }
+            if (wn > 13u) { w.v[13] = ld(row_ok, row, ix + 13); }
+            if (wn > 14u) { w.v[14] = ld(row_ok, row, ix + 14); }
+            if (wn > 15u) { w.v[15] = ld(row_ok, row, ix + 15); }
+            if (wn > 16u) { w.v[16] = ld(row_ok, row, ix + 16); }
+            if (wn > 17u) { w.v[17] = ld(row_ok, row, ix + 17); }
+            if (wn > 18u) { w.v[18] = ld(row_ok, row, ix + 18); }
+            if (wn > 19u) { w.v[19] = ld(row_ok, row, ix + 19); }
+            if (wn > 20u) { w.v[20] = ld(row_ok, row, ix + 20); }
             let wb = i32(ch * p.khw) + tr.z;
             tap(&c, w, 0u, wb);
             if (KR > 1u) { tap(&c, w, 1u, wb + tr.w); }
@@ -158,6 +190,16 @@ fn conv_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     put4(b, i, j0, 10u, c.a10); put4(b, i, j0, 11u, c.a11);
     put4(b, i, j0, 12u, c.a12); put4(b, i, j0, 13u, c.a13);
     put4(b, i, j0, 14u, c.a14); put4(b, i, j0, 15u, c.a15);
+    if (PX == 8u) {
+        put4(b, i, j0, 16u, c.a16); put4(b, i, j0, 17u, c.a17);
+        put4(b, i, j0, 18u, c.a18); put4(b, i, j0, 19u, c.a19);
+        put4(b, i, j0, 20u, c.a20); put4(b, i, j0, 21u, c.a21);
+        put4(b, i, j0, 22u, c.a22); put4(b, i, j0, 23u, c.a23);
+        put4(b, i, j0, 24u, c.a24); put4(b, i, j0, 25u, c.a25);
+        put4(b, i, j0, 26u, c.a26); put4(b, i, j0, 27u, c.a27);
+        put4(b, i, j0, 28u, c.a28); put4(b, i, j0, 29u, c.a29);
+        put4(b, i, j0, 30u, c.a30); put4(b, i, j0, 31u, c.a31);
+    }
 }
 
 // Packing of the weights into uniform blocks of 4096 vec4 (64 KiB), one per (output group,

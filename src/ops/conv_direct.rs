@@ -25,11 +25,11 @@ const BLOCK_BYTES: u64 = 65536;
 const BLOCK_FLOATS: usize = (BLOCK_BYTES / 4) as usize;
 /// Tap rows per launch the shader's parameter block can hold.
 const MAX_ROWS: usize = 64;
-/// Input values one tap-row window of the shader holds (`Win`).
-const MAX_WINDOW: usize = 16;
+/// Input values one tap-row window of the shader may use (`Win`, `wn` <= 21).
+const MAX_WINDOW: usize = 21;
 /// Output channels per invocation and per uniform block column.
 const CO: usize = 16;
-/// Output pixels per invocation.
+/// Output pixels per invocation (at least; 8 where rows are long enough and the window fits).
 const PX: usize = 4;
 /// Invocations per workgroup (the shader's `@workgroup_size`).
 const WG: usize = 64;
@@ -205,7 +205,14 @@ fn launches(
         }
         let mut rows = [[0i32; 4]; MAX_ROWS];
         rows[..class.rows.len()].copy_from_slice(&class.rows);
-        let jgroups = class.nj.div_ceil(PX);
+        // 8 pixels per invocation halve the uniform reads per multiply-add (A/B on llvmpipe:
+        // see benches/NOTES.md); short rows keep 4.
+        let px = if class.nj >= 8 && 7 * istride + class.kr <= MAX_WINDOW {
+            8
+        } else {
+            PX
+        };
+        let jgroups = class.nj.div_ceil(px);
         let invocations = batch * class.ni * jgroups;
         for group in 0..plan.groups {
             for chunk in 0..plan.chunks {
@@ -252,7 +259,11 @@ fn launches(
                     ],
                     bytemuck::bytes_of(&p),
                     grid_1d(gpu, invocations.div_ceil(WG) as u32),
-                    &[("KR", class.kr.max(1) as f64), ("IS", istride as f64)],
+                    &[
+                        ("KR", class.kr.max(1) as f64),
+                        ("IS", istride as f64),
+                        ("PX", px as f64),
+                    ],
                 )?);
             }
         }
