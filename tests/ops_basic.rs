@@ -20,7 +20,7 @@ fn random_len(rng: &mut Rng64) -> usize {
 fn vec4_or_not(seed: u64, n: usize) -> usize {
     if seed == SEEDS[0] {
         4 * n.div_ceil(4)
-    } else if n % 4 == 0 {
+    } else if n.is_multiple_of(4) {
         n + 1
     } else {
         n

@@ -110,7 +110,7 @@ pub fn batch_norm(
         state.running_var.write(),
     ];
     // vec4 kernels when planes split into vec4 and the activations start 16-byte aligned.
-    let v4 = hw % 4 == 0 && x.offset() % 16 == 0;
+    let v4 = hw % 4 == 0 && x.offset().is_multiple_of(16);
     let entry = |e: &'static str, e4: &'static str| if v4 { e4 } else { e };
     // apply / backward_dx: one invocation per RUN vec4 of a plane, or per element.
     let ew_groups = move |v4: bool| {

@@ -489,7 +489,7 @@ pub fn wgrad(
         return Ok(None);
     };
     // pack_dy reads dY as vec4.
-    if dy.offset() % 16 != 0 {
+    if !dy.offset().is_multiple_of(16) {
         return Ok(None);
     }
     let ohw = g.oh * g.ow;

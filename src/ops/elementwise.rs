@@ -39,7 +39,7 @@ pub fn dispatch(
         .map(|(_, e4)| *e4);
     let aligned = [a, b, out].iter().all(|t| t.offset() % 16 == 0);
     let (entry, per) = match vec4 {
-        Some(e4) if n % 4 == 0 && aligned => (e4, 4),
+        Some(e4) if n.is_multiple_of(4) && aligned => (e4, 4),
         _ => (entry, 1),
     };
     let p = Params {
