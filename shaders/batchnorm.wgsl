@@ -186,38 +186,35 @@ fn hsum(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
 
 @group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;
 
+// One pass over x: sums of (x - k) and (x - k)^2 around a pivot k, a value of the channel itself
+// (its first element), so the variance does not suffer the cancellation of E[x^2] - mean^2 when
+// |mean| >> std. Half the reads of a mean-then-deviations pass.
 @compute @workgroup_size(256)
 fn batch_stats4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wg.x;
     let count = p.batch * p.hw;
     let hw4 = p.hw / 4u;
     let l = lanes(lid, hw4);
+    let k = vec4<f32>(x4[c * hw4].x);
     var s = vec4<f32>(0.0);
-    if (l.lb < l.ipi) {
-        for (var b = l.lb; b < p.batch; b += l.ipi) {
-            let base = (b * p.channels + c) * hw4;
-            for (var v = l.lv; v < hw4; v += l.pv) { s += x4[base + v]; }
-        }
-    }
-    red0[lid] = hsum(s);
-    red1[lid] = 0.0;
-    tree(lid);
-    let mean = red0[0] / f32(count);
-    workgroupBarrier();
     var q = vec4<f32>(0.0);
     if (l.lb < l.ipi) {
         for (var b = l.lb; b < p.batch; b += l.ipi) {
             let base = (b * p.channels + c) * hw4;
             for (var v = l.lv; v < hw4; v += l.pv) {
-                let d = x4[base + v] - vec4<f32>(mean);
+                let d = x4[base + v] - k;
+                s += d;
                 q = fma(d, d, q);
             }
         }
     }
-    red0[lid] = hsum(q);
+    red0[lid] = hsum(s);
+    red1[lid] = hsum(q);
     tree(lid);
     if (lid == 0u) {
-        let var_b = red0[0] / f32(count);
+        let m = red0[0] / f32(count);
+        let mean = k.x + m;
+        let var_b = max(red1[0] / f32(count) - m * m, 0.0);
         stats[c] = mean;
         stats[p.channels + c] = inverseSqrt(var_b + p.eps);
         let unbiased = select(var_b, var_b * f32(count) / f32(count - 1u), count > 1u);
