@@ -100,6 +100,11 @@ fn conv_direct_wgrad_blocks() {
     check(13, [3, 6, 15, 15], 16, 3, 2, 1);
     let g = ConvGeom::new(&[2, 3, 7, 9], &[5, 3, 3, 3], 1, 1).unwrap();
     assert!(WgradPlan::new(gpu(), &g).is_none());
+    // ResNet-10's last stage (512 -> 512 at 4x4, batch 64): the partial sums (row runs x dW)
+    // must stay far below the storage binding limit.
+    let g = ConvGeom::new(&[64, 512, 4, 4], &[512, 512, 3, 3], 1, 1).unwrap();
+    let p = WgradPlan::new(gpu(), &g).unwrap();
+    assert!(p.nrg * 512 * 512 * 9 * 4 <= 32 << 20, "{p:?}");
 }
 
 #[test]

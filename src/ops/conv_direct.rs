@@ -431,6 +431,8 @@ const WG_CO: usize = 16;
 /// write and reduce (measured on llvmpipe: runs of 4-8 rows beat 1-2 by 1.5-3x), but each launch
 /// still needs a few workgroups per core. Capped at 8 rows per invocation.
 const WG_TARGET_INVOCATIONS: usize = 256;
+/// Largest buffer of weight-gradient partial sums (row runs x dW).
+const WG_PARTIAL_MAX_BYTES: u64 = 32 << 20;
 
 /// How the weight gradient splits into uniform blocks of dY.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -464,7 +466,19 @@ impl WgradPlan {
         }
         let ipb = (BLOCK_FLOATS / (WG_CO * ohw)).min(g.batch);
         let rows = ipb * g.oh;
-        let rpi = (rows * g.cin / WG_TARGET_INVOCATIONS).clamp(1, 8);
+        let mut rpi = (rows * g.cin / WG_TARGET_INVOCATIONS).clamp(1, 8);
+        // The partial sums are nrg copies of dW: wide layers (512 x 512 x 9) take longer row
+        // runs so that they stay within WG_PARTIAL_MAX_BYTES and the storage binding limit.
+        let dw_floats = g.cout * g.cin * 9;
+        let budget = WG_PARTIAL_MAX_BYTES.min(gpu.limits.max_storage_buffer_binding_size) / 4;
+        let most_runs = (budget as usize / dw_floats).max(1);
+        if rows.div_ceil(rpi) > most_runs {
+            rpi = rows.div_ceil(most_runs);
+        }
+        if (dw_floats * rows.div_ceil(rpi)) as u64 * 4 > gpu.limits.max_storage_buffer_binding_size
+        {
+            return None;
+        }
         Some(Self {
             ipb,
             cgroups: g.cout.div_ceil(WG_CO),
