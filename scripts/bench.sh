@@ -13,5 +13,7 @@ $bin bench --samples 5 | tee "$out/kernels.txt"
 $bin bench --model resnet32 --batch 128 --samples 5 | tee "$out/resnet32.txt"
 $bin bench --model resnet32 --batch 128 --samples 1 --whiten ns | tee "$out/resnet32-whiten.txt"
 $bin bench --model resnet10 --batch 64 --size 112 --samples 1 | tee "$out/resnet10.txt"
-# fmnist-lt: time a few steps (an epoch is floor(12406 / 128) = 96 of them); tiny eval.
+# fmnist-lt: time a few steps (an epoch is floor(12406 / 128) = 96 of them); tiny eval. The run
+# directory is this script's own scratch: a previous one is replaced.
+rm -rf "$out/fmnist-lt-steps"
 $bin train --preset fmnist-lt --max-steps 3 --test-per-class 5 --quiet --out "$out/fmnist-lt-steps" | tee "$out/fmnist-lt-steps.txt"

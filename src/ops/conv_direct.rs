@@ -1,16 +1,19 @@
-//! The direct convolution kernels of `conv2d`'s forward pass and input gradient
-//! (`shaders/conv_direct.wgsl`): the weights are packed into 64 KiB uniform blocks and each
-//! invocation accumulates a few output pixels across many output channels.
+//! The direct convolution kernels of `conv2d` (`shaders/conv_direct.wgsl`): forward and input
+//! gradient with the weights packed into 64 KiB uniform blocks, each invocation accumulating 16
+//! output channels of 4-8 pixels; the weight gradient of 3x3 kernels with dY packed into such
+//! blocks, each invocation accumulating all 9 taps of 16 output channels for one input channel.
 //!
 //! Why a second kernel family: on llvmpipe every storage or workgroup-memory read is a loop over
-//! the SIMD lanes, while a uniform-buffer read is a single gather. Reading the weights as
-//! uniforms and sharing each storage read of the input among 16-64 output channels cuts the
-//! memory instructions per multiply-add several-fold against the tiled GEMM of `conv2d.wgsl`
-//! (benches/NOTES.md has the numbers). The input gradient of a stride-s convolution runs as s^2
-//! phase classes with their own taps, so it skips the zeros of the upsampled gradient.
+//! the SIMD lanes, while a uniform-buffer read is a single gather. Reading the small operand as
+//! uniforms and sharing each storage read among many multiply-adds cuts the cost per
+//! multiply-add several-fold against the tiled GEMMs of `conv2d.wgsl` (benches/NOTES.md has the
+//! numbers). The input gradient of a stride-s convolution runs as s^2 phase classes with their
+//! own taps, so it skips the zeros of the upsampled gradient.
 //!
 //! Used when the adapter allows a 64 KiB uniform binding (Vulkan's usual limit; the WebGPU
-//! minimum is 16 KiB); otherwise `conv2d` keeps the GEMM kernels.
+//! minimum is 16 KiB); otherwise `conv2d` keeps the GEMM kernels. On a large GPU these launches
+//! are small (a few hundred to a few thousand invocations for wgrad): the split is tuned for
+//! llvmpipe and not yet measured on real hardware.
 
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
