@@ -42,6 +42,15 @@ fn tree(lid: u32) {
 @group(0) @binding(3) var<storage, read_write> running_var: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
+// The channel's batch statistics and its running-statistics update (unbiased variance).
+fn finish_stats(c: u32, mean: f32, var_b: f32, count: u32) {
+    stats[c] = mean;
+    stats[p.channels + c] = inverseSqrt(var_b + p.eps);
+    let unbiased = select(var_b, var_b * f32(count) / f32(count - 1u), count > 1u);
+    running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
+    running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
+}
+
 @compute @workgroup_size(256)
 fn batch_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wg.x;
@@ -59,12 +68,7 @@ fn batch_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     red0[lid] = q;
     tree(lid);
     if (lid == 0u) {
-        let var_b = red0[0] / f32(count);
-        stats[c] = mean;
-        stats[p.channels + c] = inverseSqrt(var_b + p.eps);
-        let unbiased = select(var_b, var_b * f32(count) / f32(count - 1u), count > 1u);
-        running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
-        running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
+        finish_stats(c, mean, red0[0] / f32(count), count);
     }
 }
 
@@ -111,6 +115,20 @@ fn masked_dy(i: u32, relu: u32) -> f32 {
     return bdy[i];
 }
 
+// Lane 0 after the tree: the channel's two sums, and the parameter gradients (accumulated when
+// beta != 0).
+fn finish_sums(c: u32) {
+    sums[c] = red0[0];
+    sums[bp.channels + c] = red1[0];
+    if (bp.beta != 0.0) {
+        dgamma[c] += red1[0];
+        dshift[c] += red0[0];
+    } else {
+        dgamma[c] = red1[0];
+        dshift[c] = red0[0];
+    }
+}
+
 @compute @workgroup_size(256)
 fn backward_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wg.x;
@@ -128,17 +146,7 @@ fn backward_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     red0[lid] = s0;
     red1[lid] = s1;
     tree(lid);
-    if (lid == 0u) {
-        sums[c] = red0[0];
-        sums[bp.channels + c] = red1[0];
-        if (bp.beta != 0.0) {
-            dgamma[c] += red1[0];
-            dshift[c] += red0[0];
-        } else {
-            dgamma[c] = red1[0];
-            dshift[c] = red0[0];
-        }
-    }
+    if (lid == 0u) { finish_sums(c); }
 }
 
 @group(0) @binding(0) var<storage, read> dx_x: array<f32>;
@@ -214,12 +222,7 @@ fn batch_stats4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     if (lid == 0u) {
         let m = red0[0] / f32(count);
         let mean = k.x + m;
-        let var_b = max(red1[0] / f32(count) - m * m, 0.0);
-        stats[c] = mean;
-        stats[p.channels + c] = inverseSqrt(var_b + p.eps);
-        let unbiased = select(var_b, var_b * f32(count) / f32(count - 1u), count > 1u);
-        running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
-        running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
+        finish_stats(c, mean, max(red1[0] / f32(count) - m * m, 0.0), count);
     }
 }
 
@@ -285,17 +288,7 @@ fn backward_sums4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     red0[lid] = hsum(s0);
     red1[lid] = hsum(s1);
     tree(lid);
-    if (lid == 0u) {
-        sums[c] = red0[0];
-        sums[bp.channels + c] = red1[0];
-        if (bp.beta != 0.0) {
-            dgamma[c] += red1[0];
-            dshift[c] += red0[0];
-        } else {
-            dgamma[c] = red1[0];
-            dshift[c] = red0[0];
-        }
-    }
+    if (lid == 0u) { finish_sums(c); }
 }
 
 @group(0) @binding(0) var<storage, read> dx_x4: array<vec4<f32>>;
