@@ -430,10 +430,12 @@ struct PdParams {
 
 /// Output channels per block of the weight-gradient kernel (its 12 vec4 accumulators).
 const WG_CO: usize = 16;
-/// Invocations a weight-gradient launch aims for: longer row runs mean fewer partial sums to
-/// write and reduce (measured on llvmpipe: runs of 4-8 rows beat 1-2 by 1.5-3x), but each launch
-/// still needs a few workgroups per core. Capped at 8 rows per invocation.
-const WG_TARGET_INVOCATIONS: usize = 256;
+/// Fewest invocations a weight-gradient launch keeps when it lengthens its row runs: longer
+/// runs mean fewer partial sums to write and reduce (benches/NOTES.md), but each launch still
+/// needs a workgroup per core.
+const WG_MIN_INVOCATIONS: usize = 128;
+/// Output pixels per row run of a weight-gradient invocation, where the launch is big enough.
+const WG_RUN_PIXELS: usize = 256;
 /// Largest buffer of weight-gradient partial sums (row runs x dW).
 const WG_PARTIAL_MAX_BYTES: u64 = 32 << 20;
 
@@ -469,7 +471,11 @@ impl WgradPlan {
         }
         let ipb = (BLOCK_FLOATS / (WG_CO * ohw)).min(g.batch);
         let rows = ipb * g.oh;
-        let mut rpi = (rows * g.cin / WG_TARGET_INVOCATIONS).clamp(1, 8);
+        // Row runs long enough that an invocation's 144 read-modify-writes of partial sums are
+        // small next to its input reads (18 per 4 pixels): >= WG_RUN_PIXELS pixels per run; but
+        // at least WG_MIN_INVOCATIONS invocations per launch (two workgroups).
+        let most = (rows * g.cin / WG_MIN_INVOCATIONS).max(1);
+        let mut rpi = WG_RUN_PIXELS.div_ceil(g.ow).clamp(1, most).min(rows);
         // The partial sums are nrg copies of dW: wide layers (512 x 512 x 9) take longer row
         // runs so that they stay within WG_PARTIAL_MAX_BYTES and the storage binding limit.
         let dw_floats = g.cout * g.cin * 9;
