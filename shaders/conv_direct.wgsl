@@ -253,7 +253,7 @@ struct WgParams {
     cin: u32, h: u32, w: u32, oh: u32,
     ow: u32, pad: u32, ipb: u32, rpi: u32,
     nrg: u32, co0: u32, cout: u32, nimg: u32,
-    kh: u32, first: u32, b0: u32, _p1: u32,
+    kh: u32, first: u32, b0: u32, owp: u32,   // owp: ow rounded up to 4 (the block's rows)
 }
 
 @group(0) @binding(0) var<storage, read> wg_x: array<f32>;
@@ -352,7 +352,7 @@ fn conv_wgrad3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     if (idx >= wq.nrg * wq.cin) { return; }
     let ci = idx % wq.cin;
     let rg = idx / wq.cin;
-    let ohw = wq.oh * wq.ow;
+    let ohw = wq.oh * wq.owp;
     let qs = ohw / 4u;   // vec4 from one output channel to the next in the block
     let z = vec4<f32>(0.0);
     var n0 = Nine(z, z, z, z, z, z, z, z, z);
@@ -366,8 +366,9 @@ fn conv_wgrad3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         let iy = i32(oy * WSTRIDE) - i32(wq.pad);
         let ci_base = i32(((wq.b0 + li) * wq.cin + ci) * wq.h * wq.w);
         // vec4 index of (image li, channel 0, row oy) in the block.
-        let dbase = (li * 16u * ohw + oy * wq.ow) / 4u;
-        for (var ox = 0u; ox < wq.ow; ox += 4u) {
+        let dbase = (li * 16u * ohw + oy * wq.owp) / 4u;
+        // Pixels past ow (row padding) have dY = 0 in the block: they add nothing.
+        for (var ox = 0u; ox < wq.owp; ox += 4u) {
             let ix = i32(ox * WSTRIDE) - i32(wq.pad);
             let x0 = window(ci_base, iy, ix);
             let x1 = window(ci_base, iy + 1, ix);
@@ -426,14 +427,15 @@ fn conv_wgrad3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 // dY into uniform blocks of 4096 vec4: block (image group ig, channel group cg) holds
-// [li][co_l][pixel] = dY[ig*ipb + li, cg*16 + co_l, pixel], zero outside the tensor.
+// [li][co_l][oy][ox < owp] = dY[ig*ipb + li, cg*16 + co_l, oy, ox], zero outside the tensor and
+// in the row padding (ow rounded up to owp, a multiple of 4).
 struct PdParams {
-    batch: u32, cout: u32, ohw: u32, ipb: u32,
-    cgroups: u32, blocks: u32, _p0: u32, _p1: u32,
+    batch: u32, cout: u32, ohw: u32, ipb: u32,   // ohw: oh * owp (padded rows)
+    cgroups: u32, blocks: u32, ow: u32, owp: u32,
 }
 
-// vec4 over pixels (the plan requires rows of a multiple of 4 pixels): a quarter of the
-// storage accesses of a scalar copy.
+// vec4 over pixels when rows are a multiple of 4 pixels (owp = ow): a quarter of the storage
+// accesses of a scalar copy.
 @group(0) @binding(0) var<storage, read> pd_src: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> pd_dst: array<vec4<f32>>;
 @group(0) @binding(2) var<uniform> pd: PdParams;
@@ -456,6 +458,38 @@ fn pack_dy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     var v = vec4<f32>(0.0);
     if (li < pd.ipb && b < pd.batch && co < pd.cout) {
         v = pd_src[(b * pd.cout + co) * ohw4 + pix4];
+    }
+    pd_dst[e] = v;
+}
+
+// Rows that are no multiple of 4 pixels: four scalar reads per vec4 of the block, zero in the
+// row padding.
+@group(0) @binding(0) var<storage, read> pdp_src: array<f32>;
+
+@compute @workgroup_size(64)
+fn pack_dy_pad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let e = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (e >= pd.blocks * 4096u) { return; }
+    let ohw4 = pd.ohw / 4u;
+    let blk = e / 4096u;
+    let r = e % 4096u;
+    let ig = blk / pd.cgroups;
+    let cg = blk % pd.cgroups;
+    let pix4 = r % ohw4;
+    let col = (r / ohw4) % 16u;
+    let li = r / (ohw4 * 16u);
+    let b = ig * pd.ipb + li;
+    let co = cg * 16u + col;
+    let oy = (4u * pix4) / pd.owp;
+    let ox = (4u * pix4) % pd.owp;
+    var v = vec4<f32>(0.0);
+    if (li < pd.ipb && b < pd.batch && co < pd.cout) {
+        let row = ((b * pd.cout + co) * (pd.ohw / pd.owp) + oy) * pd.ow;
+        if (ox < pd.ow) { v.x = pdp_src[row + ox]; }
+        if (ox + 1u < pd.ow) { v.y = pdp_src[row + ox + 1u]; }
+        if (ox + 2u < pd.ow) { v.z = pdp_src[row + ox + 2u]; }
+        if (ox + 3u < pd.ow) { v.w = pdp_src[row + ox + 3u]; }
     }
     pd_dst[e] = v;
 }

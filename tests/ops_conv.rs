@@ -94,11 +94,20 @@ fn conv_direct_wgrad_blocks() {
     let p = WgradPlan::new(gpu(), &g).expect("adapter without 64 KiB uniform bindings");
     assert_eq!((p.ipb, p.igroups, p.cgroups), (4, 5, 3));
     check(12, [17, 5, 16, 16], 40, 3, 1, 1);
-    // Stride 2 with an odd input size; a width that is no multiple of 4 takes the GEMM path.
+    // Stride 2 with an odd input size.
     let g = ConvGeom::new(&[3, 6, 15, 15], &[16, 6, 3, 3], 2, 1).unwrap();
     assert!(WgradPlan::new(gpu(), &g).is_some());
     check(13, [3, 6, 15, 15], 16, 3, 2, 1);
-    let g = ConvGeom::new(&[2, 3, 7, 9], &[5, 3, 3, 3], 1, 1).unwrap();
+    // Rows that are no multiple of 4 pixels (the 14x14 and 7x7 maps of a ResNet on 28x28 or
+    // 224x224 images): dY rows padded in the blocks. 14 -> 16: 4 images per block, 2 groups.
+    let g = ConvGeom::new(&[5, 6, 14, 14], &[20, 6, 3, 3], 1, 1).unwrap();
+    let p = WgradPlan::new(gpu(), &g).unwrap();
+    assert_eq!((p.ipb, p.igroups), (4, 2));
+    check(15, [5, 6, 14, 14], 20, 3, 1, 1);
+    check(16, [4, 5, 13, 13], 8, 3, 2, 1);
+    check(17, [2, 3, 7, 9], 5, 3, 1, 1);
+    // Other kernel sizes take the GEMM path.
+    let g = ConvGeom::new(&[2, 6, 5, 5], &[4, 6, 1, 1], 2, 0).unwrap();
     assert!(WgradPlan::new(gpu(), &g).is_none());
     // ResNet-10's last stage (512 -> 512 at 4x4, batch 64): the partial sums (row runs x dW)
     // must stay far below the storage binding limit.

@@ -413,7 +413,7 @@ struct WgParams {
     kh: u32,
     first: u32,
     b0: u32,
-    _p: u32,
+    owp: u32,
 }
 
 #[repr(C)]
@@ -425,7 +425,8 @@ struct PdParams {
     ipb: u32,
     cgroups: u32,
     blocks: u32,
-    _p: [u32; 2],
+    ow: u32,
+    owp: u32,
 }
 
 /// Output channels per block of the weight-gradient kernel (its 12 vec4 accumulators).
@@ -455,16 +456,15 @@ pub struct WgradPlan {
 }
 
 impl WgradPlan {
-    /// The plan for `g`, or `None` unless the kernel is 3x3, the stride 1 or 2, output rows
-    /// a multiple of 4 pixels, 16 channels of one output image fit a block, and the adapter
+    /// The plan for `g`, or `None` unless the kernel is 3x3, the stride 1 or 2, 16 channels of
+    /// one output image (rows padded to a multiple of 4 pixels) fit a block, and the adapter
     /// binds 64 KiB uniform blocks.
     pub fn new(gpu: &Gpu, g: &ConvGeom) -> Option<Self> {
-        let ohw = g.oh * g.ow;
+        let ohw = g.oh * g.ow.next_multiple_of(4);
         if gpu.limits.max_uniform_buffer_binding_size < BLOCK_BYTES
             || g.kw != 3
             || g.kh != 3
             || !(1..=2).contains(&g.stride)
-            || !g.ow.is_multiple_of(4)
             || WG_CO * ohw > BLOCK_FLOATS
         {
             return None;
@@ -475,7 +475,10 @@ impl WgradPlan {
         // small next to its input reads (18 per 4 pixels): >= WG_RUN_PIXELS pixels per run; but
         // at least WG_MIN_INVOCATIONS invocations per launch (two workgroups).
         let most = (rows * g.cin / WG_MIN_INVOCATIONS).max(1);
-        let mut rpi = WG_RUN_PIXELS.div_ceil(g.ow).clamp(1, most).min(rows);
+        let mut rpi = WG_RUN_PIXELS
+            .div_ceil(g.ow.next_multiple_of(4))
+            .clamp(1, most)
+            .min(rows);
         // The partial sums are nrg copies of dW: wide layers (512 x 512 x 9) take longer row
         // runs so that they stay within WG_PARTIAL_MAX_BYTES and the storage binding limit.
         let dw_floats = g.cout * g.cin * 9;
@@ -511,11 +514,15 @@ pub fn wgrad(
     let Some(plan) = WgradPlan::new(gpu, g) else {
         return Ok(None);
     };
-    // pack_dy reads dY as vec4.
-    if !dy.offset().is_multiple_of(16) {
-        return Ok(None);
-    }
-    let ohw = g.oh * g.ow;
+    // pack_dy reads dY as vec4 when rows are a multiple of 4 pixels (and dY 16-byte aligned);
+    // pack_dy_pad reads scalars and pads the rows.
+    let owp = g.ow.next_multiple_of(4);
+    let pack_entry = if owp == g.ow && dy.offset().is_multiple_of(16) {
+        "pack_dy"
+    } else {
+        "pack_dy_pad"
+    };
+    let ohw = g.oh * owp;
     let blocks = plan.igroups * plan.cgroups;
     let buf = Arc::new(GpuBuffer::new(
         gpu,
@@ -530,12 +537,13 @@ pub fn wgrad(
         ipb: plan.ipb as u32,
         cgroups: plan.cgroups as u32,
         blocks: blocks as u32,
-        _p: [0; 2],
+        ow: g.ow as u32,
+        owp: owp as u32,
     };
     let mut out = vec![Dispatch::build(
         gpu,
         "conv_direct",
-        "pack_dy",
+        pack_entry,
         &[
             dy.read(),
             Binding {
@@ -573,7 +581,7 @@ pub fn wgrad(
                 kh: g.kh as u32,
                 first: (ig == 0) as u32,
                 b0: b0 as u32,
-                _p: 0,
+                owp: owp as u32,
             };
             out.push(Dispatch::build_with(
                 gpu,
