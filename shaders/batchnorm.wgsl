@@ -181,10 +181,14 @@ fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 const RUN: u32 = 4u;
 
 // Lane layout of a channel reduction over [batch][hw4] vec4: `pv` lanes along the plane,
-// `ipi` images side by side.
+// `ipi` images side by side. With a large batch each lane walks whole planes (pv = 1): every
+// lane then reads one contiguous stream, which llvmpipe (lanes of one SIMD group read one
+// after the other) turns into a few sequential streams instead of one 128-byte piece of every
+// plane per SIMD group.
 struct Lanes { lb: u32, lv: u32, pv: u32, ipi: u32 }
 
-fn lanes(lid: u32, hw4: u32) -> Lanes {
+fn lanes(lid: u32, hw4: u32, batch: u32) -> Lanes {
+    if (batch >= WG / 4u) { return Lanes(lid, 0u, 1u, WG); }
     let pv = min(hw4, WG);
     let ipi = WG / pv;
     return Lanes(lid / pv, lid % pv, pv, ipi);
@@ -202,7 +206,7 @@ fn batch_stats4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let c = wg.x;
     let count = p.batch * p.hw;
     let hw4 = p.hw / 4u;
-    let l = lanes(lid, hw4);
+    let l = lanes(lid, hw4, p.batch);
     let k = vec4<f32>(x4[c * hw4].x);
     var s = vec4<f32>(0.0);
     var q = vec4<f32>(0.0);
@@ -272,7 +276,7 @@ fn backward_sums4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     let hw4 = bp.hw / 4u;
     let mean = bstats[c];
     let inv = bstats[bp.channels + c];
-    let l = lanes(lid, hw4);
+    let l = lanes(lid, hw4, bp.batch);
     var s0 = vec4<f32>(0.0);
     var s1 = vec4<f32>(0.0);
     if (l.lb < l.ipi) {
