@@ -251,9 +251,9 @@ fn pack_weights(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 
 struct WgParams {
     cin: u32, h: u32, w: u32, oh: u32,
-    ow: u32, pad: u32, ipb: u32, rpi: u32,
-    nrg: u32, co0: u32, cout: u32, nimg: u32,
-    kh: u32, first: u32, b0: u32, owp: u32,   // owp: ow rounded up to 4 (the block's rows)
+    pad: u32, rpi: u32, nrg: u32, co0: u32,
+    cout: u32, nimg: u32, first: u32, b0: u32,
+    owp: u32, _p0: u32, _p1: u32, _p2: u32,   // owp: output width rounded up to 4 (block rows)
 }
 
 @group(0) @binding(0) var<storage, read> wg_x: array<f32>;
@@ -440,25 +440,27 @@ struct PdParams {
 @group(0) @binding(1) var<storage, read_write> pd_dst: array<vec4<f32>>;
 @group(0) @binding(2) var<uniform> pd: PdParams;
 
+// Block vec4 e: (source plane b * cout + co, vec4 index in the padded plane, 1 if the plane
+// exists / 0 for the zero fill past the batch or the channels).
+fn pd_slot(e: u32) -> vec3<u32> {
+    let ohw4 = pd.ohw / 4u;
+    let blk = e / 4096u;
+    let r = e % 4096u;
+    let li = r / (ohw4 * 16u);
+    let b = (blk / pd.cgroups) * pd.ipb + li;
+    let co = (blk % pd.cgroups) * 16u + (r / ohw4) % 16u;
+    let ok = li < pd.ipb && b < pd.batch && co < pd.cout;
+    return vec3<u32>(b * pd.cout + co, r % ohw4, u32(ok));
+}
+
 @compute @workgroup_size(64)
 fn pack_dy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let e = (wg.y * nwg.x + wg.x) * 64u + lid;
     if (e >= pd.blocks * 4096u) { return; }
-    let ohw4 = pd.ohw / 4u;
-    let blk = e / 4096u;
-    let r = e % 4096u;
-    let ig = blk / pd.cgroups;
-    let cg = blk % pd.cgroups;
-    let pix4 = r % ohw4;
-    let col = (r / ohw4) % 16u;
-    let li = r / (ohw4 * 16u);
-    let b = ig * pd.ipb + li;
-    let co = cg * 16u + col;
+    let sl = pd_slot(e);
     var v = vec4<f32>(0.0);
-    if (li < pd.ipb && b < pd.batch && co < pd.cout) {
-        v = pd_src[(b * pd.cout + co) * ohw4 + pix4];
-    }
+    if (sl.z != 0u) { v = pd_src[sl.x * (pd.ohw / 4u) + sl.y]; }
     pd_dst[e] = v;
 }
 
@@ -471,21 +473,12 @@ fn pack_dy_pad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                @builtin(local_invocation_index) lid: u32) {
     let e = (wg.y * nwg.x + wg.x) * 64u + lid;
     if (e >= pd.blocks * 4096u) { return; }
-    let ohw4 = pd.ohw / 4u;
-    let blk = e / 4096u;
-    let r = e % 4096u;
-    let ig = blk / pd.cgroups;
-    let cg = blk % pd.cgroups;
-    let pix4 = r % ohw4;
-    let col = (r / ohw4) % 16u;
-    let li = r / (ohw4 * 16u);
-    let b = ig * pd.ipb + li;
-    let co = cg * 16u + col;
-    let oy = (4u * pix4) / pd.owp;
-    let ox = (4u * pix4) % pd.owp;
+    let sl = pd_slot(e);
+    let oy = (4u * sl.y) / pd.owp;
+    let ox = (4u * sl.y) % pd.owp;
     var v = vec4<f32>(0.0);
-    if (li < pd.ipb && b < pd.batch && co < pd.cout) {
-        let row = ((b * pd.cout + co) * (pd.ohw / pd.owp) + oy) * pd.ow;
+    if (sl.z != 0u) {
+        let row = (sl.x * (pd.ohw / pd.owp) + oy) * pd.ow;
         if (ox < pd.ow) { v.x = pdp_src[row + ox]; }
         if (ox + 1u < pd.ow) { v.y = pdp_src[row + ox + 1u]; }
         if (ox + 2u < pd.ow) { v.z = pdp_src[row + ox + 2u]; }

@@ -15,7 +15,7 @@
 //! are small (a few hundred to a few thousand invocations for wgrad): the split is tuned for
 //! llvmpipe and not yet measured on real hardware.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use bytemuck::{Pod, Zeroable};
 
 use super::conv2d::ConvGeom;
@@ -179,32 +179,49 @@ fn pack(
     Ok((buf, d))
 }
 
-#[allow(clippy::too_many_arguments)] // the launch grid: source, packed weights, destination, class
-fn launches(
-    gpu: &Gpu,
-    plan: &Plan,
-    weights: &Arc<GpuBuffer>,
-    src: &crate::tensor::Tensor,
-    dst: &crate::tensor::Tensor,
+/// Where a direct launch set reads and writes: `src` [batch, C, H, W] convolved into `dst`
+/// [batch, C', H', W'], output pixel (i, j) of a class reading input pixels from
+/// (i, j) * `istride` and landing at (i, j) * `ostride` + the class's offset.
+struct Grid<'a> {
+    src: &'a crate::tensor::Tensor,
+    dst: &'a crate::tensor::Tensor,
     src_chw: [usize; 3],
     dst_chw: [usize; 3],
-    batch: usize,
     istride: usize,
     ostride: usize,
-    khw: usize,
+}
+
+/// Pack `w` (transposed for dgrad) and record the launches of every class, or `None` when the
+/// plan for the widest tap-row window does not fit.
+fn record(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    w: &crate::tensor::Tensor,
+    transpose: bool,
+    grid: &Grid<'_>,
     classes: &[Class],
     beta: f32,
-    out: &mut Vec<Dispatch>,
-) -> Result<()> {
+) -> Result<Option<Vec<Dispatch>>> {
+    // Kernels taller than the parameter block's tap rows take the GEMM path.
+    if classes.iter().any(|c| c.rows.len() > MAX_ROWS) {
+        return Ok(None);
+    }
+    let khw = g.kh * g.kw;
+    let window = classes
+        .iter()
+        .map(|c| (PX - 1) * grid.istride + c.kr)
+        .max()
+        .unwrap_or(0);
+    let Some(plan) = Plan::new(gpu, grid.dst_chw[0], grid.src_chw[0], khw, window) else {
+        return Ok(None);
+    };
+    let (weights, pack) = pack(gpu, w, &plan, g, transpose)?;
+    let mut out = vec![pack];
+    let (src_chw, dst_chw, istride) = (grid.src_chw, grid.dst_chw, grid.istride);
+    let batch = g.batch;
     for class in classes {
         if class.ni == 0 || class.nj == 0 {
             continue;
-        }
-        if class.rows.len() > MAX_ROWS {
-            bail!(
-                "conv2d: {} tap rows exceed the direct kernel's {MAX_ROWS}",
-                class.rows.len()
-            );
         }
         let mut rows = [[0i32; 4]; MAX_ROWS];
         rows[..class.rows.len()].copy_from_slice(&class.rows);
@@ -235,7 +252,7 @@ fn launches(
                     ni: class.ni as u32,
                     nj: class.nj as u32,
                     istride: istride as u32,
-                    ostride: ostride as u32,
+                    ostride: grid.ostride as u32,
                     oy0: class.oy0 as u32,
                     ox0: class.ox0 as u32,
                     nrows: class.rows.len() as u32,
@@ -251,14 +268,14 @@ fn launches(
                     "conv_direct",
                     "conv_direct",
                     &[
-                        src.read(),
+                        grid.src.read(),
                         Binding {
                             access: Access::Uniform,
-                            buffer: weights,
+                            buffer: &weights,
                             offset: block,
                             size: BLOCK_BYTES,
                         },
-                        dst.write(),
+                        grid.dst.write(),
                     ],
                     bytemuck::bytes_of(&p),
                     grid_1d(gpu, invocations.div_ceil(WG) as u32),
@@ -271,10 +288,11 @@ fn launches(
             }
         }
     }
-    Ok(())
+    Ok(Some(out))
 }
 
-/// Record `y (+)= conv(x, w)` with the direct kernel, or `None` when `plan` says it does not fit.
+/// Record `y (+)= conv(x, w)` with the direct kernel, or `None` when [`Plan`] says it does not
+/// fit.
 pub fn forward(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -283,12 +301,6 @@ pub fn forward(
     y: &crate::tensor::Tensor,
     beta: f32,
 ) -> Result<Option<Vec<Dispatch>>> {
-    let khw = g.kh * g.kw;
-    let window = (PX - 1) * g.stride + g.kw;
-    let Some(plan) = Plan::new(gpu, g.cout, g.cin, khw, window) else {
-        return Ok(None);
-    };
-    let (buf, pack) = pack(gpu, w, &plan, g, false)?;
     let pad = g.pad as i32;
     let rows = (0..g.kh)
         .map(|ky| [ky as i32 - pad, -pad, (ky * g.kw) as i32, 1])
@@ -301,28 +313,19 @@ pub fn forward(
         kr: g.kw,
         rows,
     };
-    let mut out = vec![pack];
-    launches(
-        gpu,
-        &plan,
-        &buf,
-        x,
-        y,
-        [g.cin, g.h, g.w],
-        [g.cout, g.oh, g.ow],
-        g.batch,
-        g.stride,
-        1,
-        khw,
-        &[class],
-        beta,
-        &mut out,
-    )?;
-    Ok(Some(out))
+    let grid = Grid {
+        src: x,
+        dst: y,
+        src_chw: [g.cin, g.h, g.w],
+        dst_chw: [g.cout, g.oh, g.ow],
+        istride: g.stride,
+        ostride: 1,
+    };
+    record(gpu, g, w, false, &grid, &[class], beta)
 }
 
 /// Record `dx (+)= conv_transpose(dy, w)` with the direct kernel, one launch set per phase
-/// class, or `None` when `plan` says it does not fit.
+/// class, or `None` when [`Plan`] says it does not fit.
 pub fn dgrad(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -331,12 +334,6 @@ pub fn dgrad(
     dx: &crate::tensor::Tensor,
     beta: f32,
 ) -> Result<Option<Vec<Dispatch>>> {
-    let khw = g.kh * g.kw;
-    let window = (PX - 1) + g.kw.div_ceil(g.stride);
-    let Some(plan) = Plan::new(gpu, g.cin, g.cout, khw, window) else {
-        return Ok(None);
-    };
-    let (buf, pack) = pack(gpu, w, &plan, g, true)?;
     let (s, pad) = (g.stride as i32, g.pad as i32);
     // Input row y = s*i + py takes kernel row ky when (y + pad - ky) is a multiple of s: it
     // reads gradient row i + (py + pad - ky) / s. The same holds for columns, where the taps
@@ -375,24 +372,15 @@ pub fn dgrad(
             });
         }
     }
-    let mut out = vec![pack];
-    launches(
-        gpu,
-        &plan,
-        &buf,
-        dy,
-        dx,
-        [g.cout, g.oh, g.ow],
-        [g.cin, g.h, g.w],
-        g.batch,
-        1,
-        g.stride,
-        khw,
-        &classes,
-        beta,
-        &mut out,
-    )?;
-    Ok(Some(out))
+    let grid = Grid {
+        src: dy,
+        dst: dx,
+        src_chw: [g.cout, g.oh, g.ow],
+        dst_chw: [g.cin, g.h, g.w],
+        istride: 1,
+        ostride: g.stride,
+    };
+    record(gpu, g, w, true, &grid, &classes, beta)
 }
 
 #[repr(C)]
@@ -402,18 +390,16 @@ struct WgParams {
     h: u32,
     w: u32,
     oh: u32,
-    ow: u32,
     pad: u32,
-    ipb: u32,
     rpi: u32,
     nrg: u32,
     co0: u32,
     cout: u32,
     nimg: u32,
-    kh: u32,
     first: u32,
     b0: u32,
     owp: u32,
+    _p: [u32; 3],
 }
 
 #[repr(C)]
@@ -570,18 +556,16 @@ pub fn wgrad(
                 h: g.h as u32,
                 w: g.w as u32,
                 oh: g.oh as u32,
-                ow: g.ow as u32,
                 pad: g.pad as u32,
-                ipb: plan.ipb as u32,
                 rpi: plan.rpi as u32,
                 nrg: plan.nrg as u32,
                 co0: (cg * WG_CO) as u32,
                 cout: g.cout as u32,
                 nimg: plan.ipb.min(g.batch - b0) as u32,
-                kh: g.kh as u32,
                 first: (ig == 0) as u32,
                 b0: b0 as u32,
                 owp: owp as u32,
+                _p: [0; 3],
             };
             out.push(Dispatch::build_with(
                 gpu,
