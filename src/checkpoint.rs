@@ -23,11 +23,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("{}: not a file path", path.display()))?
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    {
+        use std::io::Write;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        // On disk before the rename makes it visible, so a power cut cannot publish a hole.
+        f.sync_all()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    crate::rundir::fault_point(&tmp)?;
     std::fs::rename(&tmp, path).with_context(|| {
         let _ = std::fs::remove_file(&tmp);
         format!("renaming {} to {}", tmp.display(), path.display())
     })?;
+    crate::rundir::fault_point(path)?;
     Ok(())
 }
 
@@ -57,12 +68,11 @@ impl HostTensor {
     }
 }
 
-/// Serialise named tensors to a safetensors file, atomically.
-pub fn save(
-    path: &Path,
+/// Serialise named tensors to safetensors bytes.
+pub fn to_bytes(
     tensors: &BTreeMap<String, HostTensor>,
     metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(k, t)| {
@@ -72,8 +82,16 @@ pub fn save(
             ))
         })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    let bytes = safetensors::serialize(views, metadata)?;
-    write_atomic(path, &bytes)
+    Ok(safetensors::serialize(views, metadata)?)
+}
+
+/// Serialise named tensors to a safetensors file, atomically.
+pub fn save(
+    path: &Path,
+    tensors: &BTreeMap<String, HostTensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    write_atomic(path, &to_bytes(tensors, metadata)?)
 }
 
 /// The model's state dict (parameters, BN running statistics and `num_batches_tracked`).
@@ -122,9 +140,36 @@ pub fn state_dict(
     Ok(out)
 }
 
+/// Metadata key holding the run's resolved configuration (TOML), so `eval` of a checkpoint that
+/// travelled without its `config.toml` still builds the right model.
+pub const CONFIG_KEY: &str = "longtail.config";
+
+/// The model's weights in PyTorch's naming as safetensors bytes, with `config_toml` (if given)
+/// in the metadata.
+pub fn model_bytes(
+    gpu: &Gpu,
+    model: &ResNet,
+    num_batches_tracked: i64,
+    config_toml: Option<&str>,
+) -> Result<Vec<u8>> {
+    let meta = config_toml.map(|c| HashMap::from([(CONFIG_KEY.to_string(), c.to_string())]));
+    to_bytes(&state_dict(gpu, model, num_batches_tracked)?, meta)
+}
+
 /// Save the model's weights in PyTorch's naming.
 pub fn save_model(gpu: &Gpu, path: &Path, model: &ResNet, num_batches_tracked: i64) -> Result<()> {
     save(path, &state_dict(gpu, model, num_batches_tracked)?, None)
+}
+
+/// The configuration stored in a checkpoint's metadata, if any.
+pub fn stored_config(path: &Path) -> Result<Option<String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+    Ok(meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CONFIG_KEY).cloned()))
 }
 
 fn f32_values(file: &Path, name: &str, t: &TensorView<'_>, shape: &[usize]) -> Result<Vec<f32>> {
@@ -142,17 +187,34 @@ fn f32_values(file: &Path, name: &str, t: &TensorView<'_>, shape: &[usize]) -> R
             t.shape()
         );
     }
-    Ok(t.data()
+    let v: Vec<f32> = t
+        .data()
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+        .collect();
+    // A NaN weight would only show up epochs later as a NaN loss: refuse it at the door.
+    if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        bail!(
+            "{}: tensor {name} holds {x} at flat index {i} ({} non-finite values of {}): the \
+             weights are damaged",
+            file.display(),
+            v.iter().filter(|x| !x.is_finite()).count(),
+            v.len()
+        );
+    }
+    Ok(v)
 }
 
 /// Load PyTorch-named weights into `model` (strict, like `load_state_dict`: every expected key
 /// must be present with its shape, and unknown keys are an error). Returns `num_batches_tracked`.
 pub fn load_model(gpu: &Gpu, path: &Path, model: &ResNet) -> Result<i64> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    load_model_bytes(gpu, &bytes, path, model)
+}
+
+/// [`load_model`] from bytes already read; `path` names them in messages.
+pub fn load_model_bytes(gpu: &Gpu, bytes: &[u8], path: &Path, model: &ResNet) -> Result<i64> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
     let mut expected: Vec<String> = Vec::new();
     let flat_t = model.params.flat_values()?;
@@ -217,4 +279,95 @@ pub fn load_model(gpu: &Gpu, path: &Path, model: &ResNet) -> Result<i64> {
     }
     flat_t.write_f32(gpu, &flat)?;
     Ok(tracked)
+}
+
+/// The configuration keys a checkpoint's tensor names and shapes imply (model, classifier kind,
+/// whitening layout, and a data set guess from channels and classes), for `eval` of weights that
+/// came without a config; the text says what was inferred and what had to be assumed.
+pub fn infer_config(path: &Path) -> Result<(toml::Table, String)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+    let names = st.names();
+    let shape = |n: &str| st.tensor(n).ok().map(|t| t.shape().to_vec());
+    let hint = "pass --preset or --config (the run's config.toml) to say what it is";
+    let conv1 = shape("conv1.weight").with_context(|| {
+        format!(
+            "{}: no conv1.weight tensor: not a longtail ResNet checkpoint; {hint}",
+            path.display()
+        )
+    })?;
+    if conv1.len() != 4 {
+        bail!(
+            "{}: conv1.weight has shape {conv1:?}, expected 4 dimensions; {hint}",
+            path.display()
+        );
+    }
+    let in_channels = conv1[1];
+    let (model, head) = if shape("fc.weight").is_some() {
+        ("resnet10".to_string(), "fc")
+    } else {
+        // CIFAR ResNet-(6n+2): n blocks per stage, named layer1.0 .. layer1.(n-1).
+        let n = (0..)
+            .take_while(|j| names.iter().any(|k| k.starts_with(&format!("layer1.{j}."))))
+            .count();
+        if n == 0 {
+            bail!(
+                "{}: neither fc.weight nor layer1.* tensors: not a ResNet this tool builds; {hint}",
+                path.display()
+            );
+        }
+        (format!("resnet{}", 6 * n + 2), "linear")
+    };
+    let w = shape(&format!("{head}.weight"))
+        .with_context(|| format!("{}: no {head}.weight tensor; {hint}", path.display()))?;
+    let has_bias = shape(&format!("{head}.bias")).is_some();
+    let classes = if has_bias { w[0] } else { w[w.len() - 1] };
+    let mut t = toml::Table::new();
+    t.insert("model".into(), model.clone().into());
+    let mut said = vec![
+        format!("model {model}"),
+        format!("{in_channels} input channel(s)"),
+        format!("{classes} classes"),
+    ];
+    if !has_bias {
+        // Only LDAM uses the normed (cosine) classifier, whose weight is [in, out] with no bias.
+        t.insert("loss".into(), "ldam".into());
+        said.push("a normed classifier (loss ldam)".into());
+    }
+    if let Some(cov) = shape("whiten.running_cov") {
+        t.insert("whiten".into(), "ns".into());
+        let group = if cov[0] == 1 { 0 } else { cov[1] };
+        t.insert("whiten_group".into(), (group as i64).into());
+        if shape("whiten.running_wm").is_some() {
+            t.insert("whiten_track".into(), "w".into());
+        }
+        said.push(format!(
+            "channel whitening in {} group(s) (method not stored: assumed ns; eval uses the running \
+             statistics, so only the eigen/ns/iternorm choice can differ)",
+            cov[0]
+        ));
+    }
+    let dataset = match (in_channels, classes) {
+        (1, _) => None, // the default, fashion-mnist (or pass --dataset mnist)
+        (3, 10) => Some("cifar10"),
+        (3, 100) => Some("cifar100"),
+        _ => Some("imagenet-lt"),
+    };
+    if let Some(d) = dataset {
+        t.insert("dataset".into(), d.into());
+        said.push(format!("data set {d} (guessed from channels and classes)"));
+    } else {
+        said.push(
+            "data set fashion-mnist (the default for 1 channel; --dataset mnist otherwise)".into(),
+        );
+    }
+    Ok((
+        t,
+        format!(
+            "{} has no config.toml beside it and no stored config: inferred {}; {hint}",
+            path.display(),
+            said.join(", ")
+        ),
+    ))
 }

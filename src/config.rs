@@ -208,50 +208,171 @@ pub fn resolve(base: toml::Table, flags: toml::Table, source: &str) -> Result<Tr
     Ok(cfg)
 }
 
+/// Largest image side `image_size` may ask for: a 2048 x 2048 RGB image is 12 MiB of u8 per
+/// image on the host; anything larger is a typo rather than a protocol.
+pub const MAX_IMAGE_SIZE: usize = 2048;
+
+/// `key = value: must be ...`, with the flag spelled out, so the message names what to change.
+fn bad(key: &str, value: impl std::fmt::Display, want: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "config key {key} = {value} (flag --{}): must be {want}",
+        key.replace('_', "-")
+    )
+}
+
+fn finite(key: &str, v: f64) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(bad(key, v, "a finite number"))
+    }
+}
+
+/// `v` in `[lo, hi]` (`hi_open`: `[lo, hi)`), finite.
+fn in_range(key: &str, v: f64, lo: f64, hi: f64, hi_open: bool) -> Result<()> {
+    let ok = v.is_finite() && v >= lo && if hi_open { v < hi } else { v <= hi };
+    if ok {
+        return Ok(());
+    }
+    let close = if hi_open { ")" } else { "]" };
+    let hi_s = if hi.is_infinite() {
+        "inf".to_string()
+    } else {
+        hi.to_string()
+    };
+    Err(bad(key, v, &format!("in [{lo}, {hi_s}{close}")))
+}
+
+fn positive(key: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(bad(key, v, "a finite number > 0"))
+    }
+}
+
+fn at_least(key: &str, v: usize, lo: usize) -> Result<()> {
+    if v >= lo {
+        Ok(())
+    } else {
+        Err(bad(key, v, &format!(">= {lo}")))
+    }
+}
+
 impl TrainConfig {
-    /// Reject values that cannot work, with the key's name.
+    /// Every key's range, finiteness and relation to other keys, in one place: the message names
+    /// the key (and its flag), the value and what is allowed. Values that are legal but only
+    /// make sense once the data is known (`n_max` above the largest class) are checked, with a
+    /// warning, in `train::prepare_data`.
     pub fn check(&self) -> Result<()> {
-        if self.rho.is_nan() || self.rho < 1.0 {
-            bail!(
-                "rho must be >= 1 (the imbalance ratio n_max / n_min), got {}",
-                self.rho
-            );
-        }
-        if self.epochs == 0 {
-            bail!("epochs must be at least 1");
-        }
-        if self.batch_size == 0 {
-            bail!("batch_size must be at least 1");
-        }
-        if self.whiten != "none" && self.batch_size < 2 {
-            bail!(
-                "whitening needs batch_size >= 2 (a covariance of one sample is 0), got {}",
-                self.batch_size
-            );
-        }
-        if self.batch_size < 2 {
-            bail!("batch_size must be at least 2 (batch norm needs two samples)");
-        }
-        if self.lr.is_nan() || self.lr <= 0.0 || !self.lr.is_finite() {
-            bail!("lr must be a positive number, got {}", self.lr);
-        }
-        if self.eval_every == 0 || self.eval_batch == 0 {
-            bail!("eval_every and eval_batch must be at least 1");
-        }
-        self.whiten_method()?;
-        if !matches!(self.augment.as_str(), "standard" | "none") {
-            bail!("augment must be standard or none, got {:?}", self.augment);
-        }
         if !matches!(
             self.dataset.as_str(),
             "fashion-mnist" | "mnist" | "cifar10" | "cifar100" | "imagenet-lt"
         ) {
-            bail!(
-                "dataset must be one of fashion-mnist, mnist, cifar10, cifar100, imagenet-lt; got {:?}",
-                self.dataset
-            );
+            return Err(bad(
+                "dataset",
+                format!("{:?}", self.dataset),
+                "one of fashion-mnist, mnist, cifar10, cifar100, imagenet-lt",
+            ));
         }
         crate::models::resnet::Arch::parse(&self.model)?;
+        if self.image_size < 8 || self.image_size > MAX_IMAGE_SIZE {
+            return Err(bad(
+                "image_size",
+                self.image_size,
+                &format!("in [8, {MAX_IMAGE_SIZE}]"),
+            ));
+        }
+        if !(self.rho.is_finite() && self.rho >= 1.0) {
+            return Err(bad(
+                "rho",
+                self.rho,
+                "a finite number >= 1 (the imbalance ratio n_max / n_min)",
+            ));
+        }
+        if let Some(n) = self.n_max {
+            at_least("n_max", n, 1)?;
+        }
+        at_least("epochs", self.epochs, 1)?;
+        if self.whiten != "none" && self.batch_size < 2 {
+            return Err(bad(
+                "batch_size",
+                self.batch_size,
+                ">= 2: whitening needs batch_size >= 2 (a covariance of one sample is 0)",
+            ));
+        }
+        at_least("batch_size", self.batch_size, 2).map_err(|e| {
+            e.context("batch_size must be at least 2 (batch norm needs two samples)")
+        })?;
+        positive("lr", self.lr)?;
+        in_range("weight_decay", self.weight_decay, 0.0, f64::INFINITY, true)?;
+        in_range("momentum", self.momentum, 0.0, 1.0, true)?;
+        if self.nesterov && self.momentum == 0.0 {
+            return Err(bad(
+                "nesterov",
+                true,
+                "false when momentum = 0 (Nesterov momentum needs a momentum, as in PyTorch)",
+            ));
+        }
+        if self.warmup_epochs >= self.epochs && self.warmup_epochs > 0 {
+            return Err(bad(
+                "warmup_epochs",
+                self.warmup_epochs,
+                &format!(
+                    "less than epochs ({}): the learning rate would still be warming up when training ends",
+                    self.epochs
+                ),
+            ));
+        }
+        finite("tau", self.tau)?;
+        positive("ldam_max_margin", self.ldam_max_margin)?;
+        positive("ldam_scale", self.ldam_scale)?;
+        in_range("drw_fraction", self.drw_fraction, 0.0, 1.0, true)?;
+        in_range("drw_beta", self.drw_beta, 0.0, 1.0, true)?;
+        if let Some(e) = self.drw_epoch
+            && self.drw
+            && e >= self.epochs
+        {
+            return Err(bad(
+                "drw_epoch",
+                e,
+                &format!(
+                    "less than epochs ({}): deferred re-weighting would never start",
+                    self.epochs
+                ),
+            ));
+        }
+        self.whiten_method()?;
+        if let Some(t) = self.whiten_iters
+            && !(1..=1000).contains(&t)
+        {
+            return Err(bad("whiten_iters", t, "in [1, 1000]"));
+        }
+        positive("whiten_eps", self.whiten_eps)?;
+        at_least("b3rs_groups", self.b3rs_groups, 1)?;
+        finite("b3rs_q", self.b3rs_q)?;
+        finite("b3rs_r", self.b3rs_r)?;
+        if let Some(k) = self.bet {
+            at_least("bet", k, 1)?;
+            if self.bet_mode == crate::sampler::BetMode::Concat {
+                at_least("bet_size", self.bet_size, 1)?;
+            }
+        }
+        if self.max_steps == Some(0) {
+            return Err(bad("max_steps", 0, ">= 1 (or left out: no limit)"));
+        }
+        if !matches!(self.augment.as_str(), "standard" | "none") {
+            return Err(bad(
+                "augment",
+                format!("{:?}", self.augment),
+                "standard or none",
+            ));
+        }
+        at_least("eval_every", self.eval_every, 1)?;
+        at_least("eval_batch", self.eval_batch, 1)?;
+        if let Some(t) = self.posthoc_tau {
+            finite("posthoc_tau", t)?;
+        }
         Ok(())
     }
 
@@ -262,7 +383,13 @@ impl TrainConfig {
             "ns" => Some(WhitenMethod::Ns),
             "iternorm" => Some(WhitenMethod::Iternorm),
             "eigen" => Some(WhitenMethod::Eigen),
-            w => bail!("whiten must be none, ns, iternorm or eigen; got {w:?}"),
+            w => {
+                return Err(bad(
+                    "whiten",
+                    format!("{w:?}"),
+                    "none, ns, iternorm or eigen",
+                ));
+            }
         })
     }
 

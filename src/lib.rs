@@ -16,6 +16,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod rundir;
 pub mod sampler;
 pub mod schedule;
 pub mod shaders;

@@ -86,7 +86,38 @@ pub fn prepare_data(cfg: &TrainConfig, splits: Splits) -> Result<(Dataset, Datas
         "cifar100" => Some(500),
         _ => None,
     };
-    let n_max = cfg.n_max.or(protocol).unwrap_or(largest).min(largest);
+    let asked = cfg.n_max.or(protocol).unwrap_or(largest);
+    if asked > largest {
+        // Legal (the protocol's 5,000 on a smaller set), but the user should know.
+        eprintln!(
+            "warning: n_max = {asked} is more than the largest class of {}'s training split \
+             ({largest} images): capped to {largest}",
+            splits.name
+        );
+    }
+    let n_max = asked.min(largest);
+    let (tr, te) = (&splits.train, &splits.test);
+    if (tr.channels, tr.height, tr.width) != (te.channels, te.height, te.width) {
+        bail!(
+            "{}: the test images are {}x{}x{} (channels x height x width) but the training images \
+             are {}x{}x{}: both splits must have one image shape",
+            splits.name,
+            te.channels,
+            te.height,
+            te.width,
+            tr.channels,
+            tr.height,
+            tr.width
+        );
+    }
+    if tr.classes != te.classes {
+        bail!(
+            "{}: the test split has {} classes, the training split {}",
+            splits.name,
+            te.classes,
+            tr.classes
+        );
+    }
     let sizes = class_sizes(splits.train.classes, n_max, cfg.rho, cfg.profile)?;
     let train = if cfg.rho == 1.0 && n_max == largest {
         splits.train
@@ -354,15 +385,17 @@ pub fn train_with_init(
     init: Option<&Path>,
 ) -> Result<Summary> {
     let t_start = Instant::now();
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Before any data is read or an epoch is spent: a run that cannot save is no run.
+    crate::rundir::check_writable(out)?;
     let splits = load_data(cfg)?;
     let name = splits.name.clone();
     let (train, test) = prepare_data(cfg, splits)?;
     let counts = train.class_counts();
     let spe = steps_per_epoch(train.len(), cfg.batch_size)?;
     let model = build_model(gpu, cfg, train.channels, train.classes)?;
+    let config_toml = cfg.to_toml()?;
     if !resume {
-        write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+        write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
     }
     println!(
         "{name}-LT: {} training images {:?}, {} test images; {} on {}",
@@ -434,40 +467,68 @@ pub fn train_with_init(
     };
     let mut history: Vec<EpochMetrics> = Vec::new();
     if resume {
-        let s = std::fs::read_to_string(out.join("state.json")).with_context(|| {
-            format!(
-                "{}: no state.json to resume from (was a run started there?)",
-                out.display()
-            )
-        })?;
-        state = serde_json::from_str(&s).with_context(|| {
-            format!(
-                "{}: state.json is corrupt",
-                out.join("state.json").display()
-            )
-        })?;
-        checkpoint::load_model(gpu, &out.join("last.safetensors"), &model)?;
-        let opt = std::fs::read(out.join("optimizer.safetensors"))
-            .context("reading optimizer.safetensors")?;
-        let ost = safetensors::SafeTensors::deserialize(&opt)
-            .context("optimizer.safetensors is corrupt")?;
-        let m = ost
-            .tensor("momentum")
-            .context("optimizer.safetensors: no momentum tensor")?;
-        let v: Vec<f32> = bytemuck::pod_collect_to_vec(m.data());
-        st.step.sgd.momentum.write_f32(gpu, &v)?;
-        if let Ok(text) = std::fs::read_to_string(out.join("metrics.jsonl")) {
-            history = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(serde_json::from_str)
-                .collect::<Result<_, _>>()?;
-            history.truncate(state.epochs_done);
+        match crate::rundir::load_latest(out)? {
+            Some(set) => {
+                let what = |f: &str| set.dir.join(f).display().to_string();
+                state = serde_json::from_slice(&set.state)
+                    .with_context(|| format!("{} is corrupt", what("state.json")))?;
+                checkpoint::load_model_bytes(
+                    gpu,
+                    &set.model,
+                    &set.dir.join("model.safetensors"),
+                    &model,
+                )?;
+                restore_momentum(gpu, &st, &set.optimizer, &what("optimizer.safetensors"))?;
+                history = parse_metrics(&set.metrics, &what("metrics.jsonl"))?;
+                history.truncate(state.epochs_done);
+                println!(
+                    "resuming after epoch {} (step {}) from {}",
+                    state.epochs_done,
+                    state.steps_done,
+                    set.dir.display()
+                );
+            }
+            None if out.join("state.json").exists() && !out.join(crate::rundir::SETS).exists() => {
+                // A run directory from before checkpoint sets: its files are not verified.
+                eprintln!(
+                    "warning: {} has no checkpoint sets (an older run directory): resuming from \
+                     its top-level files, which cannot be checked for consistency",
+                    out.display()
+                );
+                let p = out.join("state.json");
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                state = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is corrupt", p.display()))?;
+                checkpoint::load_model(gpu, &out.join("last.safetensors"), &model)?;
+                let p = out.join("optimizer.safetensors");
+                let opt = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                restore_momentum(gpu, &st, &opt, &p.display().to_string())?;
+                if let Ok(b) = std::fs::read(out.join("metrics.jsonl")) {
+                    history = parse_metrics(&b, "metrics.jsonl")?;
+                    history.truncate(state.epochs_done);
+                }
+            }
+            None => {
+                if !out.join("config.toml").exists() {
+                    bail!("{}: no run to resume (no config.toml)", out.display());
+                }
+                // Stopped before its first epoch was saved: nothing to continue, so start over
+                // (same seed, same run).
+                println!(
+                    "{}: no complete checkpoint set yet; starting the run from the beginning{}",
+                    out.display(),
+                    if init.is_some() {
+                        ""
+                    } else {
+                        " (weights given to --init when the run began are not re-applied)"
+                    }
+                );
+                if let Some(p) = init {
+                    checkpoint::load_model(gpu, p, &model)?;
+                }
+            }
         }
-        println!(
-            "resuming after epoch {} (step {})",
-            state.epochs_done, state.steps_done
-        );
     }
 
     let total_steps = cfg.max_steps.unwrap_or(usize::MAX).min(cfg.epochs * spe);
@@ -533,11 +594,9 @@ pub fn train_with_init(
             if !l.is_finite() {
                 bar.abandon();
                 bail!(
-                    "the loss became {l} at epoch {} step {step}: training stopped. The last good checkpoint \
-                     ({}, after epoch {}) is kept; try a lower --lr",
+                    "the loss became {l} at epoch {} step {step}: training stopped; {}. Try a lower --lr",
                     epoch + 1,
-                    out.join("last.safetensors").display(),
-                    state.epochs_done
+                    crate::rundir::describe_latest(out)
                 );
             }
             loss_sum += l as f64;
@@ -585,24 +644,34 @@ pub fn train_with_init(
         history.push(m);
         state.epochs_done = epoch + 1;
         state.steps_done = step;
-        checkpoint::save_model(gpu, &out.join("last.safetensors"), &model, step as i64)?;
+        let model_bytes = checkpoint::model_bytes(gpu, &model, step as i64, Some(&config_toml))?;
+        let mut new_best = false;
         if let Some(e) = &eval {
             state.last_eval = Some(e.clone());
             if state.best.as_ref().is_none_or(|(_, b)| e.acc > b.acc) {
                 state.best = Some((epoch + 1, e.clone()));
-                checkpoint::save_model(gpu, &out.join("best.safetensors"), &model, step as i64)?;
+                new_best = true;
             }
         }
         let mom = st.step.sgd.momentum.to_f32(gpu)?;
         let mut opt = BTreeMap::new();
         opt.insert("momentum".to_string(), HostTensor::f32(&[mom.len()], &mom));
-        checkpoint::save(&out.join("optimizer.safetensors"), &opt, None)?;
         let mut lines = Vec::new();
         for h in &history {
             writeln!(lines, "{}", serde_json::to_string(h)?)?;
         }
-        write_atomic(&out.join("metrics.jsonl"), &lines)?;
-        write_json(&out.join("state.json"), &state)?;
+        crate::rundir::save(
+            out,
+            &crate::rundir::SetFiles {
+                epoch: epoch + 1,
+                best: new_best.then(|| model_bytes.clone()),
+                model: model_bytes,
+                optimizer: checkpoint::to_bytes(&opt, None)?,
+                state: serde_json::to_string_pretty(&state)?.into_bytes(),
+                metrics: lines,
+                best_from: state.best.as_ref().map(|b| b.0),
+            },
+        )?;
     }
     let summary = Summary {
         dataset: name,
@@ -622,6 +691,42 @@ pub fn train_with_init(
     };
     write_json(&out.join("summary.json"), &summary_json(&summary))?;
     Ok(summary)
+}
+
+/// The optimizer's momentum from `optimizer.safetensors` bytes (`what` names them).
+fn restore_momentum(
+    gpu: &Gpu,
+    st: &crate::models::resnet::ResNetStep,
+    bytes: &[u8],
+    what: &str,
+) -> Result<()> {
+    let ost = safetensors::SafeTensors::deserialize(bytes)
+        .with_context(|| format!("{what}: not a valid safetensors file"))?;
+    let m = ost
+        .tensor("momentum")
+        .with_context(|| format!("{what}: no momentum tensor"))?;
+    let want = st.step.sgd.momentum.numel();
+    if m.dtype() != safetensors::Dtype::F32 || m.data().len() != want * 4 {
+        bail!(
+            "{what}: tensor momentum is {:?} x {} bytes, expected F32 x {want} values (a run of \
+             another model?)",
+            m.dtype(),
+            m.data().len()
+        );
+    }
+    let v: Vec<f32> = bytemuck::pod_collect_to_vec(m.data());
+    st.step.sgd.momentum.write_f32(gpu, &v)
+}
+
+fn parse_metrics(bytes: &[u8], what: &str) -> Result<Vec<EpochMetrics>> {
+    let text = std::str::from_utf8(bytes).with_context(|| format!("{what}: not UTF-8"))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{what}:{}: not a metrics row", i + 1))
+        })
+        .collect()
 }
 
 /// Print the Many/Medium/Few/All table and per-class accuracy.

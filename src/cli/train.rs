@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 
@@ -44,7 +44,7 @@ pub struct ConfigFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     image_size: Option<usize>,
     /// Imbalance ratio (>= 1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     rho: Option<f64>,
     /// Class-size profile.
@@ -65,13 +65,13 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     weight_decay: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     momentum: Option<f64>,
     #[arg(long)]
@@ -86,26 +86,26 @@ pub struct ConfigFlags {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<LossKind>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     tau: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     ldam_max_margin: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     ldam_scale: Option<f64>,
     /// Deferred re-weighting (true/false).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     drw: Option<bool>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     drw_fraction: Option<f64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     drw_epoch: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     drw_beta: Option<f64>,
     /// none, ns, iternorm, eigen
@@ -115,7 +115,7 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     whiten_iters: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     whiten_eps: Option<f64>,
     #[arg(long)]
@@ -130,10 +130,10 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     b3rs_groups: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     b3rs_q: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     b3rs_r: Option<f64>,
     /// BET period K (a B3RS batch every K-th step).
@@ -163,7 +163,7 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_batch: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     posthoc_tau: Option<f64>,
     #[arg(long)]
@@ -296,7 +296,23 @@ pub fn eval(gpu: &Gpu, a: EvalArgs) -> Result<()> {
         .config
         .clone()
         .or(if a.preset.is_none() { beside } else { None });
-    let (t, src) = base(a.preset.as_deref(), config.as_deref())?;
+    let (t, src) = if a.preset.is_some() || config.is_some() {
+        base(a.preset.as_deref(), config.as_deref())?
+    } else if let Some(text) = longtail::checkpoint::stored_config(&a.checkpoint)? {
+        // Saved by this tool: the run's own configuration travels inside the file.
+        let src = format!("the config stored in {}", a.checkpoint.display());
+        let t: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{src} is not valid TOML"))?;
+        eprintln!("note: no config.toml beside the checkpoint; using {src}");
+        (t, src)
+    } else {
+        let (t, said) = longtail::checkpoint::infer_config(&a.checkpoint)?;
+        eprintln!("note: {said}");
+        (
+            t,
+            format!("the config inferred from {}", a.checkpoint.display()),
+        )
+    };
     let cfg: TrainConfig = config::resolve(t, flags_table(&a.flags)?, &src)?;
     let (r, counts) = train::eval_checkpoint(gpu, &cfg, &a.checkpoint)?;
     if a.json {

@@ -12,12 +12,23 @@ use super::{Dataset, Splits};
 /// Where Debian's `dataset-fashion-mnist` puts the files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
+/// The most one gzipped data file may decompress to (16 GiB: ImageNet-scale IDX sets fit; more
+/// is a corrupt or hostile header).
+pub const MAX_DECOMPRESSED: u64 = 16 << 30;
+
+/// The largest image side an IDX header may claim (MNIST is 28; 4096 leaves room for anything
+/// real while keeping `n x rows x cols` far from overflow).
+pub const MAX_SIDE: usize = 4096;
+
 /// Read a whole file, un-gzipping when it ends in `.gz`.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
+        // A few bytes of gzip can claim any size: read at most the limit plus one byte, so a
+        // bomb ends in a message rather than an out-of-memory abort.
         flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX_DECOMPRESSED + 1)
             .read_to_end(&mut out)
             .with_context(|| {
                 format!(
@@ -25,6 +36,13 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
                     path.display()
                 )
             })?;
+        if out.len() as u64 > MAX_DECOMPRESSED {
+            bail!(
+                "{}: decompresses to more than {} GiB, the limit for one data file",
+                path.display(),
+                MAX_DECOMPRESSED >> 30
+            );
+        }
         Ok(out)
     } else {
         Ok(raw)
@@ -56,10 +74,24 @@ pub fn parse_images(path: &Path, b: &[u8]) -> Result<(usize, usize, usize, Vec<u
         be32(b, 8) as usize,
         be32(b, 12) as usize,
     );
-    let want = 16 + n * r * c;
-    if b.len() != want {
+    for (field, v) in [("rows", r), ("columns", c)] {
+        if v == 0 || v > MAX_SIDE {
+            bail!(
+                "{}: header field {field} = {v}, expected 1..={MAX_SIDE}",
+                path.display()
+            );
+        }
+    }
+    // Checked: a hostile header can make n x rows x cols wrap around (2^22 x 2^21 x 2^21 = 2^64).
+    let want = n
+        .checked_mul(r)
+        .and_then(|v| v.checked_mul(c))
+        .and_then(|v| v.checked_add(16));
+    if want != Some(b.len()) {
+        let want_s = want.map_or("more than 2^64".to_string(), |w| w.to_string());
         bail!(
-            "{}: header says {n} images of {r}x{c} ({want} bytes), the file has {} bytes (truncated?)",
+            "{}: header says {n} images of {r}x{c} ({want_s} bytes), the file has {} bytes \
+             (truncated or corrupt header?)",
             path.display(),
             b.len()
         );
@@ -84,7 +116,7 @@ pub fn parse_labels(path: &Path, b: &[u8]) -> Result<Vec<u32>> {
         );
     }
     let n = be32(b, 4) as usize;
-    if b.len() != 8 + n {
+    if n.checked_add(8) != Some(b.len()) {
         bail!(
             "{}: header says {n} labels, the file has {} label bytes (truncated?)",
             path.display(),

@@ -41,6 +41,10 @@ pub fn parse_list(list: &Path) -> Result<Vec<(String, u32)>> {
     Ok(out)
 }
 
+/// The most pixels one image may have after the resize (an aspect ratio of ~10:1 at 224 px is
+/// ~0.6 M; 64 M is far past any photograph).
+pub const MAX_RESIZED_PIXELS: u64 = 64 << 20;
+
 /// Decode one image to `size` x `size` RGB, `[3, size, size]`.
 pub fn decode(path: &Path, size: usize) -> Result<Vec<u8>> {
     let img =
@@ -48,10 +52,19 @@ pub fn decode(path: &Path, size: usize) -> Result<Vec<u8>> {
     let short = (size * 8).div_ceil(7) as u32;
     let (w, h) = (img.width().max(1), img.height().max(1));
     let (nw, nh) = if w < h {
-        (short, (h as u64 * short as u64 / w as u64) as u32)
+        (short as u64, h as u64 * short as u64 / w as u64)
     } else {
-        ((w as u64 * short as u64 / h as u64) as u32, short)
+        (w as u64 * short as u64 / h as u64, short as u64)
     };
+    // A 1 x 100,000 image would resize to billions of pixels: refuse extreme aspect ratios.
+    if nw.saturating_mul(nh) > MAX_RESIZED_PIXELS {
+        bail!(
+            "image {}: {w}x{h} pixels has an aspect ratio too extreme to resize to a shorter side \
+             of {short} (more than {MAX_RESIZED_PIXELS} pixels)",
+            path.display()
+        );
+    }
+    let (nw, nh) = (nw as u32, nh as u32);
     let rgb = img
         .resize_exact(
             nw.max(size as u32),
@@ -86,7 +99,19 @@ pub fn load(list: &Path, root: &Path, size: usize, classes: usize) -> Result<Dat
     } else {
         classes
     };
-    let mut images = Vec::with_capacity(entries.len() * 3 * size * size);
+    let bytes = entries
+        .len()
+        .checked_mul(3 * size * size)
+        .with_context(|| format!("{}: too many images to hold", list.display()))?;
+    let mut images = Vec::new();
+    images.try_reserve_exact(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "{}: {} images of 3x{size}x{size} need {:.1} GiB of memory, which cannot be allocated",
+            list.display(),
+            entries.len(),
+            bytes as f64 / (1u64 << 30) as f64
+        )
+    })?;
     let mut labels = Vec::with_capacity(entries.len());
     for (path, label) in &entries {
         if *label as usize >= classes {

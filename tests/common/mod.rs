@@ -12,3 +12,37 @@ pub fn gpu() -> &'static Gpu {
         Err(e) => panic!("tests need a GPU adapter: {e:#}"),
     })
 }
+
+/// A learnable 10-class 28x28 problem in MNIST's IDX format: class c lights a 6x6 block at a
+/// class-specific place (the trainer makes it long-tailed from rho).
+pub fn synthetic_idx(dir: &std::path::Path, per_class_train: usize, per_class_test: usize) {
+    let mut rng = longtail::rng::Rng64::new(1);
+    let mut make = |n: usize| {
+        let (mut img, mut lab) = (Vec::new(), Vec::new());
+        for i in 0..n * 10 {
+            let c = i % 10;
+            let (y0, x0) = ((c / 4) * 8 + 2, (c % 4) * 6 + 1);
+            for y in 0..28 {
+                for x in 0..28 {
+                    let on = (y0..y0 + 6).contains(&y) && (x0..x0 + 6).contains(&x);
+                    let v = if on { 200.0 } else { 20.0 } + 30.0 * rng.normal();
+                    img.push(v.clamp(0.0, 255.0) as u8);
+                }
+            }
+            lab.push(c as u8);
+        }
+        (img, lab)
+    };
+    let (ti, tl) = make(per_class_train);
+    let (vi, vl) = make(per_class_test);
+    longtail::data::idx::write(dir, "train", 28, 28, &ti, &tl).unwrap();
+    longtail::data::idx::write(dir, "t10k", 28, 28, &vi, &vl).unwrap();
+}
+
+/// A fresh temp folder for one test.
+pub fn tmp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("longtail-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
