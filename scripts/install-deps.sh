@@ -2,8 +2,9 @@
 # Install the system packages longtail needs, only those that are missing (Debian/Ubuntu):
 #   mesa-vulkan-drivers + libvulkan1  - a Vulkan driver (llvmpipe runs on the CPU when there is no GPU)
 #   dataset-fashion-mnist             - the default training data, under /usr/share/datasets
+#   fonts-dejavu-core                 - the font the report's charts are labelled with
 set -euo pipefail
-pkgs=(mesa-vulkan-drivers libvulkan1 dataset-fashion-mnist)
+pkgs=(mesa-vulkan-drivers libvulkan1 dataset-fashion-mnist fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

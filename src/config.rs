@@ -85,6 +85,9 @@ pub struct TrainConfig {
     pub posthoc_tau: Option<f64>,
     /// Evaluate on at most this many test images per class (0: all). For quick runs only.
     pub test_per_class: usize,
+    /// Refresh the run's report (`RUN_DIR/report/`: PNG charts + index.html) at every
+    /// evaluation.
+    pub report: bool,
 }
 
 impl Default for TrainConfig {
@@ -135,7 +138,18 @@ impl Default for TrainConfig {
             eval_batch: 250,
             posthoc_tau: None,
             test_per_class: 0,
+            report: true,
         }
+    }
+}
+
+/// The protocol's largest-class size of a data set (METHOD.md §6): 5000 for the 10-class sets,
+/// 500 for CIFAR-100; None (the largest class) for the rest.
+pub fn protocol_n_max(dataset: &str) -> Option<usize> {
+    match dataset {
+        "fashion-mnist" | "mnist" | "cifar10" => Some(5000),
+        "cifar100" => Some(500),
+        _ => None,
     }
 }
 

@@ -15,6 +15,8 @@ pub mod models;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod plot;
+pub mod report;
 pub mod rng;
 pub mod rundir;
 pub mod sampler;

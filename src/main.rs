@@ -39,6 +39,13 @@ enum Command {
     Train(Box<cli::train::TrainArgs>),
     /// Evaluate a checkpoint: Many/Medium/Few/All and per-class accuracy.
     Eval(Box<cli::train::EvalArgs>),
+    /// Draw a run's report: RUN_DIR/report/ (PNG charts and index.html).
+    Report(cli::report::ReportArgs),
+    /// Feature diagnostics of a checkpoint: covariance spectra before/after whitening, per-class
+    /// feature and classifier norms, whitening error (JSON and PNG).
+    Diagnose(Box<cli::report::DiagnoseArgs>),
+    /// Run the ablation rows over seeds at a preset's scale (resumable), then tabulate and plot.
+    Ablate(Box<cli::report::AblateArgs>),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -65,6 +72,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mlp(args) => cli::mlp::run(&Gpu::new(&opts)?, args),
         Command::Train(args) => cli::train::run(&Gpu::new(&opts)?, *args),
         Command::Eval(args) => cli::train::eval(&Gpu::new(&opts)?, *args),
+        Command::Report(args) => cli::report::report(args),
+        Command::Diagnose(args) => cli::report::diagnose(&Gpu::new(&opts)?, *args),
+        Command::Ablate(args) => cli::report::ablate(&Gpu::new(&opts)?, *args),
     }
 }
 

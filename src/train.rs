@@ -81,11 +81,7 @@ pub fn prepare_data(cfg: &TrainConfig, splits: Splits) -> Result<(Dataset, Datas
     // METHOD.md §6: n_max = 5000 for the 10-class sets (Fashion-MNIST has 6000 per class, MNIST
     // 5421..6742), 500 for CIFAR-100; otherwise the largest class.
     let largest = counts.iter().copied().max().unwrap_or(0);
-    let protocol = match cfg.dataset.as_str() {
-        "fashion-mnist" | "mnist" | "cifar10" => Some(5000),
-        "cifar100" => Some(500),
-        _ => None,
-    };
+    let protocol = crate::config::protocol_n_max(&cfg.dataset);
     let asked = cfg.n_max.or(protocol).unwrap_or(largest);
     if asked > largest {
         // Legal (the protocol's 5,000 on a smaller set), but the user should know.
@@ -342,6 +338,9 @@ pub struct Summary {
     pub steps: usize,
     pub seconds: f64,
     pub img_s: f64,
+    /// Whether the run reached its last epoch (or its step limit).
+    #[serde(default)]
+    pub finished: bool,
 }
 
 fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
@@ -672,25 +671,77 @@ pub fn train_with_init(
                 best_from: state.best.as_ref().map(|b| b.0),
             },
         )?;
+        if eval.is_some() {
+            // The summary so far (final = this evaluation), and the pictures of it.
+            let partial = make_summary(SummaryParts {
+                name: &name,
+                state: &state,
+                counts: &counts,
+                gpu,
+                seconds: t_start.elapsed().as_secs_f64(),
+                images,
+                train_secs,
+                finished: false,
+            });
+            write_json(&out.join("summary.json"), &summary_json(&partial))?;
+            if cfg.report {
+                refresh_report(out);
+            }
+        }
     }
-    let summary = Summary {
-        dataset: name,
-        final_: state.last_eval.clone(),
-        best: state.best.as_ref().map(|b| b.1.clone()),
-        best_epoch: state.best.as_ref().map(|b| b.0),
-        class_counts: counts.clone(),
-        adapter: gpu.describe(),
-        epochs: state.epochs_done,
-        steps: state.steps_done,
+    let summary = make_summary(SummaryParts {
+        name: &name,
+        state: &state,
+        counts: &counts,
+        gpu,
         seconds: t_start.elapsed().as_secs_f64(),
-        img_s: if train_secs > 0.0 {
-            images as f64 / train_secs
+        images,
+        train_secs,
+        finished: true,
+    });
+    write_json(&out.join("summary.json"), &summary_json(&summary))?;
+    if cfg.report {
+        refresh_report(out);
+    }
+    Ok(summary)
+}
+
+struct SummaryParts<'a> {
+    name: &'a str,
+    state: &'a RunState,
+    counts: &'a [usize],
+    gpu: &'a Gpu,
+    seconds: f64,
+    images: usize,
+    train_secs: f64,
+    finished: bool,
+}
+
+fn make_summary(p: SummaryParts<'_>) -> Summary {
+    Summary {
+        dataset: p.name.to_string(),
+        final_: p.state.last_eval.clone(),
+        best: p.state.best.as_ref().map(|b| b.1.clone()),
+        best_epoch: p.state.best.as_ref().map(|b| b.0),
+        class_counts: p.counts.to_vec(),
+        adapter: p.gpu.describe(),
+        epochs: p.state.epochs_done,
+        steps: p.state.steps_done,
+        seconds: p.seconds,
+        img_s: if p.train_secs > 0.0 {
+            p.images as f64 / p.train_secs
         } else {
             0.0
         },
-    };
-    write_json(&out.join("summary.json"), &summary_json(&summary))?;
-    Ok(summary)
+        finished: p.finished,
+    }
+}
+
+/// Redraw `out/report/`; a failure (no font, say) is a warning: the run goes on.
+fn refresh_report(out: &Path) {
+    if let Err(e) = crate::report::write(out) {
+        eprintln!("warning: the run report was not refreshed: {e:#}");
+    }
 }
 
 /// The optimizer's momentum from `optimizer.safetensors` bytes (`what` names them).

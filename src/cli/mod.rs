@@ -2,4 +2,5 @@
 
 pub mod bench;
 pub mod mlp;
+pub mod report;
 pub mod train;

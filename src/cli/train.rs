@@ -169,6 +169,10 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     test_per_class: Option<usize>,
+    /// Refresh RUN_DIR/report/ at every evaluation (true/false).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<bool>,
 }
 
 #[derive(Args)]
@@ -286,34 +290,49 @@ pub struct EvalArgs {
     flags: ConfigFlags,
 }
 
-pub fn eval(gpu: &Gpu, a: EvalArgs) -> Result<()> {
-    let beside = a
-        .checkpoint
+/// The configuration a checkpoint was trained with, in order: `--preset`/`--config`, the
+/// `config.toml` beside it, the config stored in its metadata, or what its tensors imply (said
+/// on stderr); `flags` on top.
+pub fn checkpoint_config(
+    checkpoint: &Path,
+    preset: Option<&str>,
+    config: Option<&Path>,
+    flags: &ConfigFlags,
+) -> Result<TrainConfig> {
+    let beside = checkpoint
         .parent()
         .map(|p| p.join("config.toml"))
         .filter(|p| p.exists());
-    let config = a
-        .config
-        .clone()
-        .or(if a.preset.is_none() { beside } else { None });
-    let (t, src) = if a.preset.is_some() || config.is_some() {
-        base(a.preset.as_deref(), config.as_deref())?
-    } else if let Some(text) = longtail::checkpoint::stored_config(&a.checkpoint)? {
+    let config = config
+        .map(Path::to_path_buf)
+        .or(if preset.is_none() { beside } else { None });
+    let (t, src) = if preset.is_some() || config.is_some() {
+        base(preset, config.as_deref())?
+    } else if let Some(text) = longtail::checkpoint::stored_config(checkpoint)? {
         // Saved by this tool: the run's own configuration travels inside the file.
-        let src = format!("the config stored in {}", a.checkpoint.display());
+        let src = format!("the config stored in {}", checkpoint.display());
         let t: toml::Table =
             toml::from_str(&text).with_context(|| format!("{src} is not valid TOML"))?;
         eprintln!("note: no config.toml beside the checkpoint; using {src}");
         (t, src)
     } else {
-        let (t, said) = longtail::checkpoint::infer_config(&a.checkpoint)?;
+        let (t, said) = longtail::checkpoint::infer_config(checkpoint)?;
         eprintln!("note: {said}");
         (
             t,
-            format!("the config inferred from {}", a.checkpoint.display()),
+            format!("the config inferred from {}", checkpoint.display()),
         )
     };
-    let cfg: TrainConfig = config::resolve(t, flags_table(&a.flags)?, &src)?;
+    config::resolve(t, flags_table(flags)?, &src)
+}
+
+pub fn eval(gpu: &Gpu, a: EvalArgs) -> Result<()> {
+    let cfg = checkpoint_config(
+        &a.checkpoint,
+        a.preset.as_deref(),
+        a.config.as_deref(),
+        &a.flags,
+    )?;
     let (r, counts) = train::eval_checkpoint(gpu, &cfg, &a.checkpoint)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -9,6 +9,7 @@ pub mod cifar;
 pub mod idx;
 pub mod list;
 pub mod longtail;
+pub mod names;
 
 use anyhow::{Result, bail};
 

@@ -279,6 +279,12 @@ impl Whitening {
         Ok(())
     }
 
+    /// The eval-mode W `[G, g, g]`, as the prepare program of [`Whitening::record_prepare`]
+    /// last computed it (diagnostics read it).
+    pub fn eval_matrix(&self) -> &Tensor {
+        &self.cached_w
+    }
+
     /// Record the eval-mode layer: `(f - running_mean) W_cached`.
     pub fn forward_eval(&self, tape: &mut Tape, f: &Tensor) -> Result<Tensor> {
         if f.shape().len() != 2 || f.shape()[1] != self.dim {
