@@ -1,5 +1,5 @@
-//! ZCA whitening matrix `W = Sigma^(-1/2)` from a GPU eigendecomposition (cyclic Jacobi, one
-//! workgroup per matrix, n <= 128), with the Daleckii–Krein backward
+//! ZCA whitening matrix `W = Sigma^(-1/2)` from a GPU eigendecomposition (parallel round-robin
+//! Jacobi, one workgroup per matrix, n <= 512), with the Daleckii–Krein backward
 //! `dSigma = U (K o (U^T dW U)) U^T`. K's divided differences of `f(l) = l^(-1/2)` are evaluated
 //! in closed form, `-1 / (sqrt(l_i) sqrt(l_j) (sqrt(l_i) + sqrt(l_j)))`, which has no eigenvalue
 //! gap in a denominator: the backward stays finite when eigenvalues coincide. Kernels:
@@ -13,28 +13,50 @@ use crate::ops::matmul;
 use crate::tape::Tape;
 use crate::tensor::{DType, Tensor};
 
-/// Jacobi sweeps, one dispatch each (quadratic convergence: ~8 suffice for n = 64 in f32;
-/// converged sweeps return at once).
+/// Jacobi sweeps at most (quadratic convergence: ~8 suffice in f32; once the off-diagonal mass
+/// is below [`stop_ratio`] the remaining rounds return at once).
 pub const MAX_SWEEPS: u32 = 15;
-/// Largest matrix the Jacobi kernel is verified for. Known defect: on llvmpipe, n = 240 converged
-/// only to 6e-3 and n >= 255 produced NaN (n <= 200 agree with f64 to 4e-5); not yet explained.
-pub const MAX_N: usize = 128;
-/// Rotations per dispatch at most: llvmpipe cut short a dispatch of 32k rotations (~65k
-/// barriers); 8k leaves a wide margin and costs only a few more launches.
-pub const ROTATIONS_PER_DISPATCH: usize = 8192;
+/// Largest matrix: a round's n / 2 rotations are one per invocation of a 256-wide workgroup.
+pub const MAX_N: usize = 512;
+/// Loop iterations one invocation may spend per dispatch. llvmpipe stops *every* loop of an
+/// invocation once 65,535 iterations have run in one dispatch, summed over all its loops
+/// (gallivm's LP_MAX_TGSI_LOOP_ITERATIONS, shared by every loop of a shader), silently. That
+/// cap, hit by the serial convergence check (n^2 iterations) plus the rotations, is why the
+/// previous kernel converged only to 6e-3 at n = 240 and gave NaN (rounds and eigenvalue loop
+/// skipped) at n >= 255. Half the cap leaves room for loop overhead the count below leaves out.
+pub const LOOP_BUDGET: usize = 32_768;
 /// Eigenvalues are clamped to at least this before `l^(-1/2)` (Sigma carries `+ eps I`).
 pub const FLOOR: f32 = 1e-12;
+
+/// Relative off-diagonal mass (sum of squares) below which an n x n matrix counts as diagonal:
+/// f32 rounding leaves off-diagonal entries of ~eps |lambda|, i.e. a ratio of ~n eps^2, so a
+/// fixed 1e-14 is never reached for n >= 100; this stops at ~(4 eps)^2 n.
+pub fn stop_ratio(n: usize) -> f32 {
+    let eps = f32::EPSILON as f64;
+    (16.0 * eps * eps * n as f64) as f32
+}
+
+/// Rounds one `jacobi_rounds` dispatch runs: as many as keep every invocation's loop
+/// iterations (convergence check, per round: the pair set-up, the half^2 block walk, the V
+/// update; the eigenvalue copy) within [`LOOP_BUDGET`].
+pub fn rounds_per_dispatch(n: usize) -> usize {
+    let half = n.div_ceil(2);
+    let fixed = (n * n).div_ceil(256) + 8 + n.div_ceil(256) + 4;
+    let per_round = (half * half).div_ceil(256) + (n * half).div_ceil(256) + 2;
+    (LOOP_BUDGET.saturating_sub(fixed) / per_round).max(1)
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     groups: u32,
     n: u32,
-    row_begin: u32,
-    row_end: u32,
+    round_begin: u32,
+    round_end: u32,
     beta: f32,
     floor: f32,
-    _q: [f32; 2],
+    stop: f32,
+    _q: f32,
 }
 
 /// `Sigma^(-1/2)` of each symmetric positive-definite matrix of `sigma: [G, n, n]`.
@@ -58,11 +80,12 @@ pub fn zca_eigen(tape: &mut Tape, sigma: &Tensor) -> Result<Tensor> {
     let p = Params {
         groups: g as u32,
         n: n as u32,
-        row_begin: 0,
-        row_end: n as u32,
+        round_begin: 0,
+        round_end: 0,
         beta: 0.0,
         floor: FLOOR,
-        _q: [0.0; 2],
+        stop: stop_ratio(n),
+        _q: 0.0,
     };
     let work = Tensor::zeros(&gpu, &[g, n, n], DType::F32)?;
     let u = Tensor::zeros(&gpu, &[g, n, n], DType::F32)?;
@@ -77,25 +100,24 @@ pub fn zca_eigen(tape: &mut Tape, sigma: &Tensor) -> Result<Tensor> {
         bytemuck::bytes_of(&p),
         [g as u32, 1, 1],
     )?];
-    // Pivot rows per dispatch so that one dispatch holds at most ~ROTATIONS_PER_DISPATCH
-    // rotations.
-    let rows = (ROTATIONS_PER_DISPATCH / n.max(1)).clamp(1, n);
-    for _ in 0..MAX_SWEEPS {
-        for begin in (0..n.saturating_sub(1)).step_by(rows) {
-            let part = Params {
-                row_begin: begin as u32,
-                row_end: (begin + rows).min(n) as u32,
-                ..p
-            };
-            fwd.push(Dispatch::build(
-                &gpu,
-                "eigen",
-                "jacobi_sweep",
-                &bind,
-                bytemuck::bytes_of(&part),
-                [g as u32, 1, 1],
-            )?);
-        }
+    // A sweep is m - 1 rounds (m = n rounded up to even); n = 1 still needs one dispatch for
+    // its eigenvalue.
+    let rounds = (MAX_SWEEPS as usize * (n + n % 2 - 1)).max(1);
+    let chunk = rounds_per_dispatch(n);
+    for begin in (0..rounds).step_by(chunk) {
+        let part = Params {
+            round_begin: begin as u32,
+            round_end: (begin + chunk).min(rounds) as u32,
+            ..p
+        };
+        fwd.push(Dispatch::build(
+            &gpu,
+            "eigen",
+            "jacobi_rounds",
+            &bind,
+            bytemuck::bytes_of(&part),
+            [g as u32, 1, 1],
+        )?);
     }
     let total = (g * n * n) as u32;
     fwd.push(Dispatch::build(

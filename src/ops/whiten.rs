@@ -117,9 +117,10 @@ impl Whitening {
         if dim == 0 || group == 0 || !dim.is_multiple_of(group) {
             bail!("whitening: {dim} channels do not split into groups of {group}");
         }
-        if cfg.method == WhitenMethod::Eigen && group > 256 {
+        if cfg.method == WhitenMethod::Eigen && group > eigen::MAX_N {
             bail!(
-                "whitening: the eigen method handles groups of at most 256 channels, got {group} (use --whiten-group)"
+                "whitening: the eigen method handles groups of at most {} channels, got {group} (use --whiten-group)",
+                eigen::MAX_N
             );
         }
         if cfg.method != WhitenMethod::Eigen && cfg.iters == 0 {
