@@ -14,8 +14,8 @@ struct Params {
     batch: u32,     // matrices stacked along the slowest axis; workgroup z picks one
     alpha: f32,
     beta: f32,
-    _p0: f32,
-    _p1: f32,
+    k_begin: u32,   // this launch covers K values [k_begin, k_end) (long K is split over
+    k_end: u32,     // launches: llvmpipe caps an invocation's loop iterations per dispatch)
 }
 
 @group(0) @binding(0) var<storage, read> A: array<f32>;
@@ -55,7 +55,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     var c6a = vec4<f32>(0.0); var c6b = vec4<f32>(0.0);
     var c7a = vec4<f32>(0.0); var c7b = vec4<f32>(0.0);
 
-    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+    for (var k0 = p.k_begin; k0 < p.k_end; k0 += TK) {
         for (var l = 0u; l < (TM * TK) / THREADS; l++) {
             let e = lid + l * THREADS;
             var mm: u32; var kk: u32;
@@ -63,7 +63,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             let gm = m0 + mm;
             let gk = k0 + kk;
             var av = 0.0;
-            if (gm < p.m && gk < p.k) {
+            if (gm < p.m && gk < p.k_end) {
                 if (!TA) { av = A[a_off + gm * p.k + gk]; } else { av = A[a_off + gk * p.m + gm]; }
             }
             As[kk * TM + mm] = av;
@@ -72,7 +72,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             let gn = n0 + nn;
             let gkb = k0 + kb;
             var bv = 0.0;
-            if (gn < p.n && gkb < p.k) {
+            if (gn < p.n && gkb < p.k_end) {
                 if (!TB) { bv = B[b_off + gkb * p.n + gn]; } else { bv = B[b_off + gn * p.k + gkb]; }
             }
             Bs[kb * TN + nn] = bv;

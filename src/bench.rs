@@ -120,7 +120,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             let disp = matmul::dispatch(gpu, &a, &b, &c, false, false, 1.0, 0.0)?;
             let f = 2.0 * (m * n * k) as f64;
             let by = 4.0 * (m * k + k * n + m * n) as f64;
-            mk(vec![disp], f, by, vec![a, b, c])
+            mk(disp, f, by, vec![a, b, c])
         }
         "conv_fwd" | "conv_dgrad" | "conv_wgrad" | "conv_fwd_gemm" | "conv_dgrad_gemm"
         | "conv_wgrad_gemm" => {

@@ -18,6 +18,10 @@ const TK: usize = 16;
 const WGRAD_MIN_WORKGROUPS: usize = 64;
 /// ...but each split keeps at least this many K values, so partial sums stay worth writing.
 const WGRAD_MIN_CHUNK: usize = 256;
+/// ...and at most this many: an invocation runs ~2 loop iterations per K value, and llvmpipe
+/// silently stops an invocation's loops after 65,535 in total per dispatch (benches/NOTES.md);
+/// the 7x7 stem of ResNet-10 at 224 px has K = 802,816.
+const WGRAD_MAX_CHUNK: usize = 16_384;
 
 /// Shapes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -301,7 +305,8 @@ pub fn wgrad_splits(g: &ConvGeom) -> (usize, usize) {
     let tiles = m.div_ceil(8 * rows_per_invocation(m, Mode::Wgrad)) * n.div_ceil(TN);
     let want = WGRAD_MIN_WORKGROUPS.div_ceil(tiles).max(1);
     let most = k.div_ceil(WGRAD_MIN_CHUNK).max(1);
-    let splits = want.min(most);
+    // ...and enough splits that no launch covers more than WGRAD_MAX_CHUNK values of K.
+    let splits = want.min(most).max(k.div_ceil(WGRAD_MAX_CHUNK));
     let chunk = k.div_ceil(splits).div_ceil(TK) * TK;
     (k.div_ceil(chunk.max(1)).max(1), chunk.max(TK))
 }

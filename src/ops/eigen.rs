@@ -140,8 +140,8 @@ pub fn zca_eigen(tape: &mut Tape, sigma: &Tensor) -> Result<Tensor> {
                 let t1 = Tensor::zeros(gpu, &shape, DType::F32)?;
                 let t2 = Tensor::zeros(gpu, &shape, DType::F32)?;
                 // t1 = U^T dW; t2 = t1 U; t1 = K o t2; t2 = U t1; dSigma (+)= t2 U^T
-                v.push(matmul::dispatch(gpu, &u, dw, &t1, true, false, 1.0, 0.0)?);
-                v.push(matmul::dispatch(gpu, &t1, &u, &t2, false, false, 1.0, 0.0)?);
+                v.extend(matmul::dispatch(gpu, &u, dw, &t1, true, false, 1.0, 0.0)?);
+                v.extend(matmul::dispatch(gpu, &t1, &u, &t2, false, false, 1.0, 0.0)?);
                 v.push(Dispatch::build(
                     gpu,
                     "eigen",
@@ -150,8 +150,8 @@ pub fn zca_eigen(tape: &mut Tape, sigma: &Tensor) -> Result<Tensor> {
                     bytemuck::bytes_of(&p),
                     grid_1d(gpu, total.div_ceil(256)),
                 )?);
-                v.push(matmul::dispatch(gpu, &u, &t1, &t2, false, false, 1.0, 0.0)?);
-                v.push(matmul::dispatch(
+                v.extend(matmul::dispatch(gpu, &u, &t1, &t2, false, false, 1.0, 0.0)?);
+                v.extend(matmul::dispatch(
                     gpu,
                     &t2,
                     &u,

@@ -23,8 +23,15 @@ struct Params {
     batch: u32,
     alpha: f32,
     beta: f32,
-    _p: [f32; 2],
+    k_begin: u32,
+    k_end: u32,
 }
+
+/// K values one launch covers at most. An invocation runs ~33 loop iterations per slab of 16 K
+/// values, and llvmpipe silently stops an invocation's loops after 65,535 iterations in total
+/// per dispatch (see benches/NOTES.md): a K of 65,536 came out 11 % short. Longer K is split
+/// into launches that accumulate into C (beta = 1 after the first); 16,384 stays under ~34k.
+pub const MAX_K_PER_LAUNCH: usize = 16_384;
 
 /// `(M, N, K)` from 2-D shapes (or 3-D `[batch, rows, cols]` stacks) and transpose flags.
 pub fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<(usize, usize, usize)> {
@@ -55,7 +62,8 @@ fn out_shape(a: &[usize], m: usize, n: usize) -> Vec<usize> {
     }
 }
 
-/// Record `C = alpha * op(A) op(B) + beta * C`.
+/// Record `C = alpha * op(A) op(B) + beta * C`: one launch, or one per [`MAX_K_PER_LAUNCH`]
+/// values of K, the later ones adding to C.
 #[allow(clippy::too_many_arguments)] // mirrors the kernel's parameter block one to one
 pub fn dispatch(
     gpu: &Gpu,
@@ -66,36 +74,46 @@ pub fn dispatch(
     tb: bool,
     alpha: f32,
     beta: f32,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     let (m, n, k) = dims(a.shape(), b.shape(), ta, tb)?;
     let want = out_shape(a.shape(), m, n);
     if c.shape() != want.as_slice() {
         bail!("matmul: output must be {want:?}, got {:?}", c.shape());
     }
     let batch = batch_of(a.shape());
-    let p = Params {
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        batch: batch as u32,
-        alpha,
-        beta,
-        _p: [0.0; 2],
-    };
     let constants = [("TA", ta as u8 as f64), ("TB", tb as u8 as f64)];
-    Dispatch::build_with(
-        gpu,
-        "matmul",
-        "matmul",
-        &[a.read(), b.read(), c.write()],
-        bytemuck::bytes_of(&p),
-        [
-            n.div_ceil(TILE) as u32,
-            m.div_ceil(TILE) as u32,
-            batch as u32,
-        ],
-        &constants,
-    )
+    let mut out = Vec::new();
+    let mut k_begin = 0;
+    loop {
+        let k_end = (k_begin + MAX_K_PER_LAUNCH).min(k);
+        let p = Params {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            batch: batch as u32,
+            alpha,
+            beta: if k_begin == 0 { beta } else { 1.0 },
+            k_begin: k_begin as u32,
+            k_end: k_end as u32,
+        };
+        out.push(Dispatch::build_with(
+            gpu,
+            "matmul",
+            "matmul",
+            &[a.read(), b.read(), c.write()],
+            bytemuck::bytes_of(&p),
+            [
+                n.div_ceil(TILE) as u32,
+                m.div_ceil(TILE) as u32,
+                batch as u32,
+            ],
+            &constants,
+        )?);
+        k_begin = k_end;
+        if k_begin >= k {
+            return Ok(out);
+        }
+    }
 }
 
 /// `op(A) op(B)` where `op` transposes when the flag is set; 3-D operands multiply matrix by
@@ -109,12 +127,12 @@ pub fn matmul(tape: &mut Tape, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Re
         "matmul",
         vec![a.clone(), b.clone()],
         &c,
-        vec![fwd],
+        fwd,
         Box::new(move |gpu, g, gin| {
             let mut v = Vec::new();
             if let Some(t) = &gin[0] {
                 // dA = G op(B)^T, or its transpose when A was transposed.
-                v.push(if ta {
+                v.extend(if ta {
                     dispatch(gpu, &sb, g, &t.tensor, tb, true, 1.0, t.beta())?
                 } else {
                     dispatch(gpu, g, &sb, &t.tensor, false, !tb, 1.0, t.beta())?
@@ -122,7 +140,7 @@ pub fn matmul(tape: &mut Tape, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Re
             }
             if let Some(t) = &gin[1] {
                 // dB = op(A)^T G, or its transpose when B was transposed.
-                v.push(if tb {
+                v.extend(if tb {
                     dispatch(gpu, g, &sa, &t.tensor, true, ta, 1.0, t.beta())?
                 } else {
                     dispatch(gpu, &sa, g, &t.tensor, !ta, false, 1.0, t.beta())?
