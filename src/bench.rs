@@ -25,6 +25,28 @@ pub struct Case {
     tape_prog: Option<Tape>,
 }
 
+impl Case {
+    /// A case from recorded launches (`keep`: tensors they reference).
+    pub fn new(
+        kernel: &str,
+        shape: &str,
+        flops: f64,
+        bytes: f64,
+        dispatches: Vec<Dispatch>,
+        keep: Vec<Tensor>,
+    ) -> Self {
+        Self {
+            kernel: kernel.to_string(),
+            shape: shape.to_string(),
+            flops,
+            bytes,
+            dispatches,
+            _keep: keep,
+            tape_prog: None,
+        }
+    }
+}
+
 /// One measured case.
 #[derive(Clone, Debug, Serialize)]
 pub struct Measurement {
@@ -40,6 +62,23 @@ pub struct Measurement {
     pub samples: usize,
     /// Launch sets per sample.
     pub repeats: usize,
+    /// The roofline bound: max(flops / peak FLOP/s, bytes / peak bandwidth), from the adapter's
+    /// measured ceilings (`bench --peak`); absent when they were not measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bound_ms: Option<f64>,
+    /// bound / measured time, in % (100: at the roofline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pct_peak: Option<f64>,
+}
+
+impl Measurement {
+    /// Fill `bound_ms` and `pct_peak` from the adapter's ceilings.
+    pub fn against(mut self, peaks: &crate::peak::Peaks, flops: f64, bytes: f64) -> Self {
+        let bound = peaks.bound_seconds(flops, bytes);
+        self.bound_ms = Some(bound * 1e3);
+        self.pct_peak = Some(100.0 * bound * 1e3 / self.ms.max(1e-12));
+        self
+    }
 }
 
 /// The kernels `longtail bench` knows, with their default shapes.
@@ -494,6 +533,8 @@ pub fn time_case(gpu: &Gpu, case: &Case, samples: usize) -> Result<Measurement> 
         },
         samples: times.len(),
         repeats,
+        bound_ms: None,
+        pct_peak: None,
     })
 }
 
@@ -514,6 +555,16 @@ pub struct ModelMeasurement {
     /// (kernel entry point, share of GPU time, launches), largest first: the same run by kernel.
     pub kernels: Vec<(String, f64, usize)>,
     pub timer: &'static str,
+    /// Sum of the launches' GPU times in the profiling run, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_ms: Option<f64>,
+    /// Sum of the launches' roofline bounds (each launch: max(FLOPs / peak FLOP/s, bound bytes /
+    /// peak bandwidth); FLOPs known for matmul and convolutions, bytes from the bound ranges).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roofline_ms: Option<f64>,
+    /// The kernels losing the most time against their bound: (entry, measured ms, bound ms,
+    /// launches), largest loss first.
+    pub losses: Vec<(String, f64, f64, usize)>,
 }
 
 /// Time training steps of `arch` at `[batch, channels, size, size]` with random data.
@@ -574,11 +625,34 @@ pub fn bench_model(
         .map(|l| (l.family, &l.dispatch))
         .chain(std::iter::once(("sgd", st.step.sgd.dispatch())))
         .collect();
-    let (breakdown, kernels) = if gpu.has_timestamps() {
+    let (breakdown, kernels, per_entry) = if gpu.has_timestamps() {
         profile(gpu, &launches)?
     } else {
         Default::default()
     };
+    let (mut gpu_ms, mut roofline_ms, mut losses) = (None, None, Vec::new());
+    if !per_entry.is_empty() {
+        let peaks = crate::peak::measure(gpu, 3)?.0;
+        let bound_of: std::collections::BTreeMap<&str, f64> = {
+            let mut m = std::collections::BTreeMap::new();
+            for (_, d) in &launches {
+                *m.entry(d.kernel.entry).or_insert(0.0) += peaks.bound_seconds(d.flops, d.bytes);
+            }
+            m
+        };
+        let mut rows: Vec<(String, f64, f64, usize)> = per_entry
+            .iter()
+            .map(|(e, (t, n))| {
+                let b = bound_of.get(e.as_str()).copied().unwrap_or(0.0);
+                (e.clone(), t * 1e3, b * 1e3, *n)
+            })
+            .collect();
+        gpu_ms = Some(rows.iter().map(|r| r.1).sum());
+        roofline_ms = Some(rows.iter().map(|r| r.2).sum());
+        rows.sort_by(|a, b| (b.1 - b.2).total_cmp(&(a.1 - a.2)));
+        rows.truncate(5);
+        losses = rows;
+    }
     Ok(ModelMeasurement {
         model: arch.to_string(),
         batch,
@@ -590,18 +664,25 @@ pub fn bench_model(
         breakdown,
         kernels,
         timer: "wall-clock",
+        gpu_ms,
+        roofline_ms,
+        losses,
     })
 }
 
 /// Per kernel entry point: (name, share of GPU time, launches).
 type KernelShares = Vec<(String, f64, usize)>;
+/// Per kernel entry point: (seconds, launches).
+type EntryTimes = std::collections::BTreeMap<String, (f64, usize)>;
+/// What [`profile`] finds: shares per family, shares per kernel, times per kernel.
+type Profile = (Vec<(String, f64)>, KernelShares, EntryTimes);
 
 /// GPU time share per family and per kernel entry point: every launch in its own pass bracketed
 /// by timestamps.
 fn profile(
     gpu: &Gpu,
     launches: &[(&'static str, &Dispatch)],
-) -> Result<(Vec<(String, f64)>, KernelShares)> {
+) -> Result<Profile> {
     let n = launches.len() as u32;
     // wgpu caps a query set at 4096 queries: profile in chunks.
     let chunk = 2000u32;
@@ -665,9 +746,13 @@ fn profile(
         .collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut k: KernelShares = by_entry
-        .into_iter()
-        .map(|(e, (s, n))| (e.to_string(), s / total, n))
+        .iter()
+        .map(|(e, (s, n))| (e.to_string(), s / total, *n))
         .collect();
     k.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok((v, k))
+    let times = by_entry
+        .into_iter()
+        .map(|(e, t)| (e.to_string(), t))
+        .collect();
+    Ok((v, k, times))
 }

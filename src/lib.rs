@@ -15,6 +15,7 @@ pub mod models;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod peak;
 pub mod plot;
 pub mod report;
 pub mod rng;

@@ -20,6 +20,7 @@ pub const ALL: &[(&str, &str)] = &[
         include_str!("../shaders/cross_entropy.wgsl"),
     ),
     ("sgd", include_str!("../shaders/sgd.wgsl")),
+    ("peak", include_str!("../shaders/peak.wgsl")),
 ];
 
 /// The WGSL source of shader `name`.

@@ -56,6 +56,43 @@ fn bench_json_reports_gflops() {
     assert!(v["gflops"].as_f64().unwrap() > 0.0);
     assert!(v["gbs"].as_f64().unwrap() > 0.0);
     assert!(v["timer"].is_string());
+    // Each row is quoted against the adapter's measured roofline.
+    let pct = v["pct_peak"].as_f64().unwrap();
+    assert!(pct > 0.0 && v["bound_ms"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[test]
+fn bench_peak_measures_every_ceiling() {
+    let (ok, out, err) = longtail(&["bench", "--peak", "--samples", "1", "--json"]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = |k: &str| rows.iter().find(|r| r["kernel"] == k).cloned();
+    for k in ["peak_fma", "peak_fma_narrow"] {
+        assert!(row(k).unwrap()["gflops"].as_f64().unwrap() > 0.0, "{k}");
+    }
+    for k in ["peak_read", "peak_write", "peak_workgroup"] {
+        assert!(row(k).unwrap()["gbs"].as_f64().unwrap() > 0.0, "{k}");
+    }
+    let p = &rows.last().unwrap()["peaks"];
+    for k in [
+        "fma_gflops",
+        "read_gbs",
+        "write_gbs",
+        "workgroup_gbs",
+        "dispatch_us",
+        "submit_us",
+    ] {
+        assert!(p[k].as_f64().unwrap() > 0.0, "{k}: {p}");
+    }
+    // The FMA ceiling is the better of the two kernels.
+    let best = row("peak_fma").unwrap()["gflops"]
+        .as_f64()
+        .unwrap()
+        .max(row("peak_fma_narrow").unwrap()["gflops"].as_f64().unwrap());
+    assert_eq!(p["fma_gflops"].as_f64().unwrap(), best);
 }
 
 #[test]

@@ -39,6 +39,28 @@ pub struct BenchArgs {
     /// Whitening group size for --model (0: all channels).
     #[arg(long, default_value_t = 0)]
     whiten_group: usize,
+    /// Measure the adapter's ceilings only (FMA, read/write/uniform/workgroup bandwidth,
+    /// dispatch and submission cost).
+    #[arg(long)]
+    peak: bool,
+    /// Kernel rows without pct_peak (skips measuring the ceilings first).
+    #[arg(long)]
+    no_peak: bool,
+}
+
+fn print_peaks(gpu: &Gpu, p: &longtail::peak::Peaks) {
+    println!("adapter: {}", gpu.describe());
+    println!("ceiling                  value");
+    println!("FMA                {:>10.2} GFLOP/s", p.fma_gflops);
+    println!("storage read       {:>10.2} GB/s", p.read_gbs);
+    println!("storage write      {:>10.2} GB/s", p.write_gbs);
+    match p.uniform_gbs {
+        Some(u) => println!("uniform read       {u:>10.2} GB/s (shared address)"),
+        None => println!("uniform read                - (uniform bindings < 64 KiB)"),
+    }
+    println!("workgroup read     {:>10.2} GB/s", p.workgroup_gbs);
+    println!("empty dispatch     {:>10.2} us", p.dispatch_us);
+    println!("submit + wait      {:>10.2} us", p.submit_us);
 }
 
 pub fn run(gpu: &Gpu, a: BenchArgs) -> Result<()> {
@@ -67,25 +89,73 @@ pub fn run(gpu: &Gpu, a: BenchArgs) -> Result<()> {
                     println!("  {entry:<16} {:>5.1} %  {n:>5}", 100.0 * share);
                 }
             }
+            if let (Some(g), Some(r)) = (m.gpu_ms, m.roofline_ms) {
+                println!(
+                    "GPU time {g:.1} ms per step against a roofline step of {r:.1} ms ({:.1} % of peak)",
+                    100.0 * r / g.max(1e-9)
+                );
+                println!(
+                    "losing the most time against their bound (measured / bound ms, launches):"
+                );
+                for (e, t, b, n) in &m.losses {
+                    println!("  {e:<16} {t:>9.2} / {b:>8.3}  {n:>5}");
+                }
+            }
+        }
+        return Ok(());
+    }
+    if a.peak {
+        let (p, rows) = longtail::peak::measure(gpu, a.samples)?;
+        if a.json {
+            for r in &rows {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            println!("{}", serde_json::json!({ "peaks": p }));
+        } else {
+            print_peaks(gpu, &p);
         }
         return Ok(());
     }
     let cases = select(gpu, a.kernel.as_deref(), a.shape.as_deref())?;
+    // The ceilings first, so every row can say how far it is from its roofline bound.
+    let peaks = if a.no_peak {
+        None
+    } else {
+        Some(longtail::peak::measure(gpu, 3)?.0)
+    };
     if !a.json {
         println!("adapter: {}", gpu.describe());
+        if let Some(p) = &peaks {
+            println!(
+                "roofline: {:.1} GFLOP/s FMA, {:.1} GB/s memory (longtail bench --peak)",
+                p.fma_gflops,
+                p.read_gbs.max(p.write_gbs)
+            );
+        }
         println!(
-            "{:<16} {:<18} {:>10} {:>10} {:>9}  timer",
-            "kernel", "shape", "ms", "GFLOP/s", "GB/s"
+            "{:<16} {:<20} {:>10} {:>10} {:>9} {:>7}  timer",
+            "kernel", "shape", "ms", "GFLOP/s", "GB/s", "% peak"
         );
     }
     for c in &cases {
-        let m = time_case(gpu, c, a.samples)?;
+        let mut m = time_case(gpu, c, a.samples)?;
+        if let Some(p) = &peaks {
+            m = m.against(p, c.flops, c.bytes);
+        }
         if a.json {
             println!("{}", serde_json::to_string(&m)?);
         } else {
             println!(
-                "{:<16} {:<18} {:>10.4} {:>10.2} {:>9.2}  {} (median of {}, {} launches each)",
-                m.kernel, m.shape, m.ms, m.gflops, m.gbs, m.timer, m.samples, m.repeats
+                "{:<16} {:<20} {:>10.4} {:>10.2} {:>9.2} {:>7}  {} (median of {}, {} launches each)",
+                m.kernel,
+                m.shape,
+                m.ms,
+                m.gflops,
+                m.gbs,
+                m.pct_peak.map_or("-".into(), |v| format!("{v:.1}")),
+                m.timer,
+                m.samples,
+                m.repeats
             );
         }
     }

@@ -168,6 +168,12 @@ pub struct Dispatch {
     pub params: Option<Arc<GpuBuffer>>,
     /// Every bound buffer: a recorded launch keeps its buffers (and their byte count) alive.
     _bound: Vec<Arc<GpuBuffer>>,
+    /// Bytes of the bound ranges (parameter block excluded): the launch's device-memory
+    /// traffic if each is touched once, for the roofline of `bench --model`.
+    pub bytes: f64,
+    /// Floating-point operations, where the op that recorded the launch set them (matmul,
+    /// convolutions); 0 otherwise.
+    pub flops: f64,
 }
 
 impl Dispatch {
@@ -206,6 +212,9 @@ impl Dispatch {
                 }),
             });
         }
+        // The parameter block rides last in `bindings` when there is one: not traffic.
+        let data = bindings.len() - usize::from(params.is_some() && !bindings.is_empty());
+        let bytes = bindings[..data].iter().map(|b| b.size as f64).sum();
         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.entry),
             layout: &kernel.layout,
@@ -217,6 +226,8 @@ impl Dispatch {
             workgroups,
             params,
             _bound: bindings.iter().map(|b| b.buffer.clone()).collect(),
+            bytes,
+            flops: 0.0,
         })
     }
 

@@ -371,7 +371,8 @@ pub fn conv2d_with(
 ) -> Result<Tensor> {
     let g = ConvGeom::new(x.shape(), w.shape(), stride, pad)?;
     let y = tape.output(&g.out_shape(), &[x, w])?;
-    let fwd = forward_dispatches(tape.gpu(), &g, x, w, &y, 0.0, algo)?;
+    let mut fwd = forward_dispatches(tape.gpu(), &g, x, w, &y, 0.0, algo)?;
+    spread_flops(&mut fwd, g.flops());
     let (sx, sw) = (x.clone(), w.clone());
     tape.push(
         "conv",
@@ -381,31 +382,29 @@ pub fn conv2d_with(
         Box::new(move |gpu, dy, gin| {
             let mut v = Vec::new();
             if let Some(t) = &gin[0] {
-                v.extend(dgrad_dispatches(
-                    gpu,
-                    &g,
-                    dy,
-                    &sw,
-                    &t.tensor,
-                    t.beta(),
-                    algo,
-                )?);
+                let mut d = dgrad_dispatches(gpu, &g, dy, &sw, &t.tensor, t.beta(), algo)?;
+                spread_flops(&mut d, g.flops());
+                v.extend(d);
             }
             if let Some(t) = &gin[1] {
-                v.extend(wgrad_dispatches(
-                    gpu,
-                    &g,
-                    dy,
-                    &sx,
-                    &t.tensor,
-                    t.beta(),
-                    algo,
-                )?);
+                let mut d = wgrad_dispatches(gpu, &g, dy, &sx, &t.tensor, t.beta(), algo)?;
+                spread_flops(&mut d, g.flops());
+                v.extend(d);
             }
             Ok(v)
         }),
     )?;
     Ok(y)
+}
+
+/// Attribute an op's FLOPs to its launches for the step roofline: evenly, since a direct
+/// convolution's phase classes and packing launches do not report their own share (an
+/// approximation; the op total is exact).
+fn spread_flops(d: &mut [Dispatch], flops: f64) {
+    let n = d.len().max(1) as f64;
+    for x in d {
+        x.flops = flops / n;
+    }
 }
 
 /// CPU references (f64).

@@ -96,7 +96,7 @@ pub fn dispatch(
             k_begin: k_begin as u32,
             k_end: k_end as u32,
         };
-        out.push(Dispatch::build_with(
+        let mut d = Dispatch::build_with(
             gpu,
             "matmul",
             "matmul",
@@ -108,7 +108,9 @@ pub fn dispatch(
                 batch as u32,
             ],
             &constants,
-        )?);
+        )?;
+        d.flops = 2.0 * (m * n * (k_end - k_begin) * batch) as f64;
+        out.push(d);
         k_begin = k_end;
         if k_begin >= k {
             return Ok(out);
