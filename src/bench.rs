@@ -679,10 +679,7 @@ type Profile = (Vec<(String, f64)>, KernelShares, EntryTimes);
 
 /// GPU time share per family and per kernel entry point: every launch in its own pass bracketed
 /// by timestamps.
-fn profile(
-    gpu: &Gpu,
-    launches: &[(&'static str, &Dispatch)],
-) -> Result<Profile> {
+fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Profile> {
     let n = launches.len() as u32;
     // wgpu caps a query set at 4096 queries: profile in chunks.
     let chunk = 2000u32;

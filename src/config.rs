@@ -18,11 +18,12 @@ use crate::schedule::Decay;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// fashion-mnist, mnist, cifar10, cifar100 or imagenet-lt.
+    /// fashion-mnist, mnist, cifar10, cifar100, or a list-file set: imagenet-lt, inat2018,
+    /// places-lt (`path label` lines).
     pub dataset: String,
     /// Folder of the data set's files (default: Debian's Fashion-MNIST folder for fashion-mnist).
     pub data_dir: Option<String>,
-    /// ImageNet-LT: folder the list paths are relative to.
+    /// List-file sets (imagenet-lt, inat2018, places-lt): folder the list paths are relative to.
     pub data_root: Option<String>,
     /// ImageNet-LT: training list (`path label` lines).
     pub train_list: Option<String>,
@@ -186,6 +187,11 @@ pub const PRESETS: &[(&str, &str)] = &[
         "imagenet-lt",
         include_str!("../assets/presets/imagenet-lt.toml"),
     ),
+    ("inat2018", include_str!("../assets/presets/inat2018.toml")),
+    (
+        "places-lt",
+        include_str!("../assets/presets/places-lt.toml"),
+    ),
 ];
 
 /// The TOML table of a preset.
@@ -281,12 +287,18 @@ impl TrainConfig {
     pub fn check(&self) -> Result<()> {
         if !matches!(
             self.dataset.as_str(),
-            "fashion-mnist" | "mnist" | "cifar10" | "cifar100" | "imagenet-lt"
+            "fashion-mnist"
+                | "mnist"
+                | "cifar10"
+                | "cifar100"
+                | "imagenet-lt"
+                | "inat2018"
+                | "places-lt"
         ) {
             return Err(bad(
                 "dataset",
                 format!("{:?}", self.dataset),
-                "one of fashion-mnist, mnist, cifar10, cifar100, imagenet-lt",
+                "one of fashion-mnist, mnist, cifar10, cifar100, imagenet-lt, inat2018, places-lt",
             ));
         }
         crate::models::resnet::Arch::parse(&self.model)?;

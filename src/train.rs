@@ -45,19 +45,19 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
         "mnist" => idx::load(&dir(None)?, false),
         "cifar10" => cifar::load10(&dir(None)?),
         "cifar100" => cifar::load100(&dir(None)?),
-        "imagenet-lt" => {
+        set @ ("imagenet-lt" | "inat2018" | "places-lt") => {
             let root = cfg
                 .data_root
                 .as_deref()
-                .context("imagenet-lt needs --data-root")?;
+                .with_context(|| format!("{set} needs --data-root"))?;
             let tl = cfg
                 .train_list
                 .as_deref()
-                .context("imagenet-lt needs --train-list")?;
+                .with_context(|| format!("{set} needs --train-list"))?;
             let vl = cfg
                 .test_list
                 .as_deref()
-                .context("imagenet-lt needs --test-list")?;
+                .with_context(|| format!("{set} needs --test-list"))?;
             let train = list::load(Path::new(tl), Path::new(root), cfg.image_size, 0)?;
             let test = list::load(
                 Path::new(vl),
@@ -66,7 +66,7 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
                 train.classes,
             )?;
             Ok(Splits {
-                name: "imagenet-lt".into(),
+                name: set.into(),
                 train,
                 test,
             })

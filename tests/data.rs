@@ -202,6 +202,25 @@ fn imagenet_lt_lists() {
     // A label past the class count.
     let e = err(list::load(&d.join("list.txt"), &d, 16, 2));
     assert!(e.contains("label 2") && e.contains("out of range"), "{e}");
+    // Decoded on several threads, in list order: the same bytes as one decode per image.
+    let mut lines = String::new();
+    for i in 0..13 {
+        lines.push_str(&format!("train/{}.png {}\n", i % 3, i % 4));
+    }
+    std::fs::write(d.join("long.txt"), lines).unwrap();
+    let ds = list::load(&d.join("long.txt"), &d, 16, 0).unwrap();
+    for i in 0..13 {
+        let one = list::decode(&d.join(format!("train/{}.png", i % 3)), 16).unwrap();
+        assert_eq!(ds.image(i), &one[..], "image {i}");
+        assert_eq!(ds.labels[i], (i % 4) as u32);
+    }
+    // An aspect ratio no resize should follow (1 x 20,000 pixels) is refused, not allocated.
+    image::GrayImage::new(1, 20_000)
+        .save(d.join("train/thin.png"))
+        .unwrap();
+    std::fs::write(d.join("thin.txt"), "train/thin.png 0\n").unwrap();
+    let e = err(list::load(&d.join("thin.txt"), &d, 224, 0));
+    assert!(e.contains("thin.png") && e.contains("aspect ratio"), "{e}");
 }
 
 #[test]

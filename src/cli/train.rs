@@ -19,7 +19,7 @@ use longtail::train;
 #[derive(Args, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub struct ConfigFlags {
-    /// fashion-mnist, mnist, cifar10, cifar100, imagenet-lt
+    /// fashion-mnist, mnist, cifar10, cifar100, imagenet-lt, inat2018, places-lt
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dataset: Option<String>,
