@@ -425,7 +425,8 @@ pub fn select(gpu: &Gpu, kernel: Option<&str>, shape: Option<&str>) -> Result<Ve
 }
 
 impl Case {
-    fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Record every launch of the case into `pass`.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
         for d in &self.dispatches {
             d.encode(pass);
         }

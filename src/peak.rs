@@ -59,7 +59,30 @@ fn params(n: usize, iters: usize, threads: usize) -> Params {
 /// few dozen times at most (llvmpipe stops loops past 65,535 iterations per invocation).
 const STREAM_WORKGROUPS: usize = 1024;
 
-/// The peak cases: (case, what it measures).
+/// One launch of `shader peak::entry` as a benchmark case.
+#[allow(clippy::too_many_arguments)] // a case is its launch plus its name and costs
+fn one(
+    gpu: &Gpu,
+    entry: &'static str,
+    bindings: &[Binding<'_>],
+    p: Params,
+    workgroups: u32,
+    (kernel, shape): (&str, String),
+    (flops, bytes): (f64, f64),
+    keep: Vec<Tensor>,
+) -> Result<Case> {
+    let d = Dispatch::build(
+        gpu,
+        "peak",
+        entry,
+        bindings,
+        bytemuck::bytes_of(&p),
+        [workgroups, 1, 1],
+    )?;
+    Ok(Case::new(kernel, &shape, flops, bytes, vec![d], keep))
+}
+
+/// The peak cases.
 pub fn cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let lim = &gpu.limits;
     // 64 MiB streams, or what the adapter binds.
@@ -74,165 +97,112 @@ pub fn cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let sink = Tensor::zeros(gpu, &[threads * 4], DType::F32)?;
     let mut out = Vec::new();
 
-    // FMA: 4096 workgroups x 64 invocations x 256 iterations x 64 FLOP.
+    // FMA: 4096 workgroups x 64 invocations x 256 iterations x 64 FLOP, wide and narrow.
     let (fwg, iters) = (4096usize, 256usize);
     let inv = fwg * 64;
     let fout = Tensor::zeros(gpu, &[inv * 4], DType::F32)?;
-    let d = Dispatch::build(
+    let flop = (inv * iters * 64) as f64;
+    for (entry, name) in [
+        ("fma_chains", "peak_fma"),
+        ("fma_narrow", "peak_fma_narrow"),
+    ] {
+        out.push(one(
+            gpu,
+            entry,
+            &[fout.write()],
+            params(inv, iters, 0),
+            fwg as u32,
+            (name, format!("{inv}x{iters}x64flop")),
+            (flop, 0.0),
+            vec![fout.clone()],
+        )?);
+    }
+    let sw = STREAM_WORKGROUPS as u32;
+    let stream = (0.0, stream_bytes as f64);
+    out.push(one(
         gpu,
-        "peak",
-        "fma_chains",
-        &[fout.write()],
-        bytemuck::bytes_of(&params(inv, iters, 0)),
-        [fwg as u32, 1, 1],
-    )?;
-    out.push(Case::new(
-        "peak_fma",
-        &format!("{inv}x{iters}x64flop"),
-        (inv * iters * 64) as f64,
-        0.0,
-        vec![d],
-        vec![fout.clone()],
-    ));
-    let d = Dispatch::build(
-        gpu,
-        "peak",
-        "fma_narrow",
-        &[fout.write()],
-        bytemuck::bytes_of(&params(inv, iters, 0)),
-        [fwg as u32, 1, 1],
-    )?;
-    out.push(Case::new(
-        "peak_fma_narrow",
-        &format!("{inv}x{iters}x64flop"),
-        (inv * iters * 64) as f64,
-        0.0,
-        vec![d],
-        vec![fout],
-    ));
-
-    let d = Dispatch::build(
-        gpu,
-        "peak",
         "read_stream",
         &[big.read(), sink.write()],
-        bytemuck::bytes_of(&params(n4, 0, threads)),
-        [STREAM_WORKGROUPS as u32, 1, 1],
-    )?;
-    out.push(Case::new(
-        "peak_read",
-        &format!("{stream_bytes}B"),
-        0.0,
-        stream_bytes as f64,
-        vec![d],
+        params(n4, 0, threads),
+        sw,
+        ("peak_read", format!("{stream_bytes}B")),
+        stream,
         vec![big.clone(), sink.clone()],
-    ));
-    let d = Dispatch::build(
+    )?);
+    out.push(one(
         gpu,
-        "peak",
         "write_stream",
         &[big.write()],
-        bytemuck::bytes_of(&params(n4, 0, threads)),
-        [STREAM_WORKGROUPS as u32, 1, 1],
-    )?;
-    out.push(Case::new(
-        "peak_write",
-        &format!("{stream_bytes}B"),
-        0.0,
-        stream_bytes as f64,
-        vec![d],
+        params(n4, 0, threads),
+        sw,
+        ("peak_write", format!("{stream_bytes}B")),
+        stream,
         vec![big.clone()],
-    ));
-
+    )?);
     // Workgroup memory: 256 iterations of one vec4 per invocation.
     let iters = 256usize;
-    let d = Dispatch::build(
+    out.push(one(
         gpu,
-        "peak",
         "wg_read",
         &[big.read(), sink.write()],
-        bytemuck::bytes_of(&params(0, iters, threads)),
-        [STREAM_WORKGROUPS as u32, 1, 1],
-    )?;
-    out.push(Case::new(
-        "peak_workgroup",
-        &format!("{threads}x{iters}xvec4"),
-        0.0,
-        (threads * iters * 16) as f64,
-        vec![d],
+        params(0, iters, threads),
+        sw,
+        ("peak_workgroup", format!("{threads}x{iters}xvec4")),
+        (0.0, (threads * iters * 16) as f64),
         vec![big.clone(), sink.clone()],
-    ));
-
+    )?);
     // Uniform reads: a 64 KiB block, where the adapter binds that much.
     if lim.max_uniform_buffer_binding_size >= 65536 {
         let ub = std::sync::Arc::new(GpuBuffer::uniform(gpu, "peak uniform", &vec![0u8; 65536]));
         let (wg, iters) = (256usize, 512usize);
         let inv = wg * 256;
         let usink = Tensor::zeros(gpu, &[inv * 4], DType::F32)?;
-        let d = Dispatch::build(
+        let ubind = Binding {
+            access: Access::Uniform,
+            buffer: &ub,
+            offset: 0,
+            size: 65536,
+        };
+        out.push(one(
             gpu,
-            "peak",
             "uniform_read",
-            &[
-                Binding {
-                    access: Access::Uniform,
-                    buffer: &ub,
-                    offset: 0,
-                    size: 65536,
-                },
-                usink.write(),
-            ],
-            bytemuck::bytes_of(&params(4096, iters, 0)),
-            [wg as u32, 1, 1],
-        )?;
-        out.push(Case::new(
-            "peak_uniform",
-            &format!("{inv}x{iters}xvec4"),
-            0.0,
-            (inv * iters * 16) as f64,
-            vec![d],
-            vec![usink],
-        ));
+            &[ubind, usink.write()],
+            params(4096, iters, 0),
+            wg as u32,
+            ("peak_uniform", format!("{inv}x{iters}xvec4")),
+            (0.0, (inv * iters * 16) as f64),
+            vec![usink.clone()],
+        )?);
     }
+    out.push(noop_case(gpu)?);
+    Ok(out)
+}
 
+/// An (almost) empty launch: one workgroup whose store is never taken.
+fn noop_case(gpu: &Gpu) -> Result<Case> {
     let nout = Tensor::zeros(gpu, &[4], DType::F32)?;
-    let d = Dispatch::build(
+    one(
         gpu,
-        "peak",
         "noop",
         &[nout.write()],
-        bytemuck::bytes_of(&params(0, 0, 0)),
-        [1, 1, 1],
-    )?;
-    out.push(Case::new(
-        "peak_dispatch",
-        "1x64",
-        0.0,
-        0.0,
-        vec![d],
-        vec![nout],
-    ));
-    Ok(out)
+        params(0, 0, 0),
+        1,
+        ("peak_dispatch", "1x64".into()),
+        (0.0, 0.0),
+        vec![nout.clone()],
+    )
 }
 
 /// Median microseconds of submitting one command buffer (one empty dispatch) and waiting.
 fn submit_us(gpu: &Gpu) -> Result<f64> {
-    let nout = Tensor::zeros(gpu, &[4], DType::F32)?;
-    let d = Dispatch::build(
-        gpu,
-        "peak",
-        "noop",
-        &[nout.write()],
-        bytemuck::bytes_of(&params(0, 0, 0)),
-        [1, 1, 1],
-    )?;
+    let c = noop_case(gpu)?;
     let mut times = Vec::new();
     for i in 0..25 {
         let t0 = Instant::now();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            d.encode(&mut pass);
+            c.encode(&mut pass);
         }
         gpu.queue.submit([enc.finish()]);
         gpu.wait()?;

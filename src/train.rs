@@ -673,32 +673,41 @@ pub fn train_with_init(
         )?;
         if eval.is_some() {
             // The summary so far (final = this evaluation), and the pictures of it.
-            let partial = make_summary(SummaryParts {
-                name: &name,
-                state: &state,
-                counts: &counts,
-                gpu,
-                seconds: t_start.elapsed().as_secs_f64(),
-                images,
-                train_secs,
-                finished: false,
-            });
-            write_json(&out.join("summary.json"), &summary_json(&partial))?;
-            if cfg.report {
-                refresh_report(out);
-            }
+            publish_summary(
+                cfg,
+                out,
+                SummaryParts {
+                    name: &name,
+                    state: &state,
+                    counts: &counts,
+                    gpu,
+                    seconds: t_start.elapsed().as_secs_f64(),
+                    images,
+                    train_secs,
+                    finished: false,
+                },
+            )?;
         }
     }
-    let summary = make_summary(SummaryParts {
-        name: &name,
-        state: &state,
-        counts: &counts,
-        gpu,
-        seconds: t_start.elapsed().as_secs_f64(),
-        images,
-        train_secs,
-        finished: true,
-    });
+    publish_summary(
+        cfg,
+        out,
+        SummaryParts {
+            name: &name,
+            state: &state,
+            counts: &counts,
+            gpu,
+            seconds: t_start.elapsed().as_secs_f64(),
+            images,
+            train_secs,
+            finished: true,
+        },
+    )
+}
+
+/// Write `summary.json` and, unless `report = false`, redraw the report from it.
+fn publish_summary(cfg: &TrainConfig, out: &Path, parts: SummaryParts<'_>) -> Result<Summary> {
+    let summary = make_summary(parts);
     write_json(&out.join("summary.json"), &summary_json(&summary))?;
     if cfg.report {
         refresh_report(out);

@@ -10,15 +10,7 @@ use std::process::Command;
 use longtail::config::{self, TrainConfig};
 
 fn longtail(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_longtail"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_bin(env!("CARGO_BIN_EXE_longtail"), args)
 }
 
 /// Exit code 1 with every `want` in stderr, and no panic or abort.

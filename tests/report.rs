@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use longtail::ops::whiten::reference::{mm, tr, zca};
 use longtail::plot;
@@ -123,15 +122,7 @@ fn a_blank_png_is_told_apart_from_a_chart() {
 }
 
 fn longtail(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_longtail"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_bin(env!("CARGO_BIN_EXE_longtail"), args)
 }
 
 fn assert_pngs(dir: &Path, names: &[&str]) {

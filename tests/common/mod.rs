@@ -46,3 +46,14 @@ pub fn tmp_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Run the `longtail` binary: (exit code, stdout, stderr). `exe` is `env!("CARGO_BIN_EXE_longtail")`
+/// of the calling test crate.
+pub fn run_bin(exe: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(exe).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
