@@ -101,17 +101,24 @@ fn idx_headers_that_overflow_or_lie_are_refused_without_allocating() {
 
 #[test]
 fn a_gzip_bomb_is_bounded() {
-    // The reader stops at its limit plus one byte; a small limit would need a hook, so this
-    // checks the limit is at least a real data set and that a valid gz still reads.
+    // 1 MB of zeros compresses to ~1 kB: with a 64 kB limit the reader stops and says so (the
+    // real limit, 16 GiB, works the same way without allocating past it).
     const { assert!(longtail::data::idx::MAX_DECOMPRESSED >= 1 << 30) };
     let d = common::tmp_dir("hostile-gz");
-    let p = d.join("x.gz");
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut e, &[7u8; 1000]).unwrap();
+    let p = d.join("bomb.gz");
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut e, &vec![0u8; 1 << 20]).unwrap();
     std::fs::write(&p, e.finish().unwrap()).unwrap();
+    let err = longtail::data::idx::read_maybe_gz_limited(&p, 65_536).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("bomb.gz") && format!("{err:#}").contains("more than 65536"),
+        "{err:#}"
+    );
     assert_eq!(
-        longtail::data::idx::read_maybe_gz(&p).unwrap(),
-        vec![7u8; 1000]
+        longtail::data::idx::read_maybe_gz_limited(&p, 1 << 20)
+            .unwrap()
+            .len(),
+        1 << 20
     );
 }
 

@@ -22,13 +22,18 @@ pub const MAX_SIDE: usize = 4096;
 
 /// Read a whole file, un-gzipping when it ends in `.gz`.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    read_maybe_gz_limited(path, MAX_DECOMPRESSED)
+}
+
+/// [`read_maybe_gz`] with the decompressed size capped at `limit` bytes.
+pub fn read_maybe_gz_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
         // A few bytes of gzip can claim any size: read at most the limit plus one byte, so a
         // bomb ends in a message rather than an out-of-memory abort.
         flate2::read::GzDecoder::new(&raw[..])
-            .take(MAX_DECOMPRESSED + 1)
+            .take(limit + 1)
             .read_to_end(&mut out)
             .with_context(|| {
                 format!(
@@ -36,11 +41,10 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
                     path.display()
                 )
             })?;
-        if out.len() as u64 > MAX_DECOMPRESSED {
+        if out.len() as u64 > limit {
             bail!(
-                "{}: decompresses to more than {} GiB, the limit for one data file",
-                path.display(),
-                MAX_DECOMPRESSED >> 30
+                "{}: decompresses to more than {limit} bytes, the limit for one data file",
+                path.display()
             );
         }
         Ok(out)
