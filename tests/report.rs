@@ -71,7 +71,13 @@ fn constructed_covariances_give_their_known_spectrum_rank_and_condition() {
     // Rank one: effective rank 1, singular.
     let s = spectrum_stats(&[1.0, 1.0, 1.0, 1.0], 2);
     assert!((s.effective_rank - 1.0).abs() < 1e-9 && s.condition.is_none());
+    assert_eq!(s.zero_eigenvalues, 1);
+    assert!((s.condition_nonzero.unwrap() - 1.0).abs() < 1e-9);
     assert!((s.mean_abs_offdiag_corr - 1.0).abs() < 1e-12);
+    // A dead channel next to a spectrum of 4 and 1: singular, but 4 on what is left.
+    let s = spectrum_stats(&with_spectrum(&[4.0, 1.0, 0.0], 11), 3);
+    assert_eq!(s.zero_eigenvalues, 1);
+    assert!(s.condition.is_none() && (s.condition_nonzero.unwrap() - 4.0).abs() < 1e-8);
     // A known correlation: [[4, -1.2], [-1.2, 1]] has |corr| = 0.6.
     let s = spectrum_stats(&[4.0, -1.2, -1.2, 1.0], 2);
     assert!((s.mean_abs_offdiag_corr - 0.6).abs() < 1e-12);

@@ -78,13 +78,15 @@ pub fn diagnose(gpu: &Gpu, a: DiagnoseArgs) -> Result<()> {
         d.images, d.split, d.feature_dim
     );
     println!(
-        "{:<16} {:>12} {:>14} {:>18}",
-        "features", "condition", "effective rank", "mean |off-corr|"
+        "{:<10} {:>11} {:>6} {:>14} {:>9} {:>16}",
+        "features", "condition", "zero λ", "cond. (λ > 0)", "eff. rank", "mean |off-corr|"
     );
     let line = |name: &str, s: &diagnose::SpectrumStats| {
         println!(
-            "{name:<16} {:>12} {:>14.2} {:>18.4}",
+            "{name:<10} {:>11} {:>6} {:>14} {:>9.2} {:>16.4}",
             opt(s.condition),
+            s.zero_eigenvalues,
+            opt(s.condition_nonzero),
             s.effective_rank,
             s.mean_abs_offdiag_corr
         )

@@ -27,8 +27,12 @@ use crate::tensor::{DType, Tensor};
 pub struct SpectrumStats {
     /// Eigenvalues, largest first.
     pub eigenvalues: Vec<f64>,
-    /// lambda_max / lambda_min (None when lambda_min <= 0: singular).
+    /// lambda_max / lambda_min (None when any eigenvalue is numerically zero: singular).
     pub condition: Option<f64>,
+    /// Eigenvalues at most [`ZERO_EIGENVALUE`] x lambda_max (dead channels, exact collinearity).
+    pub zero_eigenvalues: usize,
+    /// lambda_max / the smallest eigenvalue above that floor: the conditioning of what is left.
+    pub condition_nonzero: Option<f64>,
     /// exp(H(p)) with p = lambda / sum(lambda) (eigenvalues clipped at 0): d for an isotropic
     /// covariance, 1 for rank one.
     pub effective_rank: f64,
@@ -69,6 +73,10 @@ pub fn covariance(x: &[f64], n: usize, d: usize) -> Vec<f64> {
     c
 }
 
+/// Eigenvalues at most this fraction of the largest count as zero: features are f32 (~1e-7
+/// relative rounding, ~1e-14 in a variance), so anything below 1e-9 is rounding, not signal.
+pub const ZERO_EIGENVALUE: f64 = 1e-9;
+
 /// The statistics of a symmetric covariance `[d, d]`.
 pub fn spectrum_stats(cov: &[f64], d: usize) -> SpectrumStats {
     let (mut l, _) = eigh(cov, d);
@@ -97,9 +105,18 @@ pub fn spectrum_stats(cov: &[f64], d: usize) -> SpectrumStats {
             }
         }
     }
+    let floor = max.max(0.0) * ZERO_EIGENVALUE;
+    let zero = l.iter().filter(|v| **v <= floor).count();
+    let smallest_live = l
+        .iter()
+        .copied()
+        .filter(|v| *v > floor)
+        .fold(f64::MAX, f64::min);
     SpectrumStats {
+        condition: (zero == 0 && min > 0.0).then(|| max / min),
+        zero_eigenvalues: zero,
+        condition_nonzero: (zero < d && max > 0.0).then(|| max / smallest_live),
         eigenvalues: l,
-        condition: (min > 0.0).then(|| max / min),
         effective_rank: if total > 0.0 { h.exp() } else { 0.0 },
         mean_abs_offdiag_corr: if cnt > 0 { off / cnt as f64 } else { 0.0 },
     }
