@@ -10,8 +10,8 @@
 //! newest set whose manifest verifies, says which ones it skipped and why, and republishes the
 //! top-level copies from it.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -27,41 +27,41 @@ pub const FAULT_ENV: &str = "LONGTAIL_FAULT_AFTER_WRITES";
 /// Exit code of a process stopped by [`FAULT_ENV`].
 pub const FAULT_EXIT_CODE: i32 = 86;
 
-/// Write points passed so far, and the one to stop at (0: none). In-process tests set the
-/// target with [`set_fault_after`]; the CLI reads [`FAULT_ENV`].
-static WRITES: AtomicUsize = AtomicUsize::new(0);
-static FAULT_AT: AtomicUsize = AtomicUsize::new(0);
-static FAULT_EXIT: AtomicUsize = AtomicUsize::new(0);
-
-/// Tests: make the `n`-th write point from now fail as a crash would (`None`: never). The
-/// failing write returns an error and nothing is cleaned up, so the files are left exactly as a
-/// kill at that point would leave them.
-pub fn set_fault_after(n: Option<usize>) {
-    WRITES.store(0, Ordering::SeqCst);
-    FAULT_AT.store(n.unwrap_or(0), Ordering::SeqCst);
-    FAULT_EXIT.store(0, Ordering::SeqCst);
+thread_local! {
+    /// Write points passed so far on this thread, the one to stop at (0: none), and whether to
+    /// exit the process there. Per thread: a run writes its files on the thread that trains, and
+    /// tests running side by side in one process must not trip each other's hooks.
+    static FAULT: Cell<(usize, usize, bool)> = const { Cell::new((0, 0, false)) };
 }
 
-/// Read [`FAULT_ENV`] (the CLI calls this once): the process then exits at that write point.
+/// Tests: make the `n`-th write point from now, on this thread, fail as a crash would (`None`:
+/// never). The failing write returns an error and nothing is cleaned up, so the files are left
+/// exactly as a kill at that point would leave them.
+pub fn set_fault_after(n: Option<usize>) {
+    FAULT.set((0, n.unwrap_or(0), false));
+}
+
+/// Read [`FAULT_ENV`] (the CLI calls this once, on its main thread): the process then exits at
+/// that write point.
 pub fn fault_from_env() {
     if let Some(n) = std::env::var(FAULT_ENV)
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
-        set_fault_after(Some(n));
-        FAULT_EXIT.store(1, Ordering::SeqCst);
+        FAULT.set((0, n, true));
     }
 }
 
 /// A place where a crash could happen (after a temp file is written, after a rename).
 pub fn fault_point(what: &Path) -> Result<()> {
-    let at = FAULT_AT.load(Ordering::SeqCst);
+    let (done, at, exit) = FAULT.get();
     if at == 0 {
         return Ok(());
     }
-    let n = WRITES.fetch_add(1, Ordering::SeqCst) + 1;
+    let n = done + 1;
+    FAULT.set((n, at, exit));
     if n == at {
-        if FAULT_EXIT.load(Ordering::SeqCst) == 1 {
+        if exit {
             eprintln!(
                 "{FAULT_ENV}: stopping at write point {n} ({})",
                 what.display()
