@@ -140,14 +140,8 @@ fn random(gpu: &Gpu, rng: &mut Rng64, shape: &[usize]) -> Result<Tensor> {
 /// Build the case `kernel` at `shape`.
 pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
     let mut rng = Rng64::new(7);
-    let mk = |dispatches, flops: f64, bytes: f64, keep| Case {
-        kernel: kernel.to_string(),
-        shape: shape.to_string(),
-        flops,
-        bytes,
-        dispatches,
-        _keep: keep,
-        tape_prog: None,
+    let mk = |dispatches, flops: f64, bytes: f64, keep| {
+        Case::new(kernel, shape, flops, bytes, dispatches, keep)
     };
     Ok(match kernel {
         "matmul" => {
@@ -626,11 +620,17 @@ pub fn bench_model(
         .map(|l| (l.family, &l.dispatch))
         .chain(std::iter::once(("sgd", st.step.sgd.dispatch())))
         .collect();
-    let (breakdown, kernels, per_entry) = if gpu.has_timestamps() {
+    let (breakdown, per_entry) = if gpu.has_timestamps() {
         profile(gpu, &launches)?
     } else {
         Default::default()
     };
+    let total: f64 = per_entry.values().map(|t| t.0).sum::<f64>().max(1e-12);
+    let mut kernels: KernelShares = per_entry
+        .iter()
+        .map(|(e, (s, n))| (e.clone(), s / total, *n))
+        .collect();
+    kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
     let (mut gpu_ms, mut roofline_ms, mut losses) = (None, None, Vec::new());
     if !per_entry.is_empty() {
         let peaks = crate::peak::measure(gpu, 3)?.0;
@@ -675,8 +675,8 @@ pub fn bench_model(
 type KernelShares = Vec<(String, f64, usize)>;
 /// Per kernel entry point: (seconds, launches).
 type EntryTimes = std::collections::BTreeMap<String, (f64, usize)>;
-/// What [`profile`] finds: shares per family, shares per kernel, times per kernel.
-type Profile = (Vec<(String, f64)>, KernelShares, EntryTimes);
+/// What [`profile`] finds: shares of GPU time per family, (seconds, launches) per kernel.
+type Profile = (Vec<(String, f64)>, EntryTimes);
 
 /// GPU time share per family and per kernel entry point: every launch in its own pass bracketed
 /// by timestamps.
@@ -743,14 +743,9 @@ fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Profile>
         .map(|(k, s)| (k.to_string(), s / total))
         .collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let mut k: KernelShares = by_entry
-        .iter()
-        .map(|(e, (s, n))| (e.to_string(), s / total, *n))
-        .collect();
-    k.sort_by(|a, b| b.1.total_cmp(&a.1));
     let times = by_entry
         .into_iter()
         .map(|(e, t)| (e.to_string(), t))
         .collect();
-    Ok((v, k, times))
+    Ok((v, times))
 }

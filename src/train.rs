@@ -189,32 +189,53 @@ pub struct Evaluator {
     tape: Tape,
     prepare: Tape,
     x: Tensor,
-    logits: Tensor,
+    /// What the program reads back per batch, each `[batch, ...]`.
+    outputs: Vec<Tensor>,
     batch: usize,
 }
 
 impl Evaluator {
-    /// Record the eval program of `model` for batches of `batch` images like those of `d`.
+    /// Record the eval program of `model` (logits) for batches of `batch` images like those of
+    /// `d`.
     pub fn new(gpu: &Gpu, model: &ResNet, d: &Dataset, batch: usize) -> Result<Self> {
+        Self::recording(gpu, model, d, batch, |tape, x| {
+            Ok(vec![model.forward(tape, x, BnMode::Eval)?])
+        })
+    }
+
+    /// Record an eval-mode program `record` (images to outputs, each `[batch, ...]`) for batches
+    /// of `batch` images like those of `d`, with `model`'s whitening preparation.
+    pub fn recording(
+        gpu: &Gpu,
+        model: &ResNet,
+        d: &Dataset,
+        batch: usize,
+        record: impl FnOnce(&mut Tape, &Tensor) -> Result<Vec<Tensor>>,
+    ) -> Result<Self> {
         let batch = batch.min(d.len()).max(1);
         let x = Tensor::zeros(gpu, &[batch, d.channels, d.height, d.width], DType::F32)?;
         let mut tape = Tape::new(gpu);
-        let logits = model.forward(&mut tape, &x, BnMode::Eval)?;
+        let outputs = record(&mut tape, &x)?;
         let mut prepare = Tape::new(gpu);
         model.record_prepare(&mut prepare)?;
         Ok(Self {
             tape,
             prepare,
             x,
-            logits,
+            outputs,
             batch,
         })
     }
 
-    /// Logits of every image of `d`, `[N, C]`.
-    pub fn logits(&self, gpu: &Gpu, d: &Dataset) -> Result<Vec<f32>> {
+    /// Every output over all images of `d`, `[N, ...]` each (the padded rows of the last batch
+    /// dropped).
+    pub fn outputs(&self, gpu: &Gpu, d: &Dataset) -> Result<Vec<Vec<f32>>> {
         self.prepare.run(false);
-        let mut out = Vec::with_capacity(d.len() * d.classes);
+        let mut out: Vec<Vec<f32>> = self
+            .outputs
+            .iter()
+            .map(|t| Vec::with_capacity(d.len() * t.numel() / self.batch))
+            .collect();
         let (mut buf, mut lab) = (Vec::new(), Vec::new());
         for start in (0..d.len()).step_by(self.batch) {
             let idx: Vec<usize> = (start..(start + self.batch).min(d.len())).collect();
@@ -222,10 +243,17 @@ impl Evaluator {
             buf.resize(self.x.numel(), 0.0); // pad the last batch; its extra rows are ignored
             self.x.write_f32(gpu, &buf)?;
             self.tape.run(false);
-            let z = self.logits.to_f32(gpu)?;
-            out.extend_from_slice(&z[..idx.len() * d.classes]);
+            for (o, t) in out.iter_mut().zip(&self.outputs) {
+                let row = t.numel() / self.batch;
+                o.extend_from_slice(&t.to_f32(gpu)?[..idx.len() * row]);
+            }
         }
         Ok(out)
+    }
+
+    /// Logits of every image of `d`, `[N, C]`.
+    pub fn logits(&self, gpu: &Gpu, d: &Dataset) -> Result<Vec<f32>> {
+        Ok(self.outputs(gpu, d)?.swap_remove(0))
     }
 }
 
@@ -514,14 +542,11 @@ pub fn train_with_init(
                 }
                 // Stopped before its first epoch was saved: nothing to continue, so start over
                 // (same seed, same run).
+                // The config does not record --init: say so rather than guess.
                 println!(
-                    "{}: no complete checkpoint set yet; starting the run from the beginning{}",
-                    out.display(),
-                    if init.is_some() {
-                        ""
-                    } else {
-                        " (weights given to --init when the run began are not re-applied)"
-                    }
+                    "{}: no complete checkpoint set yet; starting the run from the beginning \
+                     (if it began from --init weights, pass --init again)",
+                    out.display()
                 );
                 if let Some(p) = init {
                     checkpoint::load_model(gpu, p, &model)?;

@@ -200,7 +200,6 @@ pub fn run(gpu: &Gpu, o: &AblateOptions) -> Result<Ablation> {
             jobs.push((row.clone(), seed, run_config(o, row, seed)?));
         }
     }
-    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     crate::rundir::check_writable(&o.out)?;
     let total = jobs.len();
     let t0 = Instant::now();

@@ -12,15 +12,12 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::config::TrainConfig;
-use crate::data::augment::assemble;
 use crate::data::names::class_names;
 use crate::gpu::Gpu;
 use crate::models::resnet::{Classifier, ResNet};
 use crate::ops::batchnorm::BnMode;
 use crate::ops::whiten::reference::eigh;
 use crate::plot::{self, Labelled, Series};
-use crate::tape::Tape;
-use crate::tensor::{DType, Tensor};
 
 /// Spectrum statistics of one covariance matrix.
 #[derive(Clone, Debug, Serialize)]
@@ -191,33 +188,21 @@ fn features(
     d: &crate::data::Dataset,
     batch: usize,
 ) -> Result<(Vec<f64>, Option<Vec<f64>>, usize)> {
-    let batch = batch.min(d.len()).max(1);
-    let x = Tensor::zeros(gpu, &[batch, d.channels, d.height, d.width], DType::F32)?;
-    let mut tape = Tape::new(gpu);
-    let f = model.features(&mut tape, &x, BnMode::Eval)?;
-    let fw = match &model.whiten {
-        Some(w) => Some(w.forward_eval(&mut tape, &f)?),
-        None => None,
-    };
-    let mut prepare = Tape::new(gpu);
-    model.record_prepare(&mut prepare)?;
-    prepare.run(false);
-    let dim = f.shape()[1];
-    let (mut out, mut outw) = (Vec::new(), Vec::new());
-    let (mut buf, mut lab) = (Vec::new(), Vec::new());
-    for start in (0..d.len()).step_by(batch) {
-        let idx: Vec<usize> = (start..(start + batch).min(d.len())).collect();
-        assemble(d, &idx, None, &mut buf, &mut lab);
-        buf.resize(x.numel(), 0.0);
-        x.write_f32(gpu, &buf)?;
-        tape.run(false);
-        let n = idx.len() * dim;
-        out.extend(f.to_f32(gpu)?[..n].iter().map(|&v| v as f64));
-        if let Some(fw) = &fw {
-            outw.extend(fw.to_f32(gpu)?[..n].iter().map(|&v| v as f64));
+    let ev = crate::train::Evaluator::recording(gpu, model, d, batch, |tape, x| {
+        let f = model.features(tape, x, BnMode::Eval)?;
+        let mut outs = vec![f.clone()];
+        if let Some(w) = &model.whiten {
+            outs.push(w.forward_eval(tape, &f)?);
         }
-    }
-    Ok((out, fw.map(|_| outw), dim))
+        Ok(outs)
+    })?;
+    let dim = model.cfg.arch.feature_dim();
+    let mut outs = ev
+        .outputs(gpu, d)?
+        .into_iter()
+        .map(|o| o.into_iter().map(f64::from).collect::<Vec<f64>>());
+    let f = outs.next().unwrap_or_default();
+    Ok((f, outs.next(), dim))
 }
 
 fn per_class_norms(x: &[f64], labels: &[u32], classes: usize, d: usize) -> Vec<f64> {
