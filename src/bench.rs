@@ -562,16 +562,20 @@ pub struct ModelMeasurement {
     pub losses: Vec<(String, f64, f64, usize)>,
 }
 
-/// Time training steps of `arch` at `[batch, channels, size, size]` with random data.
-pub fn bench_model(
+/// A ResNet `arch` (10 classes, linear classifier, seed 1) and its recorded training step at
+/// `[batch, channels, size, size]`: what `bench --model` times and `tune` pre-tunes. Recording
+/// asks the tuner for every op's variant.
+pub fn model_step(
     gpu: &Gpu,
     arch: &str,
     batch: usize,
     size: usize,
     channels: usize,
-    samples: usize,
     whiten: Option<crate::ops::whiten::WhitenConfig>,
-) -> Result<ModelMeasurement> {
+) -> Result<(
+    crate::models::resnet::ResNet,
+    crate::models::resnet::ResNetStep,
+)> {
     use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
     if batch < 2 || size == 0 || channels == 0 {
         bail!("--batch must be >= 2 (batch norm) and --size, --channels >= 1");
@@ -600,6 +604,20 @@ pub fn bench_model(
         },
         &loss,
     )?;
+    Ok((model, st))
+}
+
+/// Time training steps of `arch` at `[batch, channels, size, size]` with random data.
+pub fn bench_model(
+    gpu: &Gpu,
+    arch: &str,
+    batch: usize,
+    size: usize,
+    channels: usize,
+    samples: usize,
+    whiten: Option<crate::ops::whiten::WhitenConfig>,
+) -> Result<ModelMeasurement> {
+    let (_model, st) = model_step(gpu, arch, batch, size, channels, whiten)?;
     let mut rng = Rng64::new(1);
     st.x.write_f32(gpu, &rng.vec_f32(batch * channels * size * size, -1.0, 1.0))?;
     let labels: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();

@@ -27,4 +27,5 @@ pub mod step;
 pub mod tape;
 pub mod tensor;
 pub mod train;
+pub mod tune;
 pub mod verify;

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use longtail::gpu::{Backend, Gpu, GpuOptions, list_adapters};
+use longtail::tune::TuneMode;
 
 mod cli;
 
@@ -19,6 +20,14 @@ struct Cli {
     /// Adapter: index from `longtail devices`, or a name substring.
     #[arg(long, global = true, env = "LONGTAIL_ADAPTER")]
     adapter: Option<String>,
+    /// How kernel variants are chosen: off (built-in heuristic), cached (time the candidates on
+    /// first use per adapter and shape, then reuse the cached choice), full (time them again).
+    #[arg(long, global = true, env = "LONGTAIL_TUNE", value_enum, default_value_t = TuneMode::Cached)]
+    tune: TuneMode,
+    /// Directory of the tune cache (default: $XDG_CACHE_HOME/longtail/tune or
+    /// ~/.cache/longtail/tune).
+    #[arg(long, global = true, env = "LONGTAIL_TUNE_CACHE")]
+    tune_cache: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +53,8 @@ enum Command {
     /// Feature diagnostics of a checkpoint: covariance spectra before/after whitening, per-class
     /// feature and classifier norms, whitening error (JSON and PNG).
     Diagnose(Box<cli::report::DiagnoseArgs>),
+    /// Time every kernel variant of a model's training step and cache the fastest per shape.
+    Tune(cli::tune::TuneArgs),
     /// Run the ablation rows over seeds at a preset's scale (resumable), then tabulate and plot.
     Ablate(Box<cli::report::AblateArgs>),
 }
@@ -52,6 +63,13 @@ fn run(cli: Cli) -> Result<()> {
     let opts = GpuOptions {
         backend: cli.backend,
         adapter: cli.adapter,
+    };
+    let (tune, tune_cache) = (cli.tune, cli.tune_cache);
+    // The device, with its tuner set as the flags say.
+    let open = |opts: &GpuOptions| -> Result<Gpu> {
+        let gpu = Gpu::new(opts)?;
+        gpu.tuner.configure(tune, tune_cache.clone())?;
+        Ok(gpu)
     };
     match cli.command {
         Command::Devices { json } => {
@@ -68,13 +86,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(args) => cli::bench::run(&Gpu::new(&opts)?, args),
-        Command::Mlp(args) => cli::mlp::run(&Gpu::new(&opts)?, args),
-        Command::Train(args) => cli::train::run(&Gpu::new(&opts)?, *args),
-        Command::Eval(args) => cli::train::eval(&Gpu::new(&opts)?, *args),
+        Command::Bench(args) => cli::bench::run(&open(&opts)?, args),
+        Command::Mlp(args) => cli::mlp::run(&open(&opts)?, args),
+        Command::Train(args) => cli::train::run(&open(&opts)?, *args),
+        Command::Eval(args) => cli::train::eval(&open(&opts)?, *args),
+        Command::Tune(args) => cli::tune::run(&open(&opts)?, args),
         Command::Report(args) => cli::report::report(args),
-        Command::Diagnose(args) => cli::report::diagnose(&Gpu::new(&opts)?, *args),
-        Command::Ablate(args) => cli::report::ablate(&Gpu::new(&opts)?, *args),
+        Command::Diagnose(args) => cli::report::diagnose(&open(&opts)?, *args),
+        Command::Ablate(args) => cli::report::ablate(&open(&opts)?, *args),
     }
 }
 

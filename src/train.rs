@@ -463,8 +463,14 @@ pub fn train_with_init(
     if let (Some(p), false) = (init, resume) {
         checkpoint::load_model(gpu, p, &model)?;
     }
+    // A resumed run records the kernel variants it started with (reproducible to the bit on
+    // one adapter), whatever the tune cache says now.
+    if resume && let Some(pinned) = crate::tune::recorded(out)? {
+        gpu.tuner.pin(pinned);
+    }
     let mut st = model.train_step(gpu, shape, sgd_cfg, &loss)?;
     let evaluator = Evaluator::new(gpu, &model, &test, cfg.eval_batch)?;
+    crate::tune::record(out, &gpu.tuner)?;
     let schedule = Schedule {
         lr: cfg.lr,
         epochs: cfg.epochs,

@@ -498,6 +498,7 @@ fn the_fault_hook_stops_a_real_process_and_resume_repairs_the_set() {
     // Write point 2 + 12 + 3: inside epoch 1's publish step (after the manifest committed).
     let out = Command::new(env!("CARGO_BIN_EXE_longtail"))
         .args(small_args(d, r))
+        .env("LONGTAIL_TUNE", "off")
         .env(longtail::rundir::FAULT_ENV, "17")
         .output()
         .unwrap();

@@ -7,10 +7,16 @@ use longtail::ops::conv2d::{self, ConvGeom};
 use longtail::rng::Rng64;
 use longtail::verify::{self, Case, Input, sum_of};
 
-/// Both kernel families: the direct kernels (what `Auto` picks on adapters with 64 KiB uniform
-/// bindings, llvmpipe included) and the GEMM fallback.
+/// Every variant the tuner can pick: the direct kernels (where they apply; the GEMM otherwise),
+/// the GEMMs, and the GEMM wgrad split for large GPUs.
+const VARIANTS: [conv2d::Algo; 3] = [
+    conv2d::Algo::Direct,
+    conv2d::Algo::Gemm,
+    conv2d::Algo::GemmWide,
+];
+
 fn check(seed: u64, x: [usize; 4], cout: usize, k: usize, stride: usize, pad: usize) {
-    for algo in [conv2d::Algo::Auto, conv2d::Algo::Gemm] {
+    for algo in VARIANTS {
         check_with(seed, x, cout, k, stride, pad, algo);
     }
 }
@@ -123,4 +129,81 @@ fn wgrad_split_k_engages() {
     let (splits, _) = conv2d::wgrad_splits(&g);
     assert!(splits > 1, "expected split-K, got {splits}");
     check(9, [16, 4, 16, 16], 8, 3, 1, 1);
+}
+
+/// Forward, dgrad and wgrad of every variant at a full model shape against the f64 reference
+/// (no finite differences here: the same reference is checked against them at the small
+/// shapes above, and they would cost minutes at these sizes).
+fn check_products(seed: u64, x: [usize; 4], cout: usize, k: usize, stride: usize, pad: usize) {
+    use conv2d::Mode;
+    use longtail::tensor::{DType, Tensor};
+    let gpu = gpu();
+    let mut rng = Rng64::new(seed);
+    let wsh = [cout, x[1], k, k];
+    let g = ConvGeom::new(&x, &wsh, stride, pad).unwrap();
+    let (xv, wv) = (
+        rng.vec_f32(x.iter().product(), -1.0, 1.0),
+        rng.vec_f32(wsh.iter().product(), -1.0, 1.0),
+    );
+    let dyv = rng.vec_f32(g.out_shape().iter().product(), -1.0, 1.0);
+    let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
+    let want_y = conv2d::reference::conv2d(&f64s(&xv), &f64s(&wv), &g);
+    let (want_dx, want_dw) =
+        conv2d::reference::conv2d_grad(&f64s(&xv), &f64s(&wv), &f64s(&dyv), &g);
+    let xt = Tensor::from_f32(gpu, &x, &xv).unwrap();
+    let wt = Tensor::from_f32(gpu, &wsh, &wv).unwrap();
+    let dyt = Tensor::from_f32(gpu, &g.out_shape(), &dyv).unwrap();
+    for mode in [Mode::Forward, Mode::Dgrad, Mode::Wgrad] {
+        let mut names = Vec::new();
+        for algo in VARIANTS {
+            let picked = conv2d::resolve(gpu, &g, mode, algo).unwrap();
+            if names.contains(&picked) {
+                continue; // e.g. GemmWide is Gemm outside wgrad
+            }
+            names.push(picked);
+            let (shape, want, tol) = match mode {
+                Mode::Forward => (g.out_shape().to_vec(), &want_y, sum_of(x[1] * k * k)),
+                Mode::Dgrad => (x.to_vec(), &want_dx, sum_of(cout * k * k)),
+                Mode::Wgrad => (wsh.to_vec(), &want_dw, sum_of(x[0] * g.oh * g.ow)),
+            };
+            let out = Tensor::zeros(gpu, &shape, DType::F32).unwrap();
+            let d = match mode {
+                Mode::Forward => conv2d::forward_dispatches(gpu, &g, &xt, &wt, &out, 0.0, picked),
+                Mode::Dgrad => conv2d::dgrad_dispatches(gpu, &g, &dyt, &wt, &out, 0.0, picked),
+                Mode::Wgrad => conv2d::wgrad_dispatches(gpu, &g, &dyt, &xt, &out, 0.0, picked),
+            }
+            .unwrap();
+            longtail::gpu::submit(gpu, &d.iter().collect::<Vec<_>>());
+            let got = f64s(&out.to_f32(gpu).unwrap());
+            verify::compare_values(
+                &format!("{} {} {}", mode.op_name(), picked.name(), g.key()),
+                &got,
+                want,
+                tol,
+            )
+            .unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_variant_at_resnet32_shapes_batch_128() {
+    check_products(20, [128, 3, 32, 32], 16, 3, 1, 1);
+    check_products(21, [128, 16, 32, 32], 16, 3, 1, 1);
+    check_products(22, [128, 16, 32, 32], 32, 3, 2, 1);
+    check_products(23, [128, 32, 16, 16], 32, 3, 1, 1);
+    check_products(24, [128, 32, 16, 16], 64, 3, 2, 1);
+    check_products(25, [128, 64, 8, 8], 64, 3, 1, 1);
+}
+
+#[test]
+fn every_variant_at_resnet10_shapes_112px() {
+    // ResNet-10 at 112 x 112 (the ImageNet-LT preset's size), batch 4.
+    check_products(30, [4, 3, 112, 112], 64, 7, 2, 3); // stem
+    check_products(31, [4, 64, 28, 28], 64, 3, 1, 1);
+    check_products(32, [4, 64, 28, 28], 128, 3, 2, 1);
+    check_products(33, [4, 64, 28, 28], 128, 1, 2, 0); // projection shortcut
+    check_products(34, [4, 128, 14, 14], 256, 3, 2, 1);
+    check_products(35, [4, 256, 7, 7], 512, 3, 2, 1);
+    check_products(36, [4, 512, 4, 4], 512, 3, 1, 1);
 }

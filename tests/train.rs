@@ -22,6 +22,7 @@ fn tmp(name: &str) -> PathBuf {
 fn longtail(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_longtail"))
         .args(args)
+        .env("LONGTAIL_TUNE", "off") // tests/tune.rs covers tuning; keep these fast
         .output()
         .unwrap();
     (

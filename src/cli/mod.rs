@@ -4,3 +4,4 @@ pub mod bench;
 pub mod mlp;
 pub mod report;
 pub mod train;
+pub mod tune;

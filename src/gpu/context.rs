@@ -261,6 +261,8 @@ pub struct GpuInner {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub kernels: KernelCache,
+    /// Which kernel variant each op records (see [`crate::tune`]).
+    pub tuner: crate::tune::Tuner,
     pub(crate) bytes_in_use: Arc<AtomicU64>,
 }
 
@@ -295,6 +297,7 @@ impl Gpu {
             );
         }
         let kernels = KernelCache::new(device.clone());
+        let tuner = crate::tune::Tuner::new(&summary.name, &summary.backend, &summary.driver_info);
         Ok(Self {
             inner: Arc::new(GpuInner {
                 device,
@@ -303,6 +306,7 @@ impl Gpu {
                 limits,
                 features,
                 kernels,
+                tuner,
                 bytes_in_use: Arc::new(AtomicU64::new(0)),
             }),
         })

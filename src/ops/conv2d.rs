@@ -15,7 +15,7 @@ const TN: usize = 64;
 const TK: usize = 16;
 /// wgrad splits K until at least this many workgroups run (enough for a multi-core CPU or a
 /// small GPU; a large GPU still gets >= 64 busy workgroups).
-const WGRAD_MIN_WORKGROUPS: usize = 64;
+pub const WGRAD_MIN_WORKGROUPS: usize = 64;
 /// ...but each split keeps at least this many K values, so partial sums stay worth writing.
 const WGRAD_MIN_CHUNK: usize = 256;
 /// ...and at most this many: an invocation runs ~2 loop iterations per K value, and llvmpipe
@@ -234,11 +234,137 @@ fn launch(
 /// Which kernels a convolution records.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Algo {
-    /// The direct kernels where the adapter allows them, else the GEMM kernels.
+    /// The adapter's tuner decides among the variants that apply (see [`crate::tune`]).
     #[default]
     Auto,
-    /// Always the tiled implicit GEMMs (for tests and benchmarks of that path).
+    /// The direct kernels of [`conv_direct`] (weights or dY as 64 KiB uniform blocks): shaped
+    /// for CPU adapters, where uniform loads are the cheap ones. Products they cannot run
+    /// (kernel sizes, adapters without 64 KiB uniform bindings) take [`Algo::Gemm`].
+    Direct,
+    /// The workgroup-tiled implicit GEMMs (64 invocations, 8 x RM register blocks); wgrad
+    /// splits K for >= [`WGRAD_MIN_WORKGROUPS`] workgroups, plus one reduction.
     Gemm,
+    /// As [`Algo::Gemm`]; wgrad splits K for >= [`WGRAD_WIDE_WORKGROUPS`] workgroups (a GPU
+    /// with 100+ compute units).
+    GemmWide,
+}
+
+/// wgrad's split target of [`Algo::GemmWide`].
+pub const WGRAD_WIDE_WORKGROUPS: usize = 1024;
+
+impl Algo {
+    /// The variant's name in tune caches and run records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Auto => "auto",
+            Algo::Direct => "direct",
+            Algo::Gemm => "gemm",
+            Algo::GemmWide => "gemm-wide",
+        }
+    }
+
+    fn from_name(s: &str) -> Result<Self> {
+        Ok(match s {
+            "direct" => Algo::Direct,
+            "gemm" => Algo::Gemm,
+            "gemm-wide" => Algo::GemmWide,
+            _ => bail!("unknown convolution variant {s:?}"),
+        })
+    }
+}
+
+impl Mode {
+    /// The op's name in tune caches.
+    pub fn op_name(self) -> &'static str {
+        match self {
+            Mode::Forward => "conv_fwd",
+            Mode::Dgrad => "conv_dgrad",
+            Mode::Wgrad => "conv_wgrad",
+        }
+    }
+}
+
+impl ConvGeom {
+    /// The shape part of a tune key.
+    pub fn key(&self) -> String {
+        format!(
+            "b{} {}x{}x{} -> {} k{}x{} s{} p{}",
+            self.batch,
+            self.cin,
+            self.h,
+            self.w,
+            self.cout,
+            self.kh,
+            self.kw,
+            self.stride,
+            self.pad
+        )
+    }
+}
+
+/// The variants that can run the `mode` product of `g` here, heuristic favourite first: the
+/// direct kernels where they apply (they won every measurement on llvmpipe), then the GEMMs.
+pub fn candidates(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Vec<Algo> {
+    let mut v = Vec::new();
+    if conv_direct::applies(gpu, g, mode) {
+        v.push(Algo::Direct);
+    }
+    v.push(Algo::Gemm);
+    if mode == Mode::Wgrad && wgrad_splits_for(g, WGRAD_WIDE_WORKGROUPS) != wgrad_splits(g) {
+        v.push(Algo::GemmWide);
+    }
+    v
+}
+
+/// Deterministic values in [-1, 1) for tuning inputs.
+fn scratch(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
+        .collect();
+    Tensor::from_f32(gpu, shape, &v)
+}
+
+/// The launches of `algo` for `mode` on scratch tensors of `g`'s shapes, ready to time.
+pub fn scratch_case(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo) -> Result<crate::bench::Case> {
+    let xs = [g.batch, g.cin, g.h, g.w];
+    let ws = [g.cout, g.cin, g.kh, g.kw];
+    let x = scratch(gpu, &xs)?;
+    let w = scratch(gpu, &ws)?;
+    let y = scratch(gpu, &g.out_shape())?;
+    let d = match mode {
+        Mode::Forward => forward_dispatches(gpu, g, &x, &w, &y, 0.0, algo)?,
+        Mode::Dgrad => dgrad_dispatches(gpu, g, &y, &w, &x, 0.0, algo)?,
+        Mode::Wgrad => wgrad_dispatches(gpu, g, &y, &x, &w, 0.0, algo)?,
+    };
+    let bytes = 4.0 * (x.numel() + w.numel() + y.numel()) as f64;
+    Ok(crate::bench::Case::new(
+        mode.op_name(),
+        &g.key(),
+        g.flops(),
+        bytes,
+        d,
+        vec![x, w, y],
+    ))
+}
+
+/// `algo`, or for [`Algo::Auto`] the tuner's choice among [`candidates`].
+pub fn resolve(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo) -> Result<Algo> {
+    match algo {
+        // An explicit choice of a family: the GEMM where the direct kernel cannot run.
+        Algo::Direct if !conv_direct::applies(gpu, g, mode) => return Ok(Algo::Gemm),
+        Algo::Auto => {}
+        _ => return Ok(algo),
+    }
+    let cands = candidates(gpu, g, mode);
+    let names: Vec<&str> = cands.iter().map(|a| a.name()).collect();
+    let v = gpu
+        .tuner
+        .choose(mode.op_name(), &g.key(), &names, &mut |v, best| {
+            let case = scratch_case(gpu, g, mode, Algo::from_name(v)?)?;
+            Ok(Some(crate::tune::time_launches(gpu, &case, best)?))
+        })?;
+    Algo::from_name(&v)
 }
 
 /// Record `y = conv(x, w)` (`beta` = 1 adds into `y`).
@@ -251,10 +377,9 @@ pub fn forward_dispatches(
     beta: f32,
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
-    if algo == Algo::Auto
-        && let Some(d) = conv_direct::forward(gpu, g, x, w, y, beta)?
-    {
-        return Ok(d);
+    if resolve(gpu, g, Mode::Forward, algo)? == Algo::Direct {
+        return conv_direct::forward(gpu, g, x, w, y, beta)?
+            .ok_or_else(|| anyhow::anyhow!("conv forward {}: no direct kernel fits", g.key()));
     }
     let (_, _, k) = g.gemm(Mode::Forward);
     Ok(vec![launch(
@@ -280,10 +405,9 @@ pub fn dgrad_dispatches(
     beta: f32,
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
-    if algo == Algo::Auto
-        && let Some(d) = conv_direct::dgrad(gpu, g, dy, w, dx, beta)?
-    {
-        return Ok(d);
+    if resolve(gpu, g, Mode::Dgrad, algo)? == Algo::Direct {
+        return conv_direct::dgrad(gpu, g, dy, w, dx, beta)?
+            .ok_or_else(|| anyhow::anyhow!("conv dgrad {}: no direct kernel fits", g.key()));
     }
     let (_, _, k) = g.gemm(Mode::Dgrad);
     Ok(vec![launch(
@@ -299,11 +423,17 @@ pub fn dgrad_dispatches(
     )?])
 }
 
-/// The split-K plan of wgrad: (splits, K values per split).
+/// The split-K plan of wgrad ([`Algo::Gemm`]): (splits, K values per split).
 pub fn wgrad_splits(g: &ConvGeom) -> (usize, usize) {
+    wgrad_splits_for(g, WGRAD_MIN_WORKGROUPS)
+}
+
+/// The split-K plan of wgrad for at least `min_workgroups` workgroups (within the chunk
+/// bounds): (splits, K values per split).
+pub fn wgrad_splits_for(g: &ConvGeom, min_workgroups: usize) -> (usize, usize) {
     let (m, n, k) = g.gemm(Mode::Wgrad);
     let tiles = m.div_ceil(8 * rows_per_invocation(m, Mode::Wgrad)) * n.div_ceil(TN);
-    let want = WGRAD_MIN_WORKGROUPS.div_ceil(tiles).max(1);
+    let want = min_workgroups.div_ceil(tiles).max(1);
     let most = k.div_ceil(WGRAD_MIN_CHUNK).max(1);
     // ...and enough splits that no launch covers more than WGRAD_MAX_CHUNK values of K.
     let splits = want.min(most).max(k.div_ceil(WGRAD_MAX_CHUNK));
@@ -322,12 +452,16 @@ pub fn wgrad_dispatches(
     beta: f32,
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
-    if algo == Algo::Auto
-        && let Some(d) = conv_direct::wgrad(gpu, g, dy, x, dw, beta)?
-    {
-        return Ok(d);
+    let algo = resolve(gpu, g, Mode::Wgrad, algo)?;
+    if algo == Algo::Direct {
+        return conv_direct::wgrad(gpu, g, dy, x, dw, beta)?
+            .ok_or_else(|| anyhow::anyhow!("conv wgrad {}: no direct kernel fits", g.key()));
     }
-    let (splits, chunk) = wgrad_splits(g);
+    let (splits, chunk) = if algo == Algo::GemmWide {
+        wgrad_splits_for(g, WGRAD_WIDE_WORKGROUPS)
+    } else {
+        wgrad_splits(g)
+    };
     if splits == 1 {
         return Ok(vec![launch(
             gpu,

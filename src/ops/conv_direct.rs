@@ -191,6 +191,38 @@ struct Grid<'a> {
     ostride: usize,
 }
 
+/// The block plan of a launch set, or `None` when the direct kernel cannot run it.
+fn fits(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    outs: usize,
+    ins: usize,
+    istride: usize,
+    classes: &[Class],
+) -> Option<Plan> {
+    // Kernels taller than the parameter block's tap rows take the GEMM path.
+    if classes.iter().any(|c| c.rows.len() > MAX_ROWS) {
+        return None;
+    }
+    let window = classes
+        .iter()
+        .map(|c| (PX - 1) * istride + c.kr)
+        .max()
+        .unwrap_or(0);
+    Plan::new(gpu, outs, ins, g.kh * g.kw, window)
+}
+
+/// Whether the direct kernel applies to the `mode` product of `g` on this adapter (the tuner
+/// lists it as a candidate only then).
+pub fn applies(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode) -> bool {
+    use super::conv2d::Mode;
+    match mode {
+        Mode::Forward => fits(gpu, g, g.cout, g.cin, g.stride, &[forward_class(g)]).is_some(),
+        Mode::Dgrad => fits(gpu, g, g.cin, g.cout, 1, &dgrad_classes(g)).is_some(),
+        Mode::Wgrad => WgradPlan::new(gpu, g).is_some(),
+    }
+}
+
 /// Pack `w` (transposed for dgrad) and record the launches of every class, or `None` when the
 /// plan for the widest tap-row window does not fit.
 fn record(
@@ -202,19 +234,17 @@ fn record(
     classes: &[Class],
     beta: f32,
 ) -> Result<Option<Vec<Dispatch>>> {
-    // Kernels taller than the parameter block's tap rows take the GEMM path.
-    if classes.iter().any(|c| c.rows.len() > MAX_ROWS) {
-        return Ok(None);
-    }
-    let khw = g.kh * g.kw;
-    let window = classes
-        .iter()
-        .map(|c| (PX - 1) * grid.istride + c.kr)
-        .max()
-        .unwrap_or(0);
-    let Some(plan) = Plan::new(gpu, grid.dst_chw[0], grid.src_chw[0], khw, window) else {
+    let Some(plan) = fits(
+        gpu,
+        g,
+        grid.dst_chw[0],
+        grid.src_chw[0],
+        grid.istride,
+        classes,
+    ) else {
         return Ok(None);
     };
+    let khw = g.kh * g.kw;
     let (weights, pack) = pack(gpu, w, &plan, g, transpose)?;
     let mut out = vec![pack];
     let (src_chw, dst_chw, istride) = (grid.src_chw, grid.dst_chw, grid.istride);
@@ -291,49 +321,23 @@ fn record(
     Ok(Some(out))
 }
 
-/// Record `y (+)= conv(x, w)` with the direct kernel, or `None` when [`Plan`] says it does not
-/// fit.
-pub fn forward(
-    gpu: &Gpu,
-    g: &ConvGeom,
-    x: &crate::tensor::Tensor,
-    w: &crate::tensor::Tensor,
-    y: &crate::tensor::Tensor,
-    beta: f32,
-) -> Result<Option<Vec<Dispatch>>> {
+/// The forward's one class: every output pixel, a tap row per kernel row.
+fn forward_class(g: &ConvGeom) -> Class {
     let pad = g.pad as i32;
-    let rows = (0..g.kh)
-        .map(|ky| [ky as i32 - pad, -pad, (ky * g.kw) as i32, 1])
-        .collect();
-    let class = Class {
+    Class {
         ni: g.oh,
         nj: g.ow,
         oy0: 0,
         ox0: 0,
         kr: g.kw,
-        rows,
-    };
-    let grid = Grid {
-        src: x,
-        dst: y,
-        src_chw: [g.cin, g.h, g.w],
-        dst_chw: [g.cout, g.oh, g.ow],
-        istride: g.stride,
-        ostride: 1,
-    };
-    record(gpu, g, w, false, &grid, &[class], beta)
+        rows: (0..g.kh)
+            .map(|ky| [ky as i32 - pad, -pad, (ky * g.kw) as i32, 1])
+            .collect(),
+    }
 }
 
-/// Record `dx (+)= conv_transpose(dy, w)` with the direct kernel, one launch set per phase
-/// class, or `None` when [`Plan`] says it does not fit.
-pub fn dgrad(
-    gpu: &Gpu,
-    g: &ConvGeom,
-    dy: &crate::tensor::Tensor,
-    w: &crate::tensor::Tensor,
-    dx: &crate::tensor::Tensor,
-    beta: f32,
-) -> Result<Option<Vec<Dispatch>>> {
+/// The input-gradient's phase classes (stride^2 of them) with the taps that reach each.
+fn dgrad_classes(g: &ConvGeom) -> Vec<Class> {
     let (s, pad) = (g.stride as i32, g.pad as i32);
     // Input row y = s*i + py takes kernel row ky when (y + pad - ky) is a multiple of s: it
     // reads gradient row i + (py + pad - ky) / s. The same holds for columns, where the taps
@@ -372,6 +376,42 @@ pub fn dgrad(
             });
         }
     }
+    classes
+}
+
+/// Record `y (+)= conv(x, w)` with the direct kernel, or `None` when [`Plan`] says it does not
+/// fit.
+pub fn forward(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &crate::tensor::Tensor,
+    w: &crate::tensor::Tensor,
+    y: &crate::tensor::Tensor,
+    beta: f32,
+) -> Result<Option<Vec<Dispatch>>> {
+    let class = forward_class(g);
+    let grid = Grid {
+        src: x,
+        dst: y,
+        src_chw: [g.cin, g.h, g.w],
+        dst_chw: [g.cout, g.oh, g.ow],
+        istride: g.stride,
+        ostride: 1,
+    };
+    record(gpu, g, w, false, &grid, &[class], beta)
+}
+
+/// Record `dx (+)= conv_transpose(dy, w)` with the direct kernel, one launch set per phase
+/// class, or `None` when [`Plan`] says it does not fit.
+pub fn dgrad(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    dy: &crate::tensor::Tensor,
+    w: &crate::tensor::Tensor,
+    dx: &crate::tensor::Tensor,
+    beta: f32,
+) -> Result<Option<Vec<Dispatch>>> {
+    let classes = dgrad_classes(g);
     let grid = Grid {
         src: dy,
         dst: dx,

@@ -50,7 +50,11 @@ pub fn tmp_dir(tag: &str) -> std::path::PathBuf {
 /// Run the `longtail` binary: (exit code, stdout, stderr). `exe` is `env!("CARGO_BIN_EXE_longtail")`
 /// of the calling test crate.
 pub fn run_bin(exe: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(exe).args(args).output().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(args)
+        .env("LONGTAIL_TUNE", "off") // tests/tune.rs covers tuning; keep these fast
+        .output()
+        .unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
