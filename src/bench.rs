@@ -47,6 +47,22 @@ impl Case {
     }
 }
 
+impl Case {
+    /// A case replaying a recorded tape, forward and backward (`keep`: tensors it references).
+    pub fn from_tape(
+        kernel: &str,
+        shape: &str,
+        flops: f64,
+        bytes: f64,
+        tape: Tape,
+        keep: Vec<Tensor>,
+    ) -> Self {
+        let mut c = Self::new(kernel, shape, flops, bytes, Vec::new(), keep);
+        c.tape_prog = Some(tape);
+        c
+    }
+}
+
 /// One measured case.
 #[derive(Clone, Debug, Serialize)]
 pub struct Measurement {

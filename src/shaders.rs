@@ -9,6 +9,14 @@ pub const ALL: &[(&str, &str)] = &[
     ("conv2d", include_str!("../shaders/conv2d.wgsl")),
     ("conv_direct", include_str!("../shaders/conv_direct.wgsl")),
     ("batchnorm", include_str!("../shaders/batchnorm.wgsl")),
+    (
+        "batchnorm_split",
+        include_str!("../shaders/batchnorm_split.wgsl"),
+    ),
+    (
+        "batchnorm_subgroup",
+        include_str!("../shaders/batchnorm_subgroup.wgsl"),
+    ),
     ("pool", include_str!("../shaders/pool.wgsl")),
     ("shortcut", include_str!("../shaders/shortcut.wgsl")),
     ("normalize", include_str!("../shaders/normalize.wgsl")),
@@ -35,11 +43,16 @@ pub fn source(name: &str) -> Result<&'static str> {
 pub fn validate(name: &str, src: &str) -> Result<()> {
     let module = naga::front::wgsl::parse_str(src)
         .map_err(|e| anyhow::anyhow!("{name}.wgsl: {}", e.emit_to_string(src)))?;
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .map_err(|e| anyhow::anyhow!("{name}.wgsl: {}", e.emit_to_string(src)))?;
+    // Shaders that enable subgroups are only built on adapters with the feature.
+    let caps = if src.contains("subgroupAdd") {
+        naga::valid::Capabilities::SUBGROUP
+    } else {
+        naga::valid::Capabilities::empty()
+    };
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+        .validate(&module)
+        .map_err(|e| anyhow::anyhow!("{name}.wgsl: {}", e.emit_to_string(src)))?;
     Ok(())
 }

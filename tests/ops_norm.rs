@@ -4,7 +4,7 @@
 mod common;
 
 use common::gpu;
-use longtail::ops::batchnorm::{self, BnMode, BnState, EPS, MOMENTUM};
+use longtail::ops::batchnorm::{self, BnAlgo, BnMode, BnState, EPS, MOMENTUM};
 use longtail::rng::Rng64;
 use longtail::tape::Tape;
 use longtail::tensor::Tensor;
@@ -20,12 +20,23 @@ fn bn_tol(count: usize) -> Tolerance {
     }
 }
 
+/// Every reduction variant the adapter has: fused, split (GPU-shaped), subgroup.
+fn variants() -> Vec<BnAlgo> {
+    batchnorm::candidates(gpu())
+}
+
 fn check(seed: u64, shape: [usize; 4], relu: bool) {
+    for algo in variants() {
+        check_with(seed, shape, relu, algo);
+    }
+}
+
+fn check_with(seed: u64, shape: [usize; 4], relu: bool, algo: BnAlgo) {
     let mut rng = Rng64::new(seed);
     let (b, c, hw) = (shape[0], shape[1], shape[2] * shape[3]);
     let dims = (b, c, hw);
     let case = Case {
-        name: format!("batch_norm {shape:?} relu={relu}"),
+        name: format!("batch_norm {algo:?} {shape:?} relu={relu}"),
         seed,
         inputs: vec![
             Input::uniform(&mut rng, &shape, -1.0, 1.5, true),
@@ -40,7 +51,7 @@ fn check(seed: u64, shape: [usize; 4], relu: bool) {
         &case,
         &|t, v| {
             let st = BnState::new(t.gpu(), c)?;
-            batchnorm::batch_norm(t, &v[0], &v[1], &v[2], &st, BnMode::Train, relu)
+            batchnorm::batch_norm_with(t, &v[0], &v[1], &v[2], &st, BnMode::Train, relu, algo)
         },
         &|v| batchnorm::reference::batch_norm(&v[0], &v[1], &v[2], dims, EPS as f64, relu),
         &|v, dy| {
@@ -76,15 +87,22 @@ fn batch_norm_past_2_17_values_per_channel() {
     let one = Tensor::from_f32(g, &[1], &[1.0]).unwrap();
     let zero = Tensor::from_f32(g, &[1], &[0.0]).unwrap();
     let st = BnState::new(g, 1).unwrap();
-    let mut tape = Tape::new(g);
-    let y = batchnorm::batch_norm(&mut tape, &x, &one, &zero, &st, BnMode::Train, false).unwrap();
-    tape.run(false);
-    let y = y.to_f32(g).unwrap();
-    let n = y.len() as f64;
-    let mean = y.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = y.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    assert!(mean.abs() < 1e-4, "normalised mean {mean}");
-    assert!((var - 1.0).abs() < 1e-3, "normalised variance {var}");
+    for algo in variants() {
+        let mut tape = Tape::new(g);
+        let y =
+            batchnorm::batch_norm_with(&mut tape, &x, &one, &zero, &st, BnMode::Train, false, algo)
+                .unwrap();
+        tape.run(false);
+        let y = y.to_f32(g).unwrap();
+        let n = y.len() as f64;
+        let mean = y.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = y.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        assert!(mean.abs() < 1e-4, "{algo:?}: normalised mean {mean}");
+        assert!(
+            (var - 1.0).abs() < 1e-3,
+            "{algo:?}: normalised variance {var}"
+        );
+    }
 }
 
 /// A mean 3,000 standard deviations from zero: the one-pass statistics (sums around a pivot
@@ -96,11 +114,24 @@ fn batch_norm_statistics_with_a_large_mean() {
     let data: Vec<f32> = rng.vec_f32(b * c * h * w, 1000.0, 1001.0);
     let g = gpu();
     let x = Tensor::from_f32(g, &[b, c, h, w], &data).unwrap();
+    for algo in variants() {
+        large_mean_with(g, &x, &data, (b, c, h, w), algo);
+    }
+}
+
+fn large_mean_with(
+    g: &longtail::gpu::Gpu,
+    x: &Tensor,
+    data: &[f32],
+    (b, c, h, w): (usize, usize, usize, usize),
+    algo: BnAlgo,
+) {
     let one = Tensor::from_f32(g, &[c], &[1.0; 2]).unwrap();
     let zero = Tensor::from_f32(g, &[c], &[0.0; 2]).unwrap();
     let st = BnState::new(g, c).unwrap();
     let mut tape = Tape::new(g);
-    let y = batchnorm::batch_norm(&mut tape, &x, &one, &zero, &st, BnMode::Train, false).unwrap();
+    let y = batchnorm::batch_norm_with(&mut tape, x, &one, &zero, &st, BnMode::Train, false, algo)
+        .unwrap();
     tape.run(false);
     let got = y.to_f32(g).unwrap();
     let xs: Vec<f64> = data.iter().map(|&v| v as f64).collect();
@@ -119,11 +150,17 @@ fn batch_norm_statistics_with_a_large_mean() {
         .zip(&want)
         .map(|(&a, &b)| (a as f64 - b).abs())
         .fold(0.0, f64::max);
-    assert!(worst < 2e-3, "largest error {worst}");
+    assert!(worst < 2e-3, "{algo:?}: largest error {worst}");
 }
 
 #[test]
 fn running_statistics_and_eval_mode() {
+    for algo in variants() {
+        running_with(algo);
+    }
+}
+
+fn running_with(algo: BnAlgo) {
     let g = gpu();
     let mut rng = Rng64::new(6);
     let (b, c, h, w) = (5, 3, 4, 3);
@@ -133,7 +170,17 @@ fn running_statistics_and_eval_mode() {
     let beta = Tensor::from_f32(g, &[c], &[0.0, 0.1, -0.2]).unwrap();
     let st = BnState::new(g, c).unwrap();
     let mut tape = Tape::new(g);
-    batchnorm::batch_norm(&mut tape, &x, &gamma, &beta, &st, BnMode::Train, false).unwrap();
+    batchnorm::batch_norm_with(
+        &mut tape,
+        &x,
+        &gamma,
+        &beta,
+        &st,
+        BnMode::Train,
+        false,
+        algo,
+    )
+    .unwrap();
     // Two steps: the EMA is applied twice.
     tape.run(false);
     tape.run(false);
@@ -147,7 +194,10 @@ fn running_statistics_and_eval_mode() {
         let want_m = (1.0 - (1.0 - m).powi(2)) * mv[ch].0;
         let unb = mv[ch].1 * count / (count - 1.0);
         let want_v = (1.0 - m).powi(2) * 1.0 + (1.0 - (1.0 - m).powi(2)) * unb;
-        assert!((rm[ch] as f64 - want_m).abs() < 1e-5, "running mean {ch}");
+        assert!(
+            (rm[ch] as f64 - want_m).abs() < 1e-5,
+            "{algo:?}: running mean {ch}"
+        );
         assert!((rv[ch] as f64 - want_v).abs() < 1e-5, "running var {ch}");
     }
     // Eval mode normalises with the running statistics.

@@ -280,7 +280,9 @@ impl Gpu {
         let (index, adapter) = pick_adapter(opts)?;
         let summary = AdapterSummary::new(index, &adapter);
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Subgroups where offered: the subgroup batch-norm variant is then a tuning candidate.
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let desc = wgpu::DeviceDescriptor {
             label: Some("longtail"),
             required_features: features,
@@ -331,6 +333,11 @@ impl Gpu {
             self.summary.device_type,
             self.summary.driver_info
         )
+    }
+
+    /// Whether subgroup operations are enabled on this device.
+    pub fn has_subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
     }
 
     /// Whether GPU timestamp queries are enabled on this device.

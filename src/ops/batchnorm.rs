@@ -27,7 +27,8 @@ struct Params {
     eps: f32,
     momentum: f32,
     beta: f32,
-    _p: f32,
+    /// Workgroups per channel of the split reductions (unused by the fused kernels).
+    splits: u32,
 }
 
 /// A batch-norm layer's state outside the parameters: running statistics (saved in checkpoints).
@@ -63,8 +64,107 @@ fn dims(x: &Tensor) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// Which reduction kernels a train-mode batch norm records (apply and dx are shared).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BnAlgo {
+    /// The adapter's tuner decides (see [`crate::tune`]).
+    #[default]
+    Auto,
+    /// One 256-wide workgroup per channel, statistics and running update in one launch
+    /// (`batchnorm.wgsl`; vec4 lanes walking whole planes where the layout allows): best where
+    /// cores are few, as on llvmpipe.
+    Fused,
+    /// Each channel split over several workgroups so that C x S >= [`SPLIT_WORKGROUPS`], then a
+    /// per-channel finish (`batchnorm_split.wgsl`): shaped for GPUs with many compute units.
+    Split,
+    /// [`BnAlgo::Split`] with subgroup adds in the workgroup reduction
+    /// (`batchnorm_subgroup.wgsl`), where the adapter has subgroups.
+    Subgroup,
+}
+
+/// Workgroups a split reduction aims for (a 132-SM GPU gets several per SM).
+pub const SPLIT_WORKGROUPS: usize = 1024;
+
+impl BnAlgo {
+    /// The variant's name in tune caches and run records.
+    pub fn name(self) -> &'static str {
+        match self {
+            BnAlgo::Auto => "auto",
+            BnAlgo::Fused => "fused",
+            BnAlgo::Split => "split",
+            BnAlgo::Subgroup => "subgroup",
+        }
+    }
+
+    fn from_name(s: &str) -> Result<Self> {
+        Ok(match s {
+            "fused" => BnAlgo::Fused,
+            "split" => BnAlgo::Split,
+            "subgroup" => BnAlgo::Subgroup,
+            _ => bail!("unknown batch-norm variant {s:?}"),
+        })
+    }
+}
+
+/// The variants this adapter can run, heuristic favourite first.
+pub fn candidates(gpu: &Gpu) -> Vec<BnAlgo> {
+    let mut v = vec![BnAlgo::Fused, BnAlgo::Split];
+    if gpu.has_subgroups() {
+        v.push(BnAlgo::Subgroup);
+    }
+    v
+}
+
+/// Workgroups per channel of the split reductions: enough for [`SPLIT_WORKGROUPS`] in all, at
+/// most one per image.
+pub fn splits(batch: usize, channels: usize) -> usize {
+    SPLIT_WORKGROUPS
+        .div_ceil(channels.max(1))
+        .clamp(1, batch.max(1))
+}
+
+/// `algo`, or for [`BnAlgo::Auto`] the tuner's choice for a train-mode layer of this shape
+/// (timed as forward + backward on scratch tensors).
+pub fn resolve(
+    gpu: &Gpu,
+    batch: usize,
+    channels: usize,
+    hw: usize,
+    algo: BnAlgo,
+) -> Result<BnAlgo> {
+    if algo == BnAlgo::Subgroup && !gpu.has_subgroups() {
+        bail!("batch_norm: the subgroup variant needs an adapter with subgroups");
+    }
+    if algo != BnAlgo::Auto {
+        return Ok(algo);
+    }
+    let cands = candidates(gpu);
+    let names: Vec<&str> = cands.iter().map(|a| a.name()).collect();
+    let key = format!("b{batch} {channels}x{hw}");
+    let v = gpu
+        .tuner
+        .choose("batchnorm", &key, &names, &mut |v, best| {
+            let a = BnAlgo::from_name(v)?;
+            let shape = [batch, channels, 1, hw];
+            let n: usize = shape.iter().product();
+            let vals: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let x = Tensor::from_f32(gpu, &shape, &vals)?.requiring_grad();
+            let g = Tensor::from_f32(gpu, &[channels], &vec![1.0; channels])?.requiring_grad();
+            let b = Tensor::from_f32(gpu, &[channels], &vec![0.0; channels])?.requiring_grad();
+            let st = BnState::new(gpu, channels)?;
+            let mut tape = Tape::new(gpu);
+            let y = batch_norm_with(&mut tape, &x, &g, &b, &st, BnMode::Train, true, a)?;
+            let seed = Tensor::from_f32(gpu, &shape, &vals)?;
+            tape.backward_with(&y, seed)?;
+            let case = crate::bench::Case::from_tape("batchnorm", &key, 0.0, 0.0, tape, vec![x]);
+            Ok(Some(crate::tune::time_launches(gpu, &case, best)?))
+        })?;
+    BnAlgo::from_name(&v)
+}
+
 /// `relu?(gamma * (x - mean) / sqrt(var + eps) + beta)` per channel.
-#[allow(clippy::too_many_arguments)] // the layer's tensors, its state and two switches
 pub fn batch_norm(
     tape: &mut Tape,
     x: &Tensor,
@@ -73,6 +173,21 @@ pub fn batch_norm(
     state: &BnState,
     mode: BnMode,
     relu: bool,
+) -> Result<Tensor> {
+    batch_norm_with(tape, x, gamma, beta, state, mode, relu, BnAlgo::Auto)
+}
+
+/// [`batch_norm`] with a choice of reduction kernels (train mode; eval mode has none).
+#[allow(clippy::too_many_arguments)] // the layer's tensors, its state and three switches
+pub fn batch_norm_with(
+    tape: &mut Tape,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    state: &BnState,
+    mode: BnMode,
+    relu: bool,
+    algo: BnAlgo,
 ) -> Result<Tensor> {
     let (batch, channels, hw) = dims(x)?;
     for (name, t) in [
@@ -100,7 +215,7 @@ pub fn batch_norm(
         eps: EPS,
         momentum: MOMENTUM,
         beta: 0.0,
-        _p: 0.0,
+        splits: 1,
     };
     let stats = Tensor::zeros(&gpu, &[2 * channels], DType::F32)?;
     let stat_bindings = [
@@ -120,23 +235,72 @@ pub fn batch_norm(
             ((batch * channels * hw) as u32).div_ceil(256)
         }
     };
-    let stats_launch = match mode {
-        BnMode::Train => Dispatch::build(
+    let algo = match mode {
+        BnMode::Train => resolve(&gpu, batch, channels, hw, algo)?,
+        BnMode::Eval => BnAlgo::Fused,
+    };
+    let ns = splits(batch, channels);
+    let sp = Params {
+        splits: ns as u32,
+        ..p
+    };
+    let part = match algo {
+        BnAlgo::Split | BnAlgo::Subgroup => {
+            Some(Tensor::zeros(&gpu, &[channels * ns * 2], DType::F32)?)
+        }
+        _ => None,
+    };
+    let (split_shader, stats_entry, back_entry) = if algo == BnAlgo::Subgroup {
+        (
+            "batchnorm_subgroup",
+            "stats_partial_sg",
+            "backward_partial_sg",
+        )
+    } else {
+        ("batchnorm_split", "stats_partial", "backward_partial")
+    };
+    let finish_groups = [(channels as u32).div_ceil(64), 1, 1];
+    let stats_launches = match (mode, &part) {
+        (BnMode::Train, Some(part)) => vec![
+            Dispatch::build(
+                &gpu,
+                split_shader,
+                stats_entry,
+                &[x.read(), part.write()],
+                bytemuck::bytes_of(&sp),
+                [channels as u32, ns as u32, 1],
+            )?,
+            Dispatch::build(
+                &gpu,
+                "batchnorm_split",
+                "stats_finish",
+                &[
+                    x.read(),
+                    part.read(),
+                    stats.write(),
+                    state.running_mean.write(),
+                    state.running_var.write(),
+                ],
+                bytemuck::bytes_of(&sp),
+                finish_groups,
+            )?,
+        ],
+        (BnMode::Train, None) => vec![Dispatch::build(
             &gpu,
             "batchnorm",
             entry("batch_stats", "batch_stats4"),
             &stat_bindings,
             bytemuck::bytes_of(&p),
             [channels as u32, 1, 1],
-        )?,
-        BnMode::Eval => Dispatch::build(
+        )?],
+        (BnMode::Eval, _) => vec![Dispatch::build(
             &gpu,
             "batchnorm",
             "eval_stats",
             &stat_bindings,
             bytemuck::bytes_of(&p),
             [(channels as u32).div_ceil(64), 1, 1],
-        )?,
+        )?],
     };
     let y = tape.output(x.shape(), &[x, gamma, beta])?;
     let v4 = v4 && y.offset() % 16 == 0;
@@ -153,7 +317,7 @@ pub fn batch_norm(
         "batchnorm",
         vec![x.clone(), gamma.clone(), beta.clone()],
         &y,
-        vec![stats_launch, apply],
+        stats_launches.into_iter().chain([apply]).collect(),
         Box::new(move |gpu, dy, gin| {
             if mode == BnMode::Eval {
                 bail!("batch_norm: no backward in eval mode (record a train-mode network)");
@@ -176,26 +340,52 @@ pub fn batch_norm(
                 ..p
             };
             let v4 = v4 && dy.offset() % 16 == 0;
-            let mut v = vec![Dispatch::build(
-                gpu,
-                "batchnorm",
-                if v4 {
-                    "backward_sums4"
-                } else {
-                    "backward_sums"
-                },
-                &[
-                    sx.read(),
-                    sy.read(),
-                    dy.read(),
-                    stats.read(),
-                    sums.write(),
-                    dgamma.write(),
-                    dbeta.write(),
-                ],
-                bytemuck::bytes_of(&bp),
-                [channels as u32, 1, 1],
-            )?];
+            let mut v = match &part {
+                Some(part) => {
+                    let bsp = Params {
+                        splits: ns as u32,
+                        ..bp
+                    };
+                    vec![
+                        Dispatch::build(
+                            gpu,
+                            split_shader,
+                            back_entry,
+                            &[sx.read(), sy.read(), dy.read(), stats.read(), part.write()],
+                            bytemuck::bytes_of(&bsp),
+                            [channels as u32, ns as u32, 1],
+                        )?,
+                        Dispatch::build(
+                            gpu,
+                            "batchnorm_split",
+                            "backward_finish",
+                            &[part.read(), sums.write(), dgamma.write(), dbeta.write()],
+                            bytemuck::bytes_of(&bsp),
+                            finish_groups,
+                        )?,
+                    ]
+                }
+                None => vec![Dispatch::build(
+                    gpu,
+                    "batchnorm",
+                    if v4 {
+                        "backward_sums4"
+                    } else {
+                        "backward_sums"
+                    },
+                    &[
+                        sx.read(),
+                        sy.read(),
+                        dy.read(),
+                        stats.read(),
+                        sums.write(),
+                        dgamma.write(),
+                        dbeta.write(),
+                    ],
+                    bytemuck::bytes_of(&bp),
+                    [channels as u32, 1, 1],
+                )?],
+            };
             if let Some(t) = &gin[0] {
                 let dp = Params {
                     beta: t.beta(),

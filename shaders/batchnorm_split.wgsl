@@ -1,0 +1,155 @@
+// Batch norm reductions shaped for GPUs: each channel's sums are split over `splits`
+// workgroups (images s, s + S, s + 2S, ...), so a layer of 16 channels still fills 100+
+// compute units; a per-channel finish adds the partials in a fixed order (deterministic).
+// The fused kernels of batchnorm.wgsl run one workgroup per channel instead (best on CPUs).
+// Statistics use the same pivot as batch_stats4 (the channel's first element) so the one-pass
+// variance does not cancel when |mean| >> std.
+
+struct Params {
+    batch: u32,
+    channels: u32,
+    hw: u32,
+    relu: u32,
+    eps: f32,
+    momentum: f32,
+    beta: f32,       // 0 overwrite / 1 accumulate, for gradient outputs
+    splits: u32,
+}
+
+const WG: u32 = 256u;
+var<workgroup> r0: array<f32, WG>;
+var<workgroup> r1: array<f32, WG>;
+
+fn tree(lid: u32) {
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            r0[lid] += r0[lid + s];
+            r1[lid] += r1[lid + s];
+        }
+        workgroupBarrier();
+    }
+}
+
+// Element i of split s of channel c: images s + j*S, j = i / hw.
+fn split_elem(c: u32, s: u32, i: u32, q: Params) -> u32 {
+    let j = i / q.hw;
+    return ((s + j * q.splits) * q.channels + c) * q.hw + (i - j * q.hw);
+}
+
+fn split_count(s: u32, q: Params) -> u32 {
+    return ((q.batch - s + q.splits - 1u) / q.splits) * q.hw;
+}
+
+// ---- statistics: partials [C][S][2] of (x - k) and (x - k)^2
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> part: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+@compute @workgroup_size(256)
+fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let s = wg.y;
+    let k = x[c * p.hw];
+    var a = 0.0;
+    var q = 0.0;
+    for (var i = lid; i < split_count(s, p); i += WG) {
+        let d = x[split_elem(c, s, i, p)] - k;
+        a += d;
+        q = fma(d, d, q);
+    }
+    r0[lid] = a;
+    r1[lid] = q;
+    tree(lid);
+    if (lid == 0u) {
+        part[(c * p.splits + s) * 2u] = r0[0];
+        part[(c * p.splits + s) * 2u + 1u] = r1[0];
+    }
+}
+
+@group(0) @binding(0) var<storage, read> fx: array<f32>;
+@group(0) @binding(1) var<storage, read> fpart: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(3) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> running_var: array<f32>;
+@group(0) @binding(5) var<uniform> fp: Params;
+
+@compute @workgroup_size(64)
+fn stats_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= fp.channels) { return; }
+    var a = 0.0;
+    var q = 0.0;
+    for (var s = 0u; s < fp.splits; s++) {
+        a += fpart[(c * fp.splits + s) * 2u];
+        q += fpart[(c * fp.splits + s) * 2u + 1u];
+    }
+    let count = fp.batch * fp.hw;
+    let m = a / f32(count);
+    let mean = fx[c * fp.hw] + m;
+    let var_b = max(q / f32(count) - m * m, 0.0);
+    stats[c] = mean;
+    stats[fp.channels + c] = inverseSqrt(var_b + fp.eps);
+    let unbiased = select(var_b, var_b * f32(count) / f32(count - 1u), count > 1u);
+    running_mean[c] = (1.0 - fp.momentum) * running_mean[c] + fp.momentum * mean;
+    running_var[c] = (1.0 - fp.momentum) * running_var[c] + fp.momentum * unbiased;
+}
+
+// ---- backward: partials of sum(dyh) and sum(dyh * xhat), dyh = dy masked by the fused ReLU
+@group(0) @binding(0) var<storage, read> bx: array<f32>;
+@group(0) @binding(1) var<storage, read> by: array<f32>;
+@group(0) @binding(2) var<storage, read> bdy: array<f32>;
+@group(0) @binding(3) var<storage, read> bstats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bpart: array<f32>;
+@group(0) @binding(5) var<uniform> bp: Params;
+
+@compute @workgroup_size(256)
+fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let s = wg.y;
+    let mean = bstats[c];
+    let inv = bstats[bp.channels + c];
+    var s0 = 0.0;
+    var s1 = 0.0;
+    for (var i = lid; i < split_count(s, bp); i += WG) {
+        let e = split_elem(c, s, i, bp);
+        var g = bdy[e];
+        if (bp.relu != 0u && by[e] <= 0.0) { g = 0.0; }
+        s0 += g;
+        s1 = fma(g, (bx[e] - mean) * inv, s1);
+    }
+    r0[lid] = s0;
+    r1[lid] = s1;
+    tree(lid);
+    if (lid == 0u) {
+        bpart[(c * bp.splits + s) * 2u] = r0[0];
+        bpart[(c * bp.splits + s) * 2u + 1u] = r1[0];
+    }
+}
+
+@group(0) @binding(0) var<storage, read> spart: array<f32>;
+@group(0) @binding(1) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dshift: array<f32>;
+@group(0) @binding(4) var<uniform> sp: Params;
+
+@compute @workgroup_size(64)
+fn backward_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= sp.channels) { return; }
+    var s0 = 0.0;
+    var s1 = 0.0;
+    for (var s = 0u; s < sp.splits; s++) {
+        s0 += spart[(c * sp.splits + s) * 2u];
+        s1 += spart[(c * sp.splits + s) * 2u + 1u];
+    }
+    sums[c] = s0;
+    sums[sp.channels + c] = s1;
+    if (sp.beta != 0.0) {
+        dgamma[c] += s1;
+        dshift[c] += s0;
+    } else {
+        dgamma[c] = s1;
+        dshift[c] = s0;
+    }
+}
