@@ -35,6 +35,29 @@ const THREADS: u32 = 64u;   // (TM / R) * (TN / R)
 var<workgroup> As: array<f32, 1024>;   // [TK][TM]
 var<workgroup> Bs: array<f32, 1024>;   // [TK][TN]
 
+// Stage element e of the A and B slabs starting at K = k0 into workgroup memory (zeros past
+// the edges).
+fn stage(e: u32, m0: u32, n0: u32, k0: u32, a_off: u32, b_off: u32) {
+    var mm: u32; var kk: u32;
+    if (!TA) { kk = e % TK; mm = e / TK; } else { mm = e % TM; kk = e / TM; }
+    let gm = m0 + mm;
+    let gk = k0 + kk;
+    var av = 0.0;
+    if (gm < p.m && gk < p.k_end) {
+        if (!TA) { av = A[a_off + gm * p.k + gk]; } else { av = A[a_off + gk * p.m + gm]; }
+    }
+    As[kk * TM + mm] = av;
+    var nn: u32; var kb: u32;
+    if (!TB) { nn = e % TN; kb = e / TN; } else { kb = e % TK; nn = e / TK; }
+    let gn = n0 + nn;
+    let gkb = k0 + kb;
+    var bv = 0.0;
+    if (gn < p.n && gkb < p.k_end) {
+        if (!TB) { bv = B[b_off + gkb * p.n + gn]; } else { bv = B[b_off + gn * p.k + gkb]; }
+    }
+    Bs[kb * TN + nn] = bv;
+}
+
 @compute @workgroup_size(8, 8)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -57,25 +80,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
 
     for (var k0 = p.k_begin; k0 < p.k_end; k0 += TK) {
         for (var l = 0u; l < (TM * TK) / THREADS; l++) {
-            let e = lid + l * THREADS;
-            var mm: u32; var kk: u32;
-            if (!TA) { kk = e % TK; mm = e / TK; } else { mm = e % TM; kk = e / TM; }
-            let gm = m0 + mm;
-            let gk = k0 + kk;
-            var av = 0.0;
-            if (gm < p.m && gk < p.k_end) {
-                if (!TA) { av = A[a_off + gm * p.k + gk]; } else { av = A[a_off + gk * p.m + gm]; }
-            }
-            As[kk * TM + mm] = av;
-            var nn: u32; var kb: u32;
-            if (!TB) { nn = e % TN; kb = e / TN; } else { kb = e % TK; nn = e / TK; }
-            let gn = n0 + nn;
-            let gkb = k0 + kb;
-            var bv = 0.0;
-            if (gn < p.n && gkb < p.k_end) {
-                if (!TB) { bv = B[b_off + gkb * p.n + gn]; } else { bv = B[b_off + gn * p.k + gkb]; }
-            }
-            Bs[kb * TN + nn] = bv;
+            stage(lid + l * THREADS, m0, n0, k0, a_off, b_off);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
@@ -106,15 +111,57 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
 }
 
 fn store_row(c_off: u32, gm: u32, gn0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    store4(c_off, gm, gn0, lo);
+    store4(c_off, gm, gn0 + 4u, hi);
+}
+
+fn store4(c_off: u32, gm: u32, gn0: u32, v4: vec4<f32>) {
     if (gm >= p.m) { return; }
-    for (var j = 0u; j < 8u; j++) {
+    for (var j = 0u; j < 4u; j++) {
         let gn = gn0 + j;
         if (gn < p.n) {
             let idx = c_off + gm * p.n + gn;
-            var v: f32;
-            if (j < 4u) { v = lo[j]; } else { v = hi[j - 4u]; }
-            v = p.alpha * v;
+            let v = p.alpha * v4[j];
             if (p.beta != 0.0) { C[idx] = p.beta * C[idx] + v; } else { C[idx] = v; }
         }
     }
+}
+
+// The GPU-shaped variant: the same 64x64 tile and slabs, 16x16 = 256 invocations with a 4x4
+// register block each (4 vec4 accumulators): four times the invocations per workgroup, a
+// quarter of the registers per invocation, so a GPU keeps more warps resident per SM.
+@compute @workgroup_size(16, 16)
+fn matmul16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let m0 = wg.y * TM;
+    let n0 = wg.x * TN;
+    let a_off = wg.z * p.m * p.k;
+    let b_off = wg.z * p.k * p.n;
+    let c_off = wg.z * p.m * p.n;
+    let tx = lid3.x;
+    let ty = lid3.y;
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    for (var k0 = p.k_begin; k0 < p.k_end; k0 += TK) {
+        for (var l = 0u; l < (TM * TK) / 256u; l++) {
+            stage(lid + l * 256u, m0, n0, k0, a_off, b_off);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let ab = kk * TM + ty * 4u;
+            let bb = kk * TN + tx * 4u;
+            let b0 = vec4<f32>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]);
+            c0 = fma(vec4<f32>(As[ab]), b0, c0);
+            c1 = fma(vec4<f32>(As[ab + 1u]), b0, c1);
+            c2 = fma(vec4<f32>(As[ab + 2u]), b0, c2);
+            c3 = fma(vec4<f32>(As[ab + 3u]), b0, c3);
+        }
+        workgroupBarrier();
+    }
+    store4(c_off, m0 + ty * 4u, n0 + tx * 4u, c0);
+    store4(c_off, m0 + ty * 4u + 1u, n0 + tx * 4u, c1);
+    store4(c_off, m0 + ty * 4u + 2u, n0 + tx * 4u, c2);
+    store4(c_off, m0 + ty * 4u + 3u, n0 + tx * 4u, c3);
 }

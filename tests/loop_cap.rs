@@ -28,7 +28,10 @@ fn matmul_with_k_far_past_the_cap_matches_f64() {
         .collect();
     let ad: Vec<f64> = a.iter().map(|&v| v as f64).collect();
     let bd: Vec<f64> = b.iter().map(|&v| v as f64).collect();
-    for (ta, tb) in [(false, false), (true, false), (false, true)] {
+    for (ta, tb, algo) in [(false, false), (true, false), (false, true)]
+        .into_iter()
+        .flat_map(|(ta, tb)| matmul::VARIANTS.map(|v| (ta, tb, v)))
+    {
         // The same values laid out for the transpose flags.
         let a_l: Vec<f32> = if ta {
             (0..m * k).map(|i| a[(i % m) * k + i / m]).collect()
@@ -45,14 +48,14 @@ fn matmul_with_k_far_past_the_cap_matches_f64() {
         let ta_t = Tensor::from_f32(g, &sa, &a_l).unwrap();
         let tb_t = Tensor::from_f32(g, &sb, &b_l).unwrap();
         let mut tape = Tape::new(g);
-        let c = matmul::matmul(&mut tape, &ta_t, &tb_t, ta, tb).unwrap();
+        let c = matmul::matmul_with(&mut tape, &ta_t, &tb_t, ta, tb, algo).unwrap();
         tape.run(false);
         let got = c.to_f32(g).unwrap();
         let want = matmul::reference::matmul(&ad, &bd, (m, n, k), false, false);
         for (x, y) in got.iter().zip(&want) {
             assert!(
                 (*x as f64 - y).abs() <= tol(k),
-                "ta {ta} tb {tb}: {x} vs {y}"
+                "{algo:?} ta {ta} tb {tb}: {x} vs {y}"
             );
         }
     }

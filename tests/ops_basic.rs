@@ -144,11 +144,14 @@ fn matmul_all_transposes_odd_shapes() {
     for seed in SEEDS {
         let mut rng = Rng64::new(seed);
         let (m, n, k) = (1 + rng.below(150), 1 + rng.below(150), 1 + rng.below(150));
-        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        for (ta, tb, algo) in [(false, false), (true, false), (false, true), (true, true)]
+            .into_iter()
+            .flat_map(|(ta, tb)| matmul::VARIANTS.map(|v| (ta, tb, v)))
+        {
             let ash = if ta { [k, m] } else { [m, k] };
             let bsh = if tb { [n, k] } else { [k, n] };
             let case = Case {
-                name: format!("matmul m={m} n={n} k={k} ta={ta} tb={tb}"),
+                name: format!("matmul {algo:?} m={m} n={n} k={k} ta={ta} tb={tb}"),
                 seed,
                 inputs: vec![
                     Input::uniform(&mut rng, &ash, -1.0, 1.0, true),
@@ -160,7 +163,7 @@ fn matmul_all_transposes_odd_shapes() {
             verify::check(
                 gpu(),
                 &case,
-                &|t, x| matmul::matmul(t, &x[0], &x[1], ta, tb),
+                &|t, x| matmul::matmul_with(t, &x[0], &x[1], ta, tb, algo),
                 &|x| matmul::reference::matmul(&x[0], &x[1], (m, n, k), ta, tb),
                 &|x, g| {
                     let (a, b) = matmul::reference::matmul_grad(&x[0], &x[1], g, (m, n, k), ta, tb);
@@ -175,7 +178,7 @@ fn matmul_all_transposes_odd_shapes() {
 #[test]
 fn matmul_exact_tiles_and_skinny() {
     // Exact multiples of the 64x64 tile, and degenerate 1-wide shapes.
-    for (i, (m, n, k)) in [
+    for ((i, (m, n, k)), algo) in [
         (64, 64, 16),
         (128, 64, 32),
         (1, 1, 1),
@@ -184,11 +187,12 @@ fn matmul_exact_tiles_and_skinny() {
     ]
     .into_iter()
     .enumerate()
+    .flat_map(|x| matmul::VARIANTS.map(|v| (x, v)))
     {
         let seed = 100 + i as u64;
         let mut rng = Rng64::new(seed);
         let case = Case {
-            name: format!("matmul m={m} n={n} k={k}"),
+            name: format!("matmul {algo:?} m={m} n={n} k={k}"),
             seed,
             inputs: vec![
                 Input::uniform(&mut rng, &[m, k], -1.0, 1.0, true),
@@ -200,7 +204,7 @@ fn matmul_exact_tiles_and_skinny() {
         verify::check(
             gpu(),
             &case,
-            &|t, x| matmul::matmul(t, &x[0], &x[1], false, false),
+            &|t, x| matmul::matmul_with(t, &x[0], &x[1], false, false, algo),
             &|x| matmul::reference::matmul(&x[0], &x[1], (m, n, k), false, false),
             &|x, g| {
                 let (a, b) =

@@ -62,8 +62,43 @@ fn out_shape(a: &[usize], m: usize, n: usize) -> Vec<usize> {
     }
 }
 
+/// Which kernel a matmul records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatAlgo {
+    /// The adapter's tuner decides (see [`crate::tune`]).
+    #[default]
+    Auto,
+    /// 8x8 invocations with 8x8 register blocks (`matmul`): fewest invocations, the fastest
+    /// measured on llvmpipe.
+    Block8,
+    /// 16x16 invocations with 4x4 register blocks (`matmul16`): shaped for GPUs.
+    Tile16,
+}
+
+impl MatAlgo {
+    /// The variant's name in tune caches and run records.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatAlgo::Auto => "auto",
+            MatAlgo::Block8 => "b8",
+            MatAlgo::Tile16 => "t16",
+        }
+    }
+
+    fn from_name(s: &str) -> Result<Self> {
+        Ok(match s {
+            "b8" => MatAlgo::Block8,
+            "t16" => MatAlgo::Tile16,
+            _ => bail!("unknown matmul variant {s:?}"),
+        })
+    }
+}
+
+/// Every matmul variant, heuristic favourite first.
+pub const VARIANTS: [MatAlgo; 2] = [MatAlgo::Block8, MatAlgo::Tile16];
+
 /// Record `C = alpha * op(A) op(B) + beta * C`: one launch, or one per [`MAX_K_PER_LAUNCH`]
-/// values of K, the later ones adding to C.
+/// values of K, the later ones adding to C. The kernel is the tuner's choice.
 #[allow(clippy::too_many_arguments)] // mirrors the kernel's parameter block one to one
 pub fn dispatch(
     gpu: &Gpu,
@@ -75,7 +110,51 @@ pub fn dispatch(
     alpha: f32,
     beta: f32,
 ) -> Result<Vec<Dispatch>> {
+    dispatch_with(gpu, a, b, c, ta, tb, alpha, beta, MatAlgo::Auto)
+}
+
+/// [`dispatch`] with a choice of kernel.
+#[allow(clippy::too_many_arguments)] // the parameter block plus the variant
+pub fn dispatch_with(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    ta: bool,
+    tb: bool,
+    alpha: f32,
+    beta: f32,
+    algo: MatAlgo,
+) -> Result<Vec<Dispatch>> {
     let (m, n, k) = dims(a.shape(), b.shape(), ta, tb)?;
+    let algo = if algo == MatAlgo::Auto {
+        let batch = batch_of(a.shape());
+        let key = format!("b{batch} {m}x{n}x{k} ta{} tb{}", ta as u8, tb as u8);
+        let names: Vec<&str> = VARIANTS.iter().map(|v| v.name()).collect();
+        let (ash, bsh) = (a.shape().to_vec(), b.shape().to_vec());
+        let v = gpu.tuner.choose("matmul", &key, &names, &mut |v, best| {
+            let fill = |shape: &[usize]| -> Result<Tensor> {
+                let n: usize = shape.iter().product();
+                let v: Vec<f32> = (0..n)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                    .collect();
+                Tensor::from_f32(gpu, shape, &v)
+            };
+            let (sa, sb) = (fill(&ash)?, fill(&bsh)?);
+            let sc = Tensor::zeros(gpu, &out_shape(&ash, m, n), crate::tensor::DType::F32)?;
+            let d = dispatch_with(gpu, &sa, &sb, &sc, ta, tb, 1.0, 0.0, MatAlgo::from_name(v)?)?;
+            let case = crate::bench::Case::new("matmul", &key, 0.0, 0.0, d, vec![sa, sb, sc]);
+            Ok(Some(crate::tune::time_launches(gpu, &case, best)?))
+        })?;
+        MatAlgo::from_name(&v)?
+    } else {
+        algo
+    };
+    let entry = if algo == MatAlgo::Tile16 {
+        "matmul16"
+    } else {
+        "matmul"
+    };
     let want = out_shape(a.shape(), m, n);
     if c.shape() != want.as_slice() {
         bail!("matmul: output must be {want:?}, got {:?}", c.shape());
@@ -99,7 +178,7 @@ pub fn dispatch(
         let mut d = Dispatch::build_with(
             gpu,
             "matmul",
-            "matmul",
+            entry,
             &[a.read(), b.read(), c.write()],
             bytemuck::bytes_of(&p),
             [
@@ -121,9 +200,21 @@ pub fn dispatch(
 /// `op(A) op(B)` where `op` transposes when the flag is set; 3-D operands multiply matrix by
 /// matrix along their first axis.
 pub fn matmul(tape: &mut Tape, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    matmul_with(tape, a, b, ta, tb, MatAlgo::Auto)
+}
+
+/// [`matmul`] with a choice of kernel (forward and both gradients).
+pub fn matmul_with(
+    tape: &mut Tape,
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    algo: MatAlgo,
+) -> Result<Tensor> {
     let (m, n, _) = dims(a.shape(), b.shape(), ta, tb)?;
     let c = tape.output(&out_shape(a.shape(), m, n), &[a, b])?;
-    let fwd = dispatch(tape.gpu(), a, b, &c, ta, tb, 1.0, 0.0)?;
+    let fwd = dispatch_with(tape.gpu(), a, b, &c, ta, tb, 1.0, 0.0, algo)?;
     let (sa, sb) = (a.clone(), b.clone());
     tape.push(
         "matmul",
@@ -135,17 +226,17 @@ pub fn matmul(tape: &mut Tape, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Re
             if let Some(t) = &gin[0] {
                 // dA = G op(B)^T, or its transpose when A was transposed.
                 v.extend(if ta {
-                    dispatch(gpu, &sb, g, &t.tensor, tb, true, 1.0, t.beta())?
+                    dispatch_with(gpu, &sb, g, &t.tensor, tb, true, 1.0, t.beta(), algo)?
                 } else {
-                    dispatch(gpu, g, &sb, &t.tensor, false, !tb, 1.0, t.beta())?
+                    dispatch_with(gpu, g, &sb, &t.tensor, false, !tb, 1.0, t.beta(), algo)?
                 });
             }
             if let Some(t) = &gin[1] {
                 // dB = op(A)^T G, or its transpose when B was transposed.
                 v.extend(if tb {
-                    dispatch(gpu, g, &sa, &t.tensor, true, ta, 1.0, t.beta())?
+                    dispatch_with(gpu, g, &sa, &t.tensor, true, ta, 1.0, t.beta(), algo)?
                 } else {
-                    dispatch(gpu, &sa, g, &t.tensor, !ta, false, 1.0, t.beta())?
+                    dispatch_with(gpu, &sa, g, &t.tensor, !ta, false, 1.0, t.beta(), algo)?
                 });
             }
             Ok(v)
