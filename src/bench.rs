@@ -561,6 +561,9 @@ pub struct ModelMeasurement {
     pub samples: usize,
     /// Launches per step.
     pub launches: usize,
+    /// Seconds from building the model to the end of its first step: recording (and tuning,
+    /// with a cold cache), pipeline compilation and one step.
+    pub first_step_s: f64,
     /// (family, share of GPU time) from a separate profiling run; empty without timestamps.
     pub breakdown: Vec<(String, f64)>,
     /// (kernel entry point, share of GPU time, launches), largest first: the same run by kernel.
@@ -633,12 +636,14 @@ pub fn bench_model(
     samples: usize,
     whiten: Option<crate::ops::whiten::WhitenConfig>,
 ) -> Result<ModelMeasurement> {
+    let t_first = Instant::now();
     let (_model, st) = model_step(gpu, arch, batch, size, channels, whiten)?;
     let mut rng = Rng64::new(1);
     st.x.write_f32(gpu, &rng.vec_f32(batch * channels * size * size, -1.0, 1.0))?;
     let labels: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
     st.y.write_u32(gpu, &labels)?;
     st.step.run()?; // compile and first touch
+    let first_step_s = t_first.elapsed().as_secs_f64();
     let mut times = Vec::new();
     for _ in 0..samples.max(1) {
         let t0 = Instant::now();
@@ -696,6 +701,7 @@ pub fn bench_model(
         images_per_s: batch as f64 / med,
         samples: times.len(),
         launches: launches.len(),
+        first_step_s,
         breakdown,
         kernels,
         timer: "wall-clock",

@@ -80,6 +80,11 @@ pub fn run(gpu: &Gpu, a: BenchArgs) -> Result<()> {
                 "{} batch {} at {}x{}: {:.1} ms/step, {:.2} images/s (median of {}, {} launches per step)",
                 m.model, m.batch, m.size, m.size, m.ms, m.images_per_s, m.samples, m.launches
             );
+            println!(
+                "first step {:.1} s (recording, tuning as --tune {} says, pipeline compilation)",
+                m.first_step_s,
+                gpu.tuner.mode()
+            );
             for (fam, share) in &m.breakdown {
                 println!("  {fam:<12} {:>5.1} %", 100.0 * share);
             }
