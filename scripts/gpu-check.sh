@@ -71,6 +71,11 @@ run)
   else
     kern=() model=(--model resnet32 --batch 128 --samples 10) r10=(--size 112 --batch 64)
   fi
+  # Variant choice on this adapter (a fresh cache, every candidate timed), then the benches
+  # run with those choices.
+  export LONGTAIL_TUNE_CACHE="$out/tune-cache"
+  if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then tune=(--model resnet8 --batch 8); else tune=(--model resnet32 --batch 128); fi
+  timeout 120 $bin --tune full tune "${tune[@]}" --json > "$out/tune.json" 2> "$out/tune.err"
   timeout 120 $bin bench --peak --json > "$out/peak.jsonl" 2> "$out/peak.err"
   timeout 180 $bin bench "${kern[@]}" --json --samples 5 > "$out/kernels.jsonl" 2> "$out/kernels.err"
   timeout 60 $bin bench "${model[@]}" --json > "$out/resnet32.json" 2>&1
@@ -98,7 +103,7 @@ def load(name, lines=False):
     except Exception as e:
         return {"error": f"{name}: {e}"}
 s = {"seconds": int(time.time()) - t0, "devices": load("devices.json"),
-     "tests": load("tests.jsonl", True), "peak": load("peak.jsonl", True),
+     "tests": load("tests.jsonl", True), "tune": load("tune.json"), "peak": load("peak.jsonl", True),
      "kernels": load("kernels.jsonl", True), "resnet32": load("resnet32.json"),
      "resnet32_whiten": load("resnet32-whiten.json"), "resnet10": load("resnet10.json"),
      "pytorch_cuda": load("pytorch-cuda.json")}
