@@ -327,3 +327,42 @@ fn backward_dx4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         }
     }
 }
+
+// ---- normalise + affine + residual add + ReLU (the end of a residual block) in one pass:
+// y = max(gamma * xhat + beta + r, 0). Its backward is the ReLU-fused one (the mask reads y).
+@group(0) @binding(5) var<storage, read> res: array<f32>;
+@group(0) @binding(6) var<uniform> rp: Params;
+
+@compute @workgroup_size(256)
+fn apply_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+    if (i >= rp.batch * rp.channels * rp.hw) { return; }
+    let c = (i / rp.hw) % rp.channels;
+    let v = (ax[i] - astats[c]) * astats[rp.channels + c] * gamma[c] + shift[c] + res[i];
+    y[i] = max(v, 0.0);
+}
+
+@group(0) @binding(5) var<storage, read> res4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn apply_add4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+    let hw4 = rp.hw / 4u;
+    let cpp = (hw4 + RUN - 1u) / RUN;
+    let pl = i / cpp;
+    if (pl >= rp.batch * rp.channels) { return; }
+    let v0 = (i % cpp) * RUN;
+    let c = pl % rp.channels;
+    let scale = astats[rp.channels + c] * gamma[c];
+    let sh = shift[c] - astats[c] * scale;
+    let base = pl * hw4;
+    for (var k = 0u; k < RUN; k++) {
+        let v = v0 + k;
+        if (v < hw4) {
+            let o = fma(ax4[base + v], vec4<f32>(scale), vec4<f32>(sh)) + res4[base + v];
+            y4[base + v] = max(o, vec4<f32>(0.0));
+        }
+    }
+}

@@ -5,21 +5,6 @@
 // Statistics use the same pivot as batch_stats4 (the channel's first element) so the one-pass
 // variance does not cancel when |mean| >> std.
 
-struct Params {
-    batch: u32,
-    channels: u32,
-    hw: u32,
-    relu: u32,
-    eps: f32,
-    momentum: f32,
-    beta: f32,       // 0 overwrite / 1 accumulate, for gradient outputs
-    splits: u32,
-}
-
-const WG: u32 = 256u;
-var<workgroup> r0: array<f32, WG>;
-var<workgroup> r1: array<f32, WG>;
-
 fn tree(lid: u32) {
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
@@ -29,16 +14,6 @@ fn tree(lid: u32) {
         }
         workgroupBarrier();
     }
-}
-
-// Element i of split s of channel c: images s + j*S, j = i / hw.
-fn split_elem(c: u32, s: u32, i: u32, q: Params) -> u32 {
-    let j = i / q.hw;
-    return ((s + j * q.splits) * q.channels + c) * q.hw + (i - j * q.hw);
-}
-
-fn split_count(s: u32, q: Params) -> u32 {
-    return ((q.batch - s + q.splits - 1u) / q.splits) * q.hw;
 }
 
 // ---- statistics: partials [C][S][2] of (x - k) and (x - k)^2

@@ -4,21 +4,6 @@
 // has the `subgroups` feature (naga 30 rejects `enable subgroups;`: the device feature is what
 // gates them); no subgroup size is assumed (1 to 128 all work).
 
-struct Params {
-    batch: u32,
-    channels: u32,
-    hw: u32,
-    relu: u32,
-    eps: f32,
-    momentum: f32,
-    beta: f32,
-    splits: u32,
-}
-
-const WG: u32 = 256u;
-var<workgroup> r0: array<f32, WG>;
-var<workgroup> r1: array<f32, WG>;
-
 // (sum a, sum q) of the workgroup, valid in lane 0.
 fn reduce2(a: f32, q: f32, lid: u32, sg: u32, lane: u32, nsg: u32) -> vec2<f32> {
     let sa = subgroupAdd(a);
@@ -33,15 +18,6 @@ fn reduce2(a: f32, q: f32, lid: u32, sg: u32, lane: u32, nsg: u32) -> vec2<f32> 
         for (var i = 0u; i < nsg; i++) { t += vec2<f32>(r0[i], r1[i]); }
     }
     return t;
-}
-
-fn split_elem(c: u32, s: u32, i: u32, q: Params) -> u32 {
-    let j = i / q.hw;
-    return ((s + j * q.splits) * q.channels + c) * q.hw + (i - j * q.hw);
-}
-
-fn split_count(s: u32, q: Params) -> u32 {
-    return ((q.batch - s + q.splits - 1u) / q.splits) * q.hw;
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;

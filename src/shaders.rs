@@ -1,4 +1,5 @@
-//! Every WGSL kernel of `shaders/`, embedded at compile time.
+//! Every WGSL kernel of `shaders/`, embedded at compile time. WGSL has no includes: a shared
+//! part lives in a `.wgsli` file and is prepended with `concat!`.
 
 use anyhow::{Result, bail};
 
@@ -11,11 +12,17 @@ pub const ALL: &[(&str, &str)] = &[
     ("batchnorm", include_str!("../shaders/batchnorm.wgsl")),
     (
         "batchnorm_split",
-        include_str!("../shaders/batchnorm_split.wgsl"),
+        concat!(
+            include_str!("../shaders/batchnorm_split_common.wgsli"),
+            include_str!("../shaders/batchnorm_split.wgsl")
+        ),
     ),
     (
         "batchnorm_subgroup",
-        include_str!("../shaders/batchnorm_subgroup.wgsl"),
+        concat!(
+            include_str!("../shaders/batchnorm_split_common.wgsli"),
+            include_str!("../shaders/batchnorm_subgroup.wgsl")
+        ),
     ),
     ("pool", include_str!("../shaders/pool.wgsl")),
     ("shortcut", include_str!("../shaders/shortcut.wgsl")),

@@ -217,3 +217,63 @@ fn running_with(algo: BnAlgo) {
         );
     }
 }
+
+/// The fused end of a residual block, `relu(bn(x) + r)`, for every reduction variant, at odd
+/// shapes (scalar kernels) and vec4 shapes. Sizes stay small: finite differences of a ReLU
+/// are wrong for every element within the step of its kink, and a large channel has some
+/// (the model tests check the fused block at full shapes against PyTorch).
+#[test]
+fn batch_norm_add_relu_fused() {
+    for (seed, shape) in [
+        (40, [3, 5, 7, 3]),
+        (41, [2, 3, 36, 36]),
+        (42, [4, 16, 8, 8]),
+    ] {
+        for algo in variants() {
+            let mut rng = Rng64::new(seed);
+            let (b, c, hw) = (shape[0], shape[1], shape[2] * shape[3]);
+            let dims = (b, c, hw);
+            let case = Case {
+                name: format!("batch_norm_add_relu {algo:?} {shape:?}"),
+                seed,
+                inputs: vec![
+                    Input::uniform(&mut rng, &shape, -1.0, 1.5, true),
+                    Input::uniform(&mut rng, &[c], 0.5, 1.5, true),
+                    Input::uniform(&mut rng, &[c], -0.5, 0.5, true),
+                    Input::uniform(&mut rng, &shape, -1.0, 1.0, true),
+                ],
+                fwd: bn_tol(b * hw),
+                bwd: bn_tol(b * hw),
+            };
+            verify::check(
+                gpu(),
+                &case,
+                &|t, v| {
+                    let st = BnState::new(t.gpu(), c)?;
+                    batchnorm::batch_norm_add_relu(
+                        t,
+                        &v[0],
+                        &v[1],
+                        &v[2],
+                        &st,
+                        BnMode::Train,
+                        &v[3],
+                        algo,
+                    )
+                },
+                &|v| {
+                    batchnorm::reference::batch_norm_add_relu(
+                        &v[0], &v[1], &v[2], &v[3], dims, EPS as f64,
+                    )
+                },
+                &|v, dy| {
+                    let (dx, dg, db, dr) = batchnorm::reference::batch_norm_add_relu_grad(
+                        &v[0], &v[1], &v[2], &v[3], dy, dims, EPS as f64,
+                    );
+                    vec![Some(dx), Some(dg), Some(db), Some(dr)]
+                },
+            )
+            .unwrap();
+        }
+    }
+}

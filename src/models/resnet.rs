@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 
 use crate::gpu::Gpu;
-use crate::ops::batchnorm::{BnMode, BnState, batch_norm};
-use crate::ops::{conv2d, elementwise, linear, pool, shortcut};
+use crate::ops::batchnorm::{BnAlgo, BnMode, BnState, batch_norm, batch_norm_add_relu};
+use crate::ops::{conv2d, linear, pool, shortcut};
 use crate::params::{Params, ParamsBuilder};
 use crate::rng::Rng64;
 use crate::tape::Tape;
@@ -262,7 +262,6 @@ impl ResNet {
             let mut o = self.conv(tape, &format!("{p}.conv1"), &h, b.stride)?;
             o = self.bn_layer(tape, &format!("{p}.bn1"), &o, mode, true)?;
             o = self.conv(tape, &format!("{p}.conv2"), &o, 1)?;
-            o = self.bn_layer(tape, &format!("{p}.bn2"), &o, mode, false)?;
             let short = if b.option_b {
                 let s = self.conv(tape, &format!("{p}.downsample.0"), &h, b.stride)?;
                 self.bn_layer(tape, &format!("{p}.downsample.1"), &s, mode, false)?
@@ -271,8 +270,18 @@ impl ResNet {
             } else {
                 h.clone()
             };
-            o = elementwise::add(tape, &o, &short)?;
-            h = elementwise::relu(tape, &o)?;
+            // bn2, the residual add and the ReLU in one pass.
+            let name = format!("{p}.bn2");
+            h = batch_norm_add_relu(
+                tape,
+                &o,
+                self.params.get(&format!("{name}.weight"))?,
+                self.params.get(&format!("{name}.bias"))?,
+                self.bn.get(&name).expect("BN registered at build"),
+                mode,
+                &short,
+                BnAlgo::Auto,
+            )?;
         }
         pool::global_avg_pool(tape, &h)
     }

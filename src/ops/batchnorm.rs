@@ -189,6 +189,55 @@ pub fn batch_norm_with(
     relu: bool,
     algo: BnAlgo,
 ) -> Result<Tensor> {
+    bn_impl(tape, x, gamma, beta, state, mode, relu, None, algo)
+}
+
+/// The end of a residual block in one pass: `relu(batch_norm(x) + residual)`. Saves the add
+/// and ReLU launches (and their memory passes) forward and the ReLU-backward and two
+/// gradient copies backward; the residual's gradient is the masked upstream gradient.
+#[allow(clippy::too_many_arguments)] // the layer's tensors, its state, the residual, a switch
+pub fn batch_norm_add_relu(
+    tape: &mut Tape,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    state: &BnState,
+    mode: BnMode,
+    residual: &Tensor,
+    algo: BnAlgo,
+) -> Result<Tensor> {
+    if residual.shape() != x.shape() {
+        bail!(
+            "batch_norm_add_relu: residual must be {:?} like the input, got {:?}",
+            x.shape(),
+            residual.shape()
+        );
+    }
+    bn_impl(
+        tape,
+        x,
+        gamma,
+        beta,
+        state,
+        mode,
+        true,
+        Some(residual),
+        algo,
+    )
+}
+
+#[allow(clippy::too_many_arguments)] // see the two public entry points
+fn bn_impl(
+    tape: &mut Tape,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    state: &BnState,
+    mode: BnMode,
+    relu: bool,
+    residual: Option<&Tensor>,
+    algo: BnAlgo,
+) -> Result<Tensor> {
     let (batch, channels, hw) = dims(x)?;
     for (name, t) in [
         ("gamma", gamma),
@@ -302,20 +351,35 @@ pub fn batch_norm_with(
             [(channels as u32).div_ceil(64), 1, 1],
         )?],
     };
-    let y = tape.output(x.shape(), &[x, gamma, beta])?;
+    let mut inputs = vec![x, gamma, beta];
+    inputs.extend(residual);
+    let y = tape.output(x.shape(), &inputs)?;
     let v4 = v4 && y.offset() % 16 == 0;
+    let mut bindings = vec![x.read(), gamma.read(), beta.read(), stats.read(), y.write()];
+    let entry = match residual {
+        Some(r) => {
+            bindings.push(r.read());
+            if v4 && r.offset().is_multiple_of(16) {
+                "apply_add4"
+            } else {
+                "apply_add"
+            }
+        }
+        None if v4 => "apply4",
+        None => "apply",
+    };
     let apply = Dispatch::build(
         &gpu,
         "batchnorm",
-        if v4 { "apply4" } else { "apply" },
-        &[x.read(), gamma.read(), beta.read(), stats.read(), y.write()],
+        entry,
+        &bindings,
         bytemuck::bytes_of(&p),
-        grid_1d(&gpu, ew_groups(v4)),
+        grid_1d(&gpu, ew_groups(entry.ends_with('4'))),
     )?;
     let (sx, sy, sg) = (x.clone(), y.clone(), gamma.clone());
     tape.push(
         "batchnorm",
-        vec![x.clone(), gamma.clone(), beta.clone()],
+        inputs.into_iter().cloned().collect(),
         &y,
         stats_launches.into_iter().chain([apply]).collect(),
         Box::new(move |gpu, dy, gin| {
@@ -386,6 +450,19 @@ pub fn batch_norm_with(
                     [channels as u32, 1, 1],
                 )?],
             };
+            if let Some(t) = gin.get(3).and_then(|g| g.as_ref()) {
+                // d residual = dy where the output is positive (the fused ReLU's mask).
+                v.push(crate::ops::elementwise::dispatch(
+                    gpu,
+                    "relu_backward",
+                    dy,
+                    &sy,
+                    &t.tensor,
+                    1.0,
+                    t.beta(),
+                    0,
+                )?);
+            }
             if let Some(t) = &gin[0] {
                 let dp = Params {
                     beta: t.beta(),
@@ -457,6 +534,43 @@ pub mod reference {
                 if relu { y.max(0.0) } else { y }
             })
             .collect()
+    }
+
+    /// `relu(batch_norm(x) + r)`.
+    pub fn batch_norm_add_relu(
+        x: &[f64],
+        gamma: &[f64],
+        beta: &[f64],
+        r: &[f64],
+        dims: (usize, usize, usize),
+        eps: f64,
+    ) -> Vec<f64> {
+        batch_norm(x, gamma, beta, dims, eps, false)
+            .iter()
+            .zip(r)
+            .map(|(a, b)| (a + b).max(0.0))
+            .collect()
+    }
+
+    /// Gradients of [`batch_norm_add_relu`]: (dx, dgamma, dbeta, dr).
+    #[allow(clippy::type_complexity)] // four gradients, one per input
+    pub fn batch_norm_add_relu_grad(
+        x: &[f64],
+        gamma: &[f64],
+        beta: &[f64],
+        r: &[f64],
+        dy: &[f64],
+        dims: (usize, usize, usize),
+        eps: f64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let y = batch_norm_add_relu(x, gamma, beta, r, dims, eps);
+        let dpre: Vec<f64> = y
+            .iter()
+            .zip(dy)
+            .map(|(&v, &d)| if v > 0.0 { d } else { 0.0 })
+            .collect();
+        let (dx, dg, db) = batch_norm_grad(x, gamma, beta, &dpre, dims, eps, false);
+        (dx, dg, db, dpre)
     }
 
     /// Gradients (dx, dgamma, dbeta) for upstream `dy`.
