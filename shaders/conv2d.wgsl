@@ -19,8 +19,12 @@ struct Params {
     cout: u32, oh: u32, ow: u32, kh: u32,
     kw: u32, stride: u32, pad: u32, m: u32,
     n: u32, k: u32, kchunk: u32, splits: u32,
-    alpha: f32, beta: f32, _p0: f32, _p1: f32,
+    alpha: f32, beta: f32, groups: u32, _p1: f32,
 }
+
+// Grouped convolutions: m, n, k are per group; workgroup z picks the group (and, for wgrad,
+// the split: z = split + splits * group). Channel counts cin / cout in Params are the full ones.
+var<private> grp: u32;
 
 @group(0) @binding(0) var<storage, read> src_a: array<f32>;
 @group(0) @binding(1) var<storage, read> src_b: array<f32>;
@@ -95,14 +99,15 @@ fn gather_x(t: vec4<i32>, xoff: i32, ih0: i32, iw0: i32) -> f32 {
 
 // Output element index for (m, n) in each mode.
 fn out_index(mode: u32, m: u32, n: u32, split: u32) -> u32 {
+    let gm = grp * p.m + m;
     if (mode == 0u) {
         let ohw = p.oh * p.ow;
-        return ((n / ohw) * p.cout + m) * ohw + n % ohw;
+        return ((n / ohw) * p.cout + gm) * ohw + n % ohw;
     } else if (mode == 1u) {
         let hw = p.h * p.w;
-        return ((n / hw) * p.cin + m) * hw + n % hw;
+        return ((n / hw) * p.cin + gm) * hw + n % hw;
     }
-    return (split * p.m + m) * p.n + n;
+    return (split * p.groups * p.m + gm) * p.n + n;
 }
 
 fn store(mode: u32, m: u32, n: u32, split: u32, v: f32) {
@@ -143,13 +148,15 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let tm = 8u * RM;
     let m0 = wg.y * tm;
     let n0 = wg.x * TN;
+    grp = wg.z;
+    let a_off = grp * p.m * p.k;
     // This invocation always loads column n = n0 + lid of B: decode its pixel once.
     let n = n0 + lid;
     let ohw = p.oh * p.ow;
     let b = n / ohw;
     let ih0 = i32(((n % ohw) / p.ow) * p.stride) - i32(p.pad);
     let iw0 = i32((n % p.ow) * p.stride) - i32(p.pad);
-    let xoff = i32(b * p.cin * p.h * p.w) + ih0 * i32(p.w) + iw0;
+    let xoff = i32((b * p.cin + grp * (p.cin / p.groups)) * p.h * p.w) + ih0 * i32(p.w) + iw0;
     let nvalid = n < p.n;
     let kk_a = lid % TK;
     let mm_a = lid / TK;
@@ -161,7 +168,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             let gm = m0 + mm;
             let gk = k0 + kk_a;
             var v = 0.0;
-            if (gm < p.m && gk < p.k) { v = src_a[gm * p.k + gk]; }
+            if (gm < p.m && gk < p.k) { v = src_a[a_off + gm * p.k + gk]; }
             put_a(kk_a, mm, v);
         }
         for (var l = 0u; l < TK; l++) {
@@ -186,12 +193,15 @@ fn conv_dgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     let tm = 8u * RM;
     let m0 = wg.y * tm;
     let n0 = wg.x * TN;
+    grp = wg.z;
+    let cout_g = p.cout / p.groups;
+    let a_off = grp * cout_g * p.m * p.kh * p.kw;
     let n = n0 + lid;
     let hw = p.h * p.w;
     let b = n / hw;
     let hp = i32((n % hw) / p.w + p.pad);
     let wp = i32(n % p.w + p.pad);
-    let yoff = i32(b * p.cout * p.oh * p.ow);
+    let yoff = i32((b * p.cout + grp * cout_g) * p.oh * p.ow);
     let nvalid = n < p.n;
     let khw = p.kh * p.kw;
     let kk_a = lid % TK;
@@ -206,7 +216,7 @@ fn conv_dgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             let mm = mm_a + 4u * l;
             let gm = m0 + mm;
             var v = 0.0;
-            if (gm < p.m && gka < p.k) { v = src_a[u32(wbase) + gm * khw]; }
+            if (gm < p.m && gka < p.k) { v = src_a[a_off + u32(wbase) + gm * khw]; }
             put_a(kk_a, mm, v);
         }
         for (var l = 0u; l < TK; l++) {
@@ -247,7 +257,10 @@ fn conv_wgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     let tm = 8u * RM;
     let m0 = wg.y * tm;
     let n0 = wg.x * TN;
-    let split = wg.z;
+    let split = wg.z % p.splits;
+    grp = wg.z / p.splits;
+    let cin_off = grp * (p.cin / p.groups);
+    let cout_off = grp * p.m;
     let k_begin = split * p.kchunk;
     let k_end = min(p.k, k_begin + p.kchunk);
     let ohw = p.oh * p.ow;
@@ -264,8 +277,8 @@ fn conv_wgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
         let r = gk % ohw;
         let ih0 = i32((r / p.ow) * p.stride) - i32(p.pad);
         let iw0 = i32((r % p.ow) * p.stride) - i32(p.pad);
-        let xoff = i32(b * p.cin * p.h * p.w) + ih0 * i32(p.w) + iw0;
-        let dyoff = b * p.cout * ohw + r;
+        let xoff = i32((b * p.cin + cin_off) * p.h * p.w) + ih0 * i32(p.w) + iw0;
+        let dyoff = (b * p.cout + cout_off) * ohw + r;
         for (var l = 0u; l < 2u * RM; l++) {
             let mm = row + 4u * l;
             let gm = m0 + mm;

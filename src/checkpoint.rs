@@ -304,7 +304,37 @@ pub fn infer_config(path: &Path) -> Result<(toml::Table, String)> {
         );
     }
     let in_channels = conv1[1];
-    let (model, head) = if shape("fc.weight").is_some() {
+    let (model, head) = if let Some(c2) = shape("layer1.0.conv2.weight")
+        && shape("layer1.0.conv3.weight").is_some()
+    {
+        // torchvision's bottleneck ResNets: blocks per stage give the depth, the grouped 3x3
+        // of the first block (width = groups x width per group) the ResNeXt layout.
+        let blocks = |l: usize| {
+            (0..)
+                .take_while(|j| {
+                    names
+                        .iter()
+                        .any(|k| k.starts_with(&format!("layer{l}.{j}.")))
+                })
+                .count()
+        };
+        let layers = [blocks(1), blocks(2), blocks(3), blocks(4)];
+        let groups = c2[0] / c2[1].max(1);
+        let arch = crate::models::resnet::Arch::Bottleneck {
+            layers,
+            groups,
+            width: c2[1],
+        };
+        let name = arch.name();
+        crate::models::resnet::Arch::parse(&name).with_context(|| {
+            format!(
+                "{}: a bottleneck ResNet with {layers:?} blocks per stage, which this tool does \
+                 not build; {hint}",
+                path.display()
+            )
+        })?;
+        (name, "fc")
+    } else if shape("fc.weight").is_some() {
         ("resnet10".to_string(), "fc")
     } else {
         // CIFAR ResNet-(6n+2): n blocks per stage, named layer1.0 .. layer1.(n-1).

@@ -37,7 +37,7 @@ pub struct TrainConfig {
     /// Largest class size (default: 5000 for fashion-mnist, mnist, cifar10; 500 for cifar100; else
     /// the largest class).
     pub n_max: Option<usize>,
-    /// resnet8/20/32/44/56/110 (CIFAR style) or resnet10.
+    /// resnet8/20/32/44/56/110 (CIFAR style), resnet10, resnet50/101/152, resnext50_32x4d.
     pub model: String,
     pub epochs: usize,
     pub batch_size: usize,

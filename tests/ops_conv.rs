@@ -207,3 +207,59 @@ fn every_variant_at_resnet10_shapes_112px() {
     check_products(35, [4, 256, 7, 7], 512, 3, 2, 1);
     check_products(36, [4, 512, 4, 4], 512, 3, 1, 1);
 }
+
+fn check_grouped(seed: u64, x: [usize; 4], cout: usize, groups: usize, k: usize, stride: usize) {
+    let pad = k / 2;
+    let mut rng = Rng64::new(seed);
+    let wsh = [cout, x[1] / groups, k, k];
+    let g = ConvGeom::new_grouped(&x, &wsh, stride, pad, groups).unwrap();
+    for algo in VARIANTS {
+        let case = Case {
+            name: format!("conv2d {algo:?} x={x:?} w={wsh:?} groups={groups} stride={stride}"),
+            seed,
+            inputs: vec![
+                Input::uniform(&mut rng, &x, -1.0, 1.0, true),
+                Input::uniform(&mut rng, &wsh, -1.0, 1.0, true),
+            ],
+            fwd: sum_of(wsh[1] * k * k),
+            bwd: sum_of((x[0] * g.oh * g.ow).max(g.cout_g() * k * k)),
+        };
+        verify::check(
+            gpu(),
+            &case,
+            &|t, v| conv2d::conv2d_grouped_with(t, &v[0], &v[1], stride, pad, groups, algo),
+            &|v| conv2d::reference::conv2d(&v[0], &v[1], &g),
+            &|v, dy| {
+                let (dx, dw) = conv2d::reference::conv2d_grad(&v[0], &v[1], dy, &g);
+                vec![Some(dx), Some(dw)]
+            },
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn grouped_conv_odd_and_resnext_shapes() {
+    check_grouped(50, [2, 8, 7, 9], 6, 2, 3, 1);
+    check_grouped(51, [3, 12, 9, 8], 8, 4, 3, 2);
+    check_grouped(52, [2, 6, 5, 5], 9, 3, 1, 1); // grouped 1x1
+    // ResNeXt-50 32x4d's first-stage 3x3 (128 channels in 32 groups of 4), both strides.
+    check_grouped(53, [2, 128, 8, 8], 128, 32, 3, 1);
+    check_grouped(54, [2, 128, 8, 8], 128, 32, 3, 2);
+    // Split-K wgrad across groups: a large batch x pixels K.
+    check_grouped(55, [16, 8, 16, 16], 8, 4, 3, 1);
+    // The reference itself: groups = channels is a depthwise convolution, and a grouped conv
+    // is the per-group plain convolutions side by side.
+    let g = ConvGeom::new_grouped(&[1, 2, 3, 3], &[2, 1, 1, 1], 1, 0, 2).unwrap();
+    let y = conv2d::reference::conv2d(
+        &[
+            1., 2., 3., 4., 5., 6., 7., 8., 9., 1., 1., 1., 1., 1., 1., 1., 1., 1.,
+        ],
+        &[2.0, -1.0],
+        &g,
+    );
+    assert_eq!(
+        y,
+        [[2., 4., 6., 8., 10., 12., 14., 16., 18.], [-1.0; 9]].concat()
+    );
+}

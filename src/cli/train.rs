@@ -55,7 +55,7 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     n_max: Option<usize>,
-    /// resnet8/20/32/..., resnet10
+    /// resnet8/20/32/... (CIFAR), resnet10, resnet50/101/152, resnext50_32x4d (torchvision)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<String>,

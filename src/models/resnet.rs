@@ -29,25 +29,89 @@ pub enum Arch {
     Cifar { n: usize },
     /// ResNet-10 for ImageNet-LT.
     ResNet10,
+    /// torchvision's bottleneck ResNets (v1.5: the stride on the 3x3 conv): ResNet-50/101/152
+    /// (`groups` 1, `width` 64) and ResNeXt (`resnext50_32x4d`: 32 groups of width 4).
+    Bottleneck {
+        layers: [usize; 4],
+        groups: usize,
+        width: usize,
+    },
 }
 
+/// Blocks per stage of the bottleneck ResNets by depth.
+const BOTTLENECK_DEPTHS: [(usize, [usize; 4]); 3] = [
+    (50, [3, 4, 6, 3]),
+    (101, [3, 4, 23, 3]),
+    (152, [3, 8, 36, 3]),
+];
+
 impl Arch {
-    /// `resnet8`, `resnet20`, `resnet32`, `resnet44`, `resnet56`, `resnet110` or `resnet10`.
+    /// `resnet8`, `resnet20`, `resnet32`, `resnet44`, `resnet56`, `resnet110` (CIFAR),
+    /// `resnet10`, `resnet50`, `resnet101`, `resnet152`, `resnext50_32x4d`, `resnext101_32x8d`
+    /// (torchvision's names; any `resnextD_GxWd` of those depths).
     pub fn parse(name: &str) -> Result<Self> {
         if name == "resnet10" {
             return Ok(Arch::ResNet10);
         }
+        let bottleneck =
+            |depth: usize| BOTTLENECK_DEPTHS.iter().find(|d| d.0 == depth).map(|d| d.1);
+        if let Some(rest) = name.strip_prefix("resnext")
+            && let Some((depth, gw)) = rest.split_once('_')
+            && let Some((g, w)) = gw.strip_suffix('d').and_then(|gw| gw.split_once('x'))
+            && let (Ok(depth), Ok(groups), Ok(width)) = (
+                depth.parse::<usize>(),
+                g.parse::<usize>(),
+                w.parse::<usize>(),
+            )
+            && let Some(layers) = bottleneck(depth)
+            && groups >= 1
+            && width >= 1
+        {
+            return Ok(Arch::Bottleneck {
+                layers,
+                groups,
+                width,
+            });
+        }
         if let Some(depth) = name
             .strip_prefix("resnet")
             .and_then(|d| d.parse::<usize>().ok())
-            && depth >= 8
-            && (depth - 2) % 6 == 0
         {
-            return Ok(Arch::Cifar { n: (depth - 2) / 6 });
+            if let Some(layers) = bottleneck(depth) {
+                return Ok(Arch::Bottleneck {
+                    layers,
+                    groups: 1,
+                    width: 64,
+                });
+            }
+            if depth >= 8 && (depth - 2) % 6 == 0 {
+                return Ok(Arch::Cifar { n: (depth - 2) / 6 });
+            }
         }
         bail!(
-            "unknown model {name:?}: expected resnet10 or resnet(6n+2) such as resnet8, resnet20, resnet32"
+            "unknown model {name:?}: expected resnet(6n+2) such as resnet8, resnet20, resnet32 \
+             (CIFAR), resnet10, resnet50, resnet101, resnet152 or resnext50_32x4d"
         )
+    }
+
+    /// The name [`Arch::parse`] reads back.
+    pub fn name(&self) -> String {
+        match *self {
+            Arch::Cifar { n } => format!("resnet{}", 6 * n + 2),
+            Arch::ResNet10 => "resnet10".into(),
+            Arch::Bottleneck {
+                layers,
+                groups,
+                width,
+            } => {
+                let depth = 3 * layers.iter().sum::<usize>() + 2;
+                if groups == 1 && width == 64 {
+                    format!("resnet{depth}")
+                } else {
+                    format!("resnext{depth}_{groups}x{width}d")
+                }
+            }
+        }
     }
 
     /// Width of the pooled features.
@@ -55,7 +119,13 @@ impl Arch {
         match self {
             Arch::Cifar { .. } => 64,
             Arch::ResNet10 => 512,
+            Arch::Bottleneck { .. } => 2048,
         }
+    }
+
+    /// The ImageNet layout: 7x7/2 stem, 3x3/2 max pool, `fc` head.
+    pub fn imagenet(&self) -> bool {
+        !matches!(self, Arch::Cifar { .. })
     }
 }
 
@@ -88,6 +158,8 @@ struct Block {
     stride: usize,
     /// Option B (`downsample` conv + BN) rather than option A, when the shape changes.
     option_b: bool,
+    /// Bottleneck blocks: the 3x3 conv's groups (1x1 -> 3x3 grouped, strided -> 1x1 x4).
+    bottleneck_groups: Option<usize>,
 }
 
 /// A ResNet: parameters in one flat buffer, BN running statistics beside them.
@@ -115,6 +187,7 @@ impl ResNet {
         let mut rng = Rng64::new(cfg.seed);
         let mut pb = ParamsBuilder::default();
         let mut bn = BTreeMap::new();
+        // `i`: input channels per group.
         let mut conv = |pb: &mut ParamsBuilder, name: &str, o: usize, i: usize, k: usize| {
             pb.add(
                 &format!("{name}.weight"),
@@ -132,8 +205,17 @@ impl ResNet {
         let (stem_c, stages): (usize, Vec<(usize, usize, usize)>) = match cfg.arch {
             Arch::Cifar { n } => (16, vec![(16, n, 1), (32, n, 2), (64, n, 2)]),
             Arch::ResNet10 => (64, vec![(64, 1, 1), (128, 1, 2), (256, 1, 2), (512, 1, 2)]),
+            Arch::Bottleneck { layers, .. } => (
+                64,
+                vec![
+                    (64, layers[0], 1),
+                    (128, layers[1], 2),
+                    (256, layers[2], 2),
+                    (512, layers[3], 2),
+                ],
+            ),
         };
-        let stem_k = if cfg.arch == Arch::ResNet10 { 7 } else { 3 };
+        let stem_k = if cfg.arch.imagenet() { 7 } else { 3 };
         conv(&mut pb, "conv1", stem_c, cfg.in_channels, stem_k)?;
         add_bn(&mut pb, "bn1", stem_c)?;
         let mut cin = stem_c;
@@ -141,11 +223,40 @@ impl ResNet {
             for j in 0..n {
                 let prefix = format!("layer{}.{j}", si + 1);
                 let s = if j == 0 { stride } else { 1 };
+                if let Arch::Bottleneck { groups, width, .. } = cfg.arch {
+                    // torchvision's Bottleneck: planes = cout, expansion 4.
+                    let w = cout * width / 64 * groups;
+                    let out = 4 * cout;
+                    if w % groups != 0 {
+                        bail!("{prefix}: width {w} is not a multiple of {groups} groups");
+                    }
+                    conv(&mut pb, &format!("{prefix}.conv1"), w, cin, 1)?;
+                    add_bn(&mut pb, &format!("{prefix}.bn1"), w)?;
+                    conv(&mut pb, &format!("{prefix}.conv2"), w, w / groups, 3)?;
+                    add_bn(&mut pb, &format!("{prefix}.bn2"), w)?;
+                    conv(&mut pb, &format!("{prefix}.conv3"), out, w, 1)?;
+                    add_bn(&mut pb, &format!("{prefix}.bn3"), out)?;
+                    let option_b = s != 1 || cin != out;
+                    if option_b {
+                        conv(&mut pb, &format!("{prefix}.downsample.0"), out, cin, 1)?;
+                        add_bn(&mut pb, &format!("{prefix}.downsample.1"), out)?;
+                    }
+                    blocks.push(Block {
+                        prefix,
+                        cin,
+                        cout: out,
+                        stride: s,
+                        option_b,
+                        bottleneck_groups: Some(groups),
+                    });
+                    cin = out;
+                    continue;
+                }
                 conv(&mut pb, &format!("{prefix}.conv1"), cout, cin, 3)?;
                 add_bn(&mut pb, &format!("{prefix}.bn1"), cout)?;
                 conv(&mut pb, &format!("{prefix}.conv2"), cout, cout, 3)?;
                 add_bn(&mut pb, &format!("{prefix}.bn2"), cout)?;
-                let option_b = cfg.arch == Arch::ResNet10 && (s != 1 || cin != cout);
+                let option_b = cfg.arch.imagenet() && (s != 1 || cin != cout);
                 if option_b {
                     conv(&mut pb, &format!("{prefix}.downsample.0"), cout, cin, 1)?;
                     add_bn(&mut pb, &format!("{prefix}.downsample.1"), cout)?;
@@ -156,6 +267,7 @@ impl ResNet {
                     cout,
                     stride: s,
                     option_b,
+                    bottleneck_groups: None,
                 });
                 cin = cout;
             }
@@ -206,10 +318,7 @@ impl ResNet {
 
     /// Name of the classifier layer: `linear` (CIFAR) or `fc` (ImageNet).
     pub fn head_name(arch: Arch) -> &'static str {
-        match arch {
-            Arch::Cifar { .. } => "linear",
-            Arch::ResNet10 => "fc",
-        }
+        if arch.imagenet() { "fc" } else { "linear" }
     }
 
     fn bn_layer(
@@ -233,9 +342,24 @@ impl ResNet {
     }
 
     fn conv(&self, tape: &mut Tape, name: &str, x: &Tensor, stride: usize) -> Result<Tensor> {
+        self.conv_groups(tape, name, x, stride, 1)
+    }
+
+    fn conv_groups(
+        &self,
+        tape: &mut Tape,
+        name: &str,
+        x: &Tensor,
+        stride: usize,
+        groups: usize,
+    ) -> Result<Tensor> {
         let w = self.params.get(&format!("{name}.weight"))?;
         let pad = w.shape()[2] / 2;
-        conv2d::conv2d(tape, x, w, stride, pad)
+        if groups == 1 {
+            conv2d::conv2d(tape, x, w, stride, pad)
+        } else {
+            conv2d::conv2d_grouped(tape, x, w, stride, pad, groups)
+        }
     }
 
     /// Record the backbone: `x: [B, C, H, W]` to pooled features `[B, d]`.
@@ -247,21 +371,28 @@ impl ResNet {
                 self.cfg.in_channels
             ),
         }
-        let stride = if self.cfg.arch == Arch::ResNet10 {
-            2
-        } else {
-            1
-        };
-        let mut h = self.conv(tape, "conv1", x, stride)?;
+        let imagenet = self.cfg.arch.imagenet();
+        let mut h = self.conv(tape, "conv1", x, if imagenet { 2 } else { 1 })?;
         h = self.bn_layer(tape, "bn1", &h, mode, true)?;
-        if self.cfg.arch == Arch::ResNet10 {
+        if imagenet {
             h = pool::max_pool2d(tape, &h, 3, 2, 1)?;
         }
         for b in &self.blocks {
             let p = &b.prefix;
-            let mut o = self.conv(tape, &format!("{p}.conv1"), &h, b.stride)?;
-            o = self.bn_layer(tape, &format!("{p}.bn1"), &o, mode, true)?;
-            o = self.conv(tape, &format!("{p}.conv2"), &o, 1)?;
+            let (o, last) = match b.bottleneck_groups {
+                Some(groups) => {
+                    let mut o = self.conv(tape, &format!("{p}.conv1"), &h, 1)?;
+                    o = self.bn_layer(tape, &format!("{p}.bn1"), &o, mode, true)?;
+                    o = self.conv_groups(tape, &format!("{p}.conv2"), &o, b.stride, groups)?;
+                    o = self.bn_layer(tape, &format!("{p}.bn2"), &o, mode, true)?;
+                    (self.conv(tape, &format!("{p}.conv3"), &o, 1)?, "bn3")
+                }
+                None => {
+                    let mut o = self.conv(tape, &format!("{p}.conv1"), &h, b.stride)?;
+                    o = self.bn_layer(tape, &format!("{p}.bn1"), &o, mode, true)?;
+                    (self.conv(tape, &format!("{p}.conv2"), &o, 1)?, "bn2")
+                }
+            };
             let short = if b.option_b {
                 let s = self.conv(tape, &format!("{p}.downsample.0"), &h, b.stride)?;
                 self.bn_layer(tape, &format!("{p}.downsample.1"), &s, mode, false)?
@@ -270,8 +401,8 @@ impl ResNet {
             } else {
                 h.clone()
             };
-            // bn2, the residual add and the ReLU in one pass.
-            let name = format!("{p}.bn2");
+            // The last BN, the residual add and the ReLU in one pass.
+            let name = format!("{p}.{last}");
             h = batch_norm_add_relu(
                 tape,
                 &o,

@@ -37,16 +37,35 @@ pub struct ConvGeom {
     pub pad: usize,
     pub oh: usize,
     pub ow: usize,
+    /// Channel groups (1: a plain convolution): group g maps input channels
+    /// `g*cin/groups..` to output channels `g*cout/groups..`.
+    pub groups: usize,
 }
 
 impl ConvGeom {
     /// Geometry of `x: [B, Cin, H, W]` convolved with `w: [Cout, Cin, KH, KW]`.
     pub fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Result<Self> {
+        Self::new_grouped(x, w, stride, pad, 1)
+    }
+
+    /// Geometry of a grouped convolution: `w: [Cout, Cin / groups, KH, KW]`.
+    pub fn new_grouped(
+        x: &[usize],
+        w: &[usize],
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> Result<Self> {
         let (&[batch, cin, h, wd], &[cout, wcin, kh, kw]) = (x, w) else {
             bail!("conv2d: input must be [B, C, H, W] and weight [O, I, KH, KW], got {x:?}, {w:?}");
         };
-        if cin != wcin {
-            bail!("conv2d: input has {cin} channels, weight expects {wcin}");
+        if groups == 0 || cin % groups != 0 || cout % groups != 0 {
+            bail!("conv2d: {groups} groups must divide the {cin} input and {cout} output channels");
+        }
+        if cin / groups != wcin {
+            bail!(
+                "conv2d: input has {cin} channels in {groups} group(s), weight expects {wcin} per group"
+            );
         }
         if stride == 0 || kh == 0 || kw == 0 {
             bail!("conv2d: stride and kernel size must be positive");
@@ -66,7 +85,23 @@ impl ConvGeom {
             pad,
             oh: (h + 2 * pad - kh) / stride + 1,
             ow: (wd + 2 * pad - kw) / stride + 1,
+            groups,
         })
+    }
+
+    /// Input channels per group.
+    pub fn cin_g(&self) -> usize {
+        self.cin / self.groups
+    }
+
+    /// Output channels per group.
+    pub fn cout_g(&self) -> usize {
+        self.cout / self.groups
+    }
+
+    /// The weight's shape `[Cout, Cin / groups, KH, KW]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.cout, self.cin_g(), self.kh, self.kw]
     }
 
     /// Output shape `[B, Cout, OH, OW]`.
@@ -76,7 +111,7 @@ impl ConvGeom {
 
     /// Multiply-adds x 2 of the forward (dgrad and wgrad cost the same).
     pub fn flops(&self) -> f64 {
-        2.0 * (self.batch * self.cout * self.oh * self.ow * self.cin * self.kh * self.kw) as f64
+        2.0 * (self.batch * self.cout * self.oh * self.ow * self.cin_g() * self.kh * self.kw) as f64
     }
 }
 
@@ -101,7 +136,8 @@ struct Params {
     splits: u32,
     alpha: f32,
     beta: f32,
-    _p: [f32; 2],
+    groups: u32,
+    _p: f32,
 }
 
 /// Which product of the implicit GEMM a launch computes.
@@ -113,13 +149,14 @@ pub enum Mode {
 }
 
 impl ConvGeom {
-    /// (M, N, K) of the implicit GEMM for `mode`.
+    /// (M, N, K) of the implicit GEMM for `mode`, per group (workgroup z picks the group).
     pub fn gemm(&self, mode: Mode) -> (usize, usize, usize) {
         let khw = self.kh * self.kw;
+        let (ci, co) = (self.cin_g(), self.cout_g());
         match mode {
-            Mode::Forward => (self.cout, self.batch * self.oh * self.ow, self.cin * khw),
-            Mode::Dgrad => (self.cin, self.batch * self.h * self.w, self.cout * khw),
-            Mode::Wgrad => (self.cout, self.cin * khw, self.batch * self.oh * self.ow),
+            Mode::Forward => (co, self.batch * self.oh * self.ow, ci * khw),
+            Mode::Dgrad => (ci, self.batch * self.h * self.w, co * khw),
+            Mode::Wgrad => (co, ci * khw, self.batch * self.oh * self.ow),
         }
     }
 
@@ -144,7 +181,8 @@ impl ConvGeom {
             splits: splits as u32,
             alpha: 1.0,
             beta,
-            _p: [0.0; 2],
+            groups: self.groups as u32,
+            _p: 0.0,
         }
     }
 }
@@ -166,7 +204,12 @@ fn rows_per_invocation(m: usize, mode: Mode) -> usize {
 fn table(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Result<Tensor> {
     let mut t: Vec<i32> = Vec::new();
     let khw = g.kh * g.kw;
-    let chans = if mode == Mode::Dgrad { g.cout } else { g.cin };
+    // Per group: the kernels add the group's channel offsets.
+    let chans = if mode == Mode::Dgrad {
+        g.cout_g()
+    } else {
+        g.cin_g()
+    };
     for c in 0..chans {
         for kh in 0..g.kh {
             for kw in 0..g.kw {
@@ -175,7 +218,7 @@ fn table(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Result<Tensor> {
                         (c * g.oh * g.ow) as i32,
                         kh as i32,
                         kw as i32,
-                        (c * g.cin * khw + kh * g.kw + kw) as i32,
+                        (c * g.cin_g() * khw + kh * g.kw + kw) as i32,
                     ],
                     _ => [
                         (c * g.h * g.w + kh * g.w + kw) as i32,
@@ -225,7 +268,7 @@ fn launch(
         [
             n.div_ceil(TN) as u32,
             m.div_ceil(8 * rm) as u32,
-            splits as u32,
+            (splits * g.groups) as u32,
         ],
         &[("RM", rm as f64)],
     )
@@ -306,7 +349,7 @@ impl ConvGeom {
 /// direct kernels where they apply (they won every measurement on llvmpipe), then the GEMMs.
 pub fn candidates(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Vec<Algo> {
     let mut v = Vec::new();
-    if conv_direct::applies(gpu, g, mode) {
+    if g.groups == 1 && conv_direct::applies(gpu, g, mode) {
         v.push(Algo::Direct);
     }
     v.push(Algo::Gemm);
@@ -328,7 +371,7 @@ fn scratch(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
 /// The launches of `algo` for `mode` on scratch tensors of `g`'s shapes, ready to time.
 pub fn scratch_case(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo) -> Result<crate::bench::Case> {
     let xs = [g.batch, g.cin, g.h, g.w];
-    let ws = [g.cout, g.cin, g.kh, g.kw];
+    let ws = g.weight_shape();
     let x = scratch(gpu, &xs)?;
     let w = scratch(gpu, &ws)?;
     let y = scratch(gpu, &g.out_shape())?;
@@ -352,7 +395,9 @@ pub fn scratch_case(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo) -> Result<c
 pub fn resolve(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo) -> Result<Algo> {
     match algo {
         // An explicit choice of a family: the GEMM where the direct kernel cannot run.
-        Algo::Direct if !conv_direct::applies(gpu, g, mode) => return Ok(Algo::Gemm),
+        Algo::Direct if g.groups > 1 || !conv_direct::applies(gpu, g, mode) => {
+            return Ok(Algo::Gemm);
+        }
         Algo::Auto => {}
         _ => return Ok(algo),
     }
@@ -476,10 +521,11 @@ pub fn wgrad_dispatches(
         )?]);
     }
     let (m, n, _) = g.gemm(Mode::Wgrad);
-    let partial = Tensor::zeros(gpu, &[splits, m * n], DType::F32)?;
+    let mn = g.groups * m * n;
+    let partial = Tensor::zeros(gpu, &[splits, mn], DType::F32)?;
     Ok(vec![
         launch(gpu, g, Mode::Wgrad, dy, x, &partial, splits, chunk, 0.0)?,
-        reduce::sum_dispatch(gpu, &partial, dw, [1, splits, m * n], 1.0, beta)?,
+        reduce::sum_dispatch(gpu, &partial, dw, [1, splits, mn], 1.0, beta)?,
     ])
 }
 
@@ -503,7 +549,33 @@ pub fn conv2d_with(
     pad: usize,
     algo: Algo,
 ) -> Result<Tensor> {
-    let g = ConvGeom::new(x.shape(), w.shape(), stride, pad)?;
+    conv2d_grouped_with(tape, x, w, stride, pad, 1, algo)
+}
+
+/// A grouped convolution (`w: [Cout, Cin / groups, KH, KW]`, PyTorch's `groups`): the GEMM
+/// kernels run every group in one launch (workgroup z), e.g. ResNeXt's 32 groups.
+pub fn conv2d_grouped(
+    tape: &mut Tape,
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    conv2d_grouped_with(tape, x, w, stride, pad, groups, Algo::Auto)
+}
+
+/// [`conv2d_grouped`] with a choice of kernels.
+pub fn conv2d_grouped_with(
+    tape: &mut Tape,
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+    algo: Algo,
+) -> Result<Tensor> {
+    let g = ConvGeom::new_grouped(x.shape(), w.shape(), stride, pad, groups)?;
     let y = tape.output(&g.out_shape(), &[x, w])?;
     let mut fwd = forward_dispatches(tape.gpu(), &g, x, w, &y, 0.0, algo)?;
     spread_flops(&mut fwd, g.flops());
@@ -559,13 +631,15 @@ pub mod reference {
                 for oh in 0..g.oh {
                     for ow in 0..g.ow {
                         let yi = ((b * g.cout + co) * g.oh + oh) * g.ow + ow;
-                        for ci in 0..g.cin {
+                        let grp = co / g.cout_g();
+                        for cj in 0..g.cin_g() {
+                            let ci = grp * g.cin_g() + cj;
                             for kh in 0..g.kh {
                                 for kw in 0..g.kw {
                                     let ih = (oh * g.stride + kh) as isize - g.pad as isize;
                                     let iw = (ow * g.stride + kw) as isize - g.pad as isize;
                                     if let Some(xi) = x_at(x, g, b, ci, ih, iw) {
-                                        let wi = ((co * g.cin + ci) * g.kh + kh) * g.kw + kw;
+                                        let wi = ((co * g.cin_g() + cj) * g.kh + kh) * g.kw + kw;
                                         f(yi, xi, wi);
                                     }
                                 }
