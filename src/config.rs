@@ -89,6 +89,11 @@ pub struct TrainConfig {
     /// Refresh the run's report (`RUN_DIR/report/`: PNG charts + index.html) at every
     /// evaluation.
     pub report: bool,
+    /// List data sets (imagenet-lt, inat2018, places-lt): keep the images as files and decode
+    /// each batch on the CPU cores while the GPU trains, at most this many batches ahead per
+    /// decoding thread (memory stays bounded at any set size); 0 decodes the whole set into
+    /// memory first.
+    pub prefetch: usize,
 }
 
 impl Default for TrainConfig {
@@ -140,6 +145,7 @@ impl Default for TrainConfig {
             posthoc_tau: None,
             test_per_class: 0,
             report: true,
+            prefetch: 2,
         }
     }
 }
@@ -227,6 +233,10 @@ pub fn resolve(base: toml::Table, flags: toml::Table, source: &str) -> Result<Tr
     cfg.check()?;
     Ok(cfg)
 }
+
+/// Most batches a decoding thread may run ahead: each is batch x 3 x size^2 bytes (38 MiB at
+/// 256 x 224 px), so more is memory for nothing.
+pub const MAX_PREFETCH: usize = 16;
 
 /// Largest image side `image_size` may ask for: a 2048 x 2048 RGB image is 12 MiB of u8 per
 /// image on the host; anything larger is a typo rather than a protocol.
@@ -396,6 +406,13 @@ impl TrainConfig {
         }
         at_least("eval_every", self.eval_every, 1)?;
         at_least("eval_batch", self.eval_batch, 1)?;
+        if self.prefetch > MAX_PREFETCH {
+            return Err(bad(
+                "prefetch",
+                self.prefetch,
+                &format!("in [0, {MAX_PREFETCH}] (batches ahead per decoding thread)"),
+            ));
+        }
         if let Some(t) = self.posthoc_tau {
             finite("posthoc_tau", t)?;
         }

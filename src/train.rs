@@ -58,12 +58,14 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
                 .test_list
                 .as_deref()
                 .with_context(|| format!("{set} needs --test-list"))?;
-            let train = list::load(Path::new(tl), Path::new(root), cfg.image_size, 0)?;
-            let test = list::load(
+            let stream = cfg.prefetch > 0;
+            let train = list::load_with(Path::new(tl), Path::new(root), cfg.image_size, 0, stream)?;
+            let test = list::load_with(
                 Path::new(vl),
                 Path::new(root),
                 cfg.image_size,
                 train.classes,
+                stream,
             )?;
             Ok(Splits {
                 name: set.into(),
@@ -184,6 +186,57 @@ pub struct EvalResult {
     pub confusion: Vec<Vec<u64>>,
 }
 
+/// Batches decoded ahead per thread when the evaluator streams a set of files.
+const EVAL_PREFETCH: usize = 2;
+
+/// Where a batch's pixels come from: an in-memory set, or the decoding threads of a set of
+/// files (started for one plan of batches, taken in order).
+enum Feed {
+    Memory,
+    Files(crate::data::prefetch::Prefetch),
+}
+
+impl Feed {
+    fn start(d: &Dataset, plan: &[Vec<usize>], depth: usize) -> Result<Self> {
+        Ok(if d.is_streamed() && !plan.is_empty() {
+            Feed::Files(crate::data::prefetch::Prefetch::start(
+                d,
+                plan,
+                0,
+                depth.max(1),
+            )?)
+        } else {
+            Feed::Memory
+        })
+    }
+
+    /// The next batch of the plan (`indices`), normalised (and augmented) into `out`.
+    fn assemble(
+        &mut self,
+        d: &Dataset,
+        indices: &[usize],
+        aug: Option<(Augment, &mut Rng64)>,
+        out: &mut Vec<f32>,
+        labels: &mut Vec<u32>,
+    ) -> Result<()> {
+        match self {
+            Feed::Memory => assemble(d, indices, aug, out, labels),
+            Feed::Files(p) => {
+                let raw = p.next_batch()?;
+                crate::data::augment::assemble_raw(d, &raw, indices, aug, out, labels);
+            }
+        }
+        Ok(())
+    }
+
+    fn prefetch(&self) -> Option<&crate::data::prefetch::Prefetch> {
+        match self {
+            Feed::Files(p) => Some(p),
+            Feed::Memory => None,
+        }
+    }
+}
+
 /// A recorded eval-mode forward of `batch` images plus the whitening preparation.
 pub struct Evaluator {
     tape: Tape,
@@ -237,9 +290,13 @@ impl Evaluator {
             .map(|t| Vec::with_capacity(d.len() * t.numel() / self.batch))
             .collect();
         let (mut buf, mut lab) = (Vec::new(), Vec::new());
-        for start in (0..d.len()).step_by(self.batch) {
-            let idx: Vec<usize> = (start..(start + self.batch).min(d.len())).collect();
-            assemble(d, &idx, None, &mut buf, &mut lab);
+        let plan: Vec<Vec<usize>> = (0..d.len())
+            .step_by(self.batch)
+            .map(|start| (start..(start + self.batch).min(d.len())).collect())
+            .collect();
+        let mut feed = Feed::start(d, &plan, EVAL_PREFETCH)?;
+        for idx in &plan {
+            feed.assemble(d, idx, None, &mut buf, &mut lab)?;
             buf.resize(self.x.numel(), 0.0); // pad the last batch; its extra rows are ignored
             self.x.write_f32(gpu, &buf)?;
             self.tape.run(false);
@@ -597,13 +654,14 @@ pub fn train_with_init(
         bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
         let mut loss_sum = 0.0;
         let mut lr = cfg.lr;
-        assemble(
+        let mut feed = Feed::start(&train, &plan[..steps_here], cfg.prefetch)?;
+        feed.assemble(
             &train,
             &plan[0],
             Some((aug, &mut arng)),
             &mut xbuf,
             &mut ybuf,
-        );
+        )?;
         for i in 0..steps_here {
             lr = schedule.lr_at(step);
             st.step.sgd.set_lr(gpu, lr as f32);
@@ -611,13 +669,13 @@ pub fn train_with_init(
             st.y.write_u32(gpu, &ybuf)?;
             st.step.submit();
             if i + 1 < steps_here {
-                assemble(
+                feed.assemble(
                     &train,
                     &plan[i + 1],
                     Some((aug, &mut arng)),
                     &mut xbuf,
                     &mut ybuf,
-                );
+                )?;
             }
             let l = st.step.read_loss()?;
             step += 1;
@@ -639,6 +697,14 @@ pub fn train_with_init(
             bar.inc(1);
         }
         bar.finish_and_clear();
+        if let Some(p) = feed.prefetch() {
+            println!(
+                "decoding: {:.0} images/s on {} threads; the GPU waited {:.1} s for images",
+                p.images_per_s(),
+                p.workers,
+                p.wait_secs
+            );
+        }
         let secs = t0.elapsed().as_secs_f64();
         train_secs += secs;
         images += steps_here * batch;

@@ -214,6 +214,43 @@ fn imagenet_lt_lists() {
         assert_eq!(ds.image(i), &one[..], "image {i}");
         assert_eq!(ds.labels[i], (i % 4) as u32);
     }
+    // Streamed: the same pixels, decoded per batch; the prefetch threads hand the batches of
+    // a plan out in order whatever the thread count, and the set's subset keeps its files.
+    let streamed = list::load_with(&d.join("long.txt"), &d, 16, 0, true).unwrap();
+    assert!(streamed.is_streamed() && !ds.is_streamed());
+    assert_eq!(streamed.labels, ds.labels);
+    let plan: Vec<Vec<usize>> = vec![vec![3, 1, 4], vec![1, 5], vec![9, 2, 6, 5], vec![12]];
+    for workers in [1, 2, 3] {
+        let mut p =
+            longtail::data::prefetch::Prefetch::start(&streamed, &plan, workers, 1).unwrap();
+        for b in &plan {
+            assert_eq!(
+                p.next_batch().unwrap(),
+                ds.gather(b).unwrap(),
+                "{workers} workers {b:?}"
+            );
+        }
+        assert!(p.next_batch().is_err(), "a fifth batch of four");
+        assert_eq!(p.images, 10);
+    }
+    let sub = streamed.subset(&[12, 0]);
+    assert_eq!(sub.gather(&[0, 1]).unwrap(), ds.gather(&[12, 0]).unwrap());
+    // A missing file is named when the list is read, not in the middle of an epoch; an
+    // undecodable one by the batch that meets it.
+    std::fs::write(
+        d.join("missing.txt"),
+        "train/0.png 0
+train/nope.png 1
+",
+    )
+    .unwrap();
+    let e = err(list::load_with(&d.join("missing.txt"), &d, 16, 0, true));
+    assert!(e.contains("nope.png") && e.contains("--data-root"), "{e}");
+    let bad = list::load_with(&d.join("bad.txt"), &d, 16, 0, true).unwrap();
+    let mut p = longtail::data::prefetch::Prefetch::start(&bad, &[vec![0], vec![1]], 2, 1).unwrap();
+    assert!(p.next_batch().is_ok());
+    let e = err(p.next_batch());
+    assert!(e.contains("bad.png"), "{e}");
     // An aspect ratio no resize should follow (1 x 20,000 pixels) is refused, not allocated.
     image::GrayImage::new(1, 20_000)
         .save(d.join("train/thin.png"))

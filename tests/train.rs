@@ -362,3 +362,82 @@ fn bad_inputs_get_clear_errors() {
         "{err}"
     );
 }
+
+/// A list data set streamed through the prefetch threads trains to the same weights as the
+/// same set decoded into memory first, and the epoch reports its decoding rate.
+#[test]
+fn streamed_list_set_trains_like_the_in_memory_one() {
+    let d = tmp("stream");
+    std::fs::create_dir_all(d.join("img")).unwrap();
+    let mut train = String::new();
+    let mut test = String::new();
+    for i in 0..36u32 {
+        let c = i % 3;
+        let img = image::RgbImage::from_fn(20, 18, |x, y| {
+            image::Rgb([
+                (x * 9 + c * 70) as u8,
+                (y * 11) as u8,
+                (i * 7 + c * 60) as u8,
+            ])
+        });
+        img.save(d.join(format!("img/{i}.png"))).unwrap();
+        let line = format!("img/{i}.png {c}\n");
+        if i < 30 {
+            train.push_str(&line)
+        } else {
+            test.push_str(&line)
+        }
+    }
+    std::fs::write(d.join("train.txt"), train).unwrap();
+    std::fs::write(d.join("test.txt"), test).unwrap();
+    let run = |prefetch: &str, out: &str| {
+        let o = d.join(out);
+        let (ok, so, se) = longtail(&[
+            "train",
+            "--dataset",
+            "imagenet-lt",
+            "--rho",
+            "1",
+            "--model",
+            "resnet8",
+            "--data-root",
+            d.to_str().unwrap(),
+            "--train-list",
+            d.join("train.txt").to_str().unwrap(),
+            "--test-list",
+            d.join("test.txt").to_str().unwrap(),
+            "--image-size",
+            "16",
+            "--batch-size",
+            "6",
+            "--epochs",
+            "2",
+            "--warmup-epochs",
+            "0",
+            "--eval-batch",
+            "4",
+            "--quiet",
+            "--report",
+            "false",
+            "--prefetch",
+            prefetch,
+            "--out",
+            o.to_str().unwrap(),
+        ]);
+        assert!(ok, "{so}{se}");
+        // The tensors (the metadata holds the config, which differs in `prefetch`).
+        let bytes = std::fs::read(o.join("last.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut t: Vec<(String, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.data().to_vec()))
+            .collect();
+        t.sort();
+        (so, t)
+    };
+    let (streamed_out, streamed) = run("2", "streamed");
+    let (_, in_memory) = run("0", "memory");
+    assert!(streamed == in_memory, "streamed and in-memory runs differ");
+    assert!(streamed_out.contains("decoding:"), "{streamed_out}");
+}

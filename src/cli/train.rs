@@ -173,6 +173,10 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     report: Option<bool>,
+    /// List data sets: batches decoded ahead per thread while training (0: decode all first).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefetch: Option<usize>,
 }
 
 #[derive(Args)]

@@ -31,6 +31,31 @@ pub fn assemble(
     out: &mut Vec<f32>,
     labels: &mut Vec<u32>,
 ) {
+    assemble_from(d, indices, |b| d.image(indices[b]), aug, out, labels)
+}
+
+/// [`assemble`] from the batch's pixels `raw` (`[B, C, H, W]` u8, e.g. from
+/// [`super::prefetch::Prefetch`]) instead of an in-memory set's images.
+pub fn assemble_raw(
+    d: &Dataset,
+    raw: &[u8],
+    indices: &[usize],
+    aug: Option<(Augment, &mut Rng64)>,
+    out: &mut Vec<f32>,
+    labels: &mut Vec<u32>,
+) {
+    let n = d.image_len();
+    assemble_from(d, indices, |b| &raw[b * n..(b + 1) * n], aug, out, labels)
+}
+
+fn assemble_from<'a>(
+    d: &Dataset,
+    indices: &[usize],
+    pixels: impl Fn(usize) -> &'a [u8],
+    aug: Option<(Augment, &mut Rng64)>,
+    out: &mut Vec<f32>,
+    labels: &mut Vec<u32>,
+) {
     let (c, h, w) = (d.channels, d.height, d.width);
     out.clear();
     labels.clear();
@@ -39,7 +64,7 @@ pub fn assemble(
     let shift: Vec<f32> = d.mean.iter().zip(&d.std).map(|(m, s)| -m / s).collect();
     let mut aug = aug;
     for (b, &i) in indices.iter().enumerate() {
-        let img = d.image(i);
+        let img = pixels(b);
         let (dy, dx, flip) = match aug.as_mut() {
             Some((a, rng)) => {
                 let p = a.pad as isize;

@@ -60,7 +60,7 @@ fn read(
         labels.extend(l);
     }
     Ok(Dataset {
-        images,
+        images: super::Images::Memory(images),
         labels,
         channels: 3,
         height: 32,

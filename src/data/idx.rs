@@ -162,7 +162,7 @@ fn split(
         );
     }
     let d = Dataset {
-        images,
+        images: super::Images::Memory(images),
         labels,
         channels: 1,
         height: r,

@@ -89,8 +89,25 @@ pub fn decode(path: &Path, size: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// ImageNet's per-channel statistics (torchvision's), used for every list data set.
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
 /// Load every image of `list` under `root` with `classes` classes (0 = max label + 1).
 pub fn load(list: &Path, root: &Path, size: usize, classes: usize) -> Result<Dataset> {
+    load_with(list, root, size, classes, false)
+}
+
+/// [`load`], or with `stream` only check that every file is there (and that the first one
+/// decodes): the images stay files, decoded batch by batch ([`super::prefetch`]), so a set of
+/// any size trains in bounded memory.
+pub fn load_with(
+    list: &Path,
+    root: &Path,
+    size: usize,
+    classes: usize,
+    stream: bool,
+) -> Result<Dataset> {
     if size == 0 {
         bail!("image size must be positive");
     }
@@ -100,6 +117,44 @@ pub fn load(list: &Path, root: &Path, size: usize, classes: usize) -> Result<Dat
     } else {
         classes
     };
+    if stream {
+        let mut labels = Vec::with_capacity(entries.len());
+        let mut paths = Vec::with_capacity(entries.len());
+        for (path, label) in &entries {
+            if *label as usize >= classes {
+                bail!(
+                    "{}: label {label} of {path} is out of range (expected 0..{classes})",
+                    list.display()
+                );
+            }
+            let p = root.join(path);
+            if !p.is_file() {
+                bail!(
+                    "{}: {} (listed as {path}) is not a readable file; check --data-root",
+                    list.display(),
+                    p.display()
+                );
+            }
+            labels.push(*label);
+            paths.push(p);
+        }
+        if let Some(p) = paths.first() {
+            decode(p, size)?;
+        }
+        return Ok(Dataset {
+            images: super::Images::Files {
+                paths: std::sync::Arc::new(paths),
+                size,
+            },
+            labels,
+            channels: 3,
+            height: size,
+            width: size,
+            classes,
+            mean: IMAGENET_MEAN.to_vec(),
+            std: IMAGENET_STD.to_vec(),
+        });
+    }
     let bytes = entries
         .len()
         .checked_mul(3 * size * size)
@@ -158,14 +213,13 @@ pub fn load(list: &Path, root: &Path, size: usize, classes: usize) -> Result<Dat
         entries.len() as f64 / secs.max(1e-9)
     );
     Ok(Dataset {
-        images,
+        images: super::Images::Memory(images),
         labels,
         channels: 3,
         height: size,
         width: size,
         classes,
-        // ImageNet statistics.
-        mean: vec![0.485, 0.456, 0.406],
-        std: vec![0.229, 0.224, 0.225],
+        mean: IMAGENET_MEAN.to_vec(),
+        std: IMAGENET_STD.to_vec(),
     })
 }

@@ -2,7 +2,8 @@
 //! lists; the long-tailed subset; augmentation and batch assembly.
 //!
 //! Images are kept as u8 `[N, C, H, W]` on the host (60k Fashion-MNIST images are 47 MB) and
-//! normalised when a batch is assembled.
+//! normalised when a batch is assembled; list data sets (ImageNet-LT, iNaturalist, Places-LT)
+//! can instead stay as files, decoded a few batches ahead of the GPU ([`prefetch`]).
 
 pub mod augment;
 pub mod cifar;
@@ -10,14 +11,30 @@ pub mod idx;
 pub mod list;
 pub mod longtail;
 pub mod names;
+pub mod prefetch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Result, bail};
 
-/// An in-memory image classification set.
+/// Where a data set's pixels are.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Images {
+    /// Decoded, `[N, C, H, W]`.
+    Memory(Vec<u8>),
+    /// RGB image files, decoded (resized and centre-cropped to `size`) when a batch needs them.
+    Files {
+        paths: Arc<Vec<PathBuf>>,
+        size: usize,
+    },
+}
+
+/// An image classification set.
 #[derive(Clone, Debug)]
 pub struct Dataset {
-    /// `[N, C, H, W]` pixels.
-    pub images: Vec<u8>,
+    /// The pixels, in memory or as files.
+    pub images: Images,
     pub labels: Vec<u32>,
     pub channels: usize,
     pub height: usize,
@@ -41,10 +58,37 @@ impl Dataset {
     pub fn image_len(&self) -> usize {
         self.channels * self.height * self.width
     }
-    /// Pixels of image `i`.
+    /// Pixels of image `i` of an in-memory set (empty for a set of files: use
+    /// [`Dataset::gather`] or [`prefetch::Prefetch`]).
     pub fn image(&self, i: usize) -> &[u8] {
         let n = self.image_len();
-        &self.images[i * n..(i + 1) * n]
+        match &self.images {
+            Images::Memory(v) => &v[i * n..(i + 1) * n],
+            Images::Files { .. } => &[],
+        }
+    }
+    /// Whether the pixels stay as files until a batch needs them.
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.images, Images::Files { .. })
+    }
+    /// The pixels of images `indices`, in that order (`[len, C, H, W]`); files are decoded here,
+    /// on the calling thread.
+    pub fn gather(&self, indices: &[usize]) -> Result<Vec<u8>> {
+        let n = self.image_len();
+        let mut out = Vec::with_capacity(indices.len() * n);
+        match &self.images {
+            Images::Memory(_) => {
+                for &i in indices {
+                    out.extend_from_slice(self.image(i));
+                }
+            }
+            Images::Files { paths, size } => {
+                for &i in indices {
+                    out.extend_from_slice(&list::decode(&paths[i], *size)?);
+                }
+            }
+        }
+        Ok(out)
     }
     /// Images per class.
     pub fn class_counts(&self) -> Vec<usize> {
@@ -56,11 +100,20 @@ impl Dataset {
     }
     /// The subset at `indices`, in that order.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
-        let n = self.image_len();
-        let mut images = Vec::with_capacity(indices.len() * n);
-        for &i in indices {
-            images.extend_from_slice(self.image(i));
-        }
+        let images = match &self.images {
+            Images::Memory(_) => {
+                let n = self.image_len();
+                let mut v = Vec::with_capacity(indices.len() * n);
+                for &i in indices {
+                    v.extend_from_slice(self.image(i));
+                }
+                Images::Memory(v)
+            }
+            Images::Files { paths, size } => Images::Files {
+                paths: Arc::new(indices.iter().map(|&i| paths[i].clone()).collect()),
+                size: *size,
+            },
+        };
         Dataset {
             images,
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
@@ -69,7 +122,7 @@ impl Dataset {
     }
     fn clone_meta(&self) -> Dataset {
         Dataset {
-            images: Vec::new(),
+            images: Images::Memory(Vec::new()),
             labels: Vec::new(),
             channels: self.channels,
             height: self.height,
