@@ -81,6 +81,7 @@ run)
   timeout 60 $bin bench "${model[@]}" --json > "$out/resnet32.json" 2>&1
   timeout 60 $bin bench "${model[@]}" --whiten ns --json > "$out/resnet32-whiten.json" 2>&1
   timeout 90 $bin bench --model resnet10 "${r10[@]}" --samples 5 --json > "$out/resnet10.json" 2>&1
+  timeout 90 $bin bench --model resnet50 "${r10[@]}" --samples 3 --json > "$out/resnet50.json" 2>&1
   if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     timeout 120 python3 scripts/pytorch_cpu_step.py --device cuda --samples 20 --json > "$out/pytorch-cuda.json" 2>&1
   else
@@ -105,7 +106,7 @@ def load(name, lines=False):
 s = {"seconds": int(time.time()) - t0, "devices": load("devices.json"),
      "tests": load("tests.jsonl", True), "tune": load("tune.json"), "peak": load("peak.jsonl", True),
      "kernels": load("kernels.jsonl", True), "resnet32": load("resnet32.json"),
-     "resnet32_whiten": load("resnet32-whiten.json"), "resnet10": load("resnet10.json"),
+     "resnet32_whiten": load("resnet32-whiten.json"), "resnet10": load("resnet10.json"), "resnet50": load("resnet50.json"),
      "pytorch_cuda": load("pytorch-cuda.json")}
 with open(os.path.join(out, "gpu-check.json"), "w") as f:
     json.dump(s, f, indent=1)
