@@ -11,9 +11,6 @@ use std::path::PathBuf;
 use common::gpu;
 use longtail::checkpoint::{HostTensor, load_model_bytes, state_dict, to_bytes};
 use longtail::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
-use longtail::ops::batchnorm::BnMode;
-use longtail::tape::Tape;
-use longtail::tensor::Tensor;
 
 /// PyTorch and longtail differ by f32 rounding over ~50 layers (different summation orders);
 /// 1e-4 of the largest logit is far below any wrong layer or misplaced weight.
@@ -98,6 +95,12 @@ fn check_against_torchvision(arch: &str, params: usize) {
     let count: usize = m.params.iter().map(|p| p.value.numel()).sum();
     assert_eq!(count, params, "{arch}: parameters (torchvision's count)");
     // 2. The formula's weights give PyTorch's logits.
+    load_formula_weights(&m, arch, &names);
+    common::assert_logits_match(arch, &m, &[2, 3, 64, 64], &x, &want, LOGIT_REL_TOL);
+}
+
+/// Load the fixture formula's value for every tensor of torchvision's list into `m`.
+fn load_formula_weights(m: &ResNet, arch: &str, names: &[(String, Vec<usize>)]) {
     let tensors: BTreeMap<String, HostTensor> = names
         .iter()
         .map(|(k, s)| {
@@ -110,25 +113,13 @@ fn check_against_torchvision(arch: &str, params: usize) {
         })
         .collect();
     let bytes = to_bytes(&tensors, None).unwrap();
-    load_model_bytes(g, &bytes, &PathBuf::from(format!("{arch}.safetensors")), &m).unwrap();
-    let xt = Tensor::from_f32(g, &[2, 3, 64, 64], &x).unwrap();
-    let mut tape = Tape::new(g);
-    let z = m.forward(&mut tape, &xt, BnMode::Eval).unwrap();
-    tape.run(false);
-    let got = z.to_f32(g).unwrap();
-    let scale = want.iter().fold(0f64, |a, &b| a.max((b as f64).abs()));
-    let worst = got
-        .iter()
-        .zip(&want)
-        .fold(0f64, |a, (&x, &y)| a.max((x as f64 - y as f64).abs()));
-    eprintln!("{arch}: max |logit - PyTorch| = {worst:e} (largest logit {scale})");
-    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-        let d = (a as f64 - b as f64).abs();
-        assert!(
-            d <= LOGIT_REL_TOL * scale,
-            "{arch}: logit {i}: {a} vs PyTorch {b} (|diff| {d:e}, scale {scale})"
-        );
-    }
+    load_model_bytes(
+        gpu(),
+        &bytes,
+        &PathBuf::from(format!("{arch}.safetensors")),
+        m,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -191,20 +182,8 @@ fn check_step_against_torchvision(arch: &str) {
     let g = gpu();
     let m = model(arch);
     let (names, x, _) = fixture(arch);
-    let tensors: BTreeMap<String, HostTensor> = names
-        .iter()
-        .map(|(k, s)| {
-            let t = if k.ends_with("num_batches_tracked") {
-                HostTensor::i64_scalar(0)
-            } else {
-                HostTensor::f32(s, &formula(k, s))
-            };
-            (k.clone(), t)
-        })
-        .collect();
     let shapes: BTreeMap<String, Vec<usize>> = names.iter().cloned().collect();
-    let bytes = to_bytes(&tensors, None).unwrap();
-    load_model_bytes(g, &bytes, &PathBuf::from(format!("{arch}.safetensors")), &m).unwrap();
+    load_formula_weights(&m, arch, &names);
     let counts = [5usize; 10];
     let loss = longtail::losses::LossSetup::new(g, Default::default(), &counts).unwrap();
     let sgd = longtail::optim::SgdConfig {

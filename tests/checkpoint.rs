@@ -8,9 +8,6 @@ use std::path::PathBuf;
 use common::gpu;
 use longtail::checkpoint::{load_model, save_model, state_dict};
 use longtail::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
-use longtail::ops::batchnorm::BnMode;
-use longtail::tape::Tape;
-use longtail::tensor::Tensor;
 
 /// PyTorch (f32, its own summation order) and longtail differ by rounding over ~30 layers:
 /// 1e-4 of the largest logit is ~100x what shows in practice and far below any real mistake.
@@ -52,24 +49,7 @@ fn check_against_pytorch(weights: &str, io_file: &str, arch: Arch, classifier: C
     let tracked = load_model(g, &fixture(weights), &m).unwrap();
     assert_eq!(tracked, 3, "num_batches_tracked from the fixture");
     let (x, want) = io(io_file);
-    let xt = Tensor::from_f32(g, &[4, 3, 32, 32], &x).unwrap();
-    let mut tape = Tape::new(g);
-    let z = m.forward(&mut tape, &xt, BnMode::Eval).unwrap();
-    tape.run(false);
-    let got = z.to_f32(g).unwrap();
-    let scale = want.iter().fold(0f64, |a, &b| a.max((b as f64).abs()));
-    let worst = got
-        .iter()
-        .zip(&want)
-        .fold(0f64, |a, (&x, &y)| a.max((x as f64 - y as f64).abs()));
-    eprintln!("{weights}: max |logit - PyTorch| = {worst:e} (largest logit {scale})");
-    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-        let d = (a as f64 - b as f64).abs();
-        assert!(
-            d <= LOGIT_REL_TOL * scale,
-            "{weights}: logit {i}: {a} vs PyTorch {b} (|diff| {d:e}, scale {scale})"
-        );
-    }
+    common::assert_logits_match(weights, &m, &[4, 3, 32, 32], &x, &want, LOGIT_REL_TOL);
 }
 
 #[test]

@@ -5,7 +5,6 @@ use clap::Args;
 
 use longtail::bench::{bench_model, select, time_case};
 use longtail::gpu::Gpu;
-use longtail::ops::whiten::{WhitenConfig, WhitenMethod};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -24,21 +23,9 @@ pub struct BenchArgs {
     /// Time whole training steps of a model instead (resnet8/20/32/..., resnet10).
     #[arg(long)]
     model: Option<String>,
-    /// Batch size for --model.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Image size for --model (32 for CIFAR, 112 or 224 for ImageNet).
-    #[arg(long, default_value_t = 32)]
-    size: usize,
-    /// Input channels for --model.
-    #[arg(long, default_value_t = 3)]
-    channels: usize,
-    /// Channel whitening before the classifier of --model (ns, iternorm, eigen).
-    #[arg(long, value_enum)]
-    whiten: Option<WhitenMethod>,
-    /// Whitening group size for --model (0: all channels).
-    #[arg(long, default_value_t = 0)]
-    whiten_group: usize,
+    /// The step of --model.
+    #[command(flatten)]
+    step: super::StepShape,
     /// Measure the adapter's ceilings only (FMA, read/write/uniform/workgroup bandwidth,
     /// dispatch and submission cost).
     #[arg(long)]
@@ -65,13 +52,17 @@ fn print_peaks(gpu: &Gpu, p: &longtail::peak::Peaks) {
 
 pub fn run(gpu: &Gpu, a: BenchArgs) -> Result<()> {
     if let Some(model) = &a.model {
-        let whiten = a.whiten.map(|method| WhitenConfig {
-            method,
-            iters: WhitenConfig::default_iters(method),
-            group: a.whiten_group,
-            ..Default::default()
-        });
-        let m = bench_model(gpu, model, a.batch, a.size, a.channels, a.samples, whiten)?;
+        let st = &a.step;
+        let whiten = st.whiten_config();
+        let m = bench_model(
+            gpu,
+            model,
+            st.batch,
+            st.size,
+            st.channels,
+            a.samples,
+            whiten,
+        )?;
         if a.json {
             println!("{}", serde_json::to_string(&m)?);
         } else {

@@ -5,3 +5,38 @@ pub mod mlp;
 pub mod report;
 pub mod train;
 pub mod tune;
+
+use clap::Args;
+use longtail::ops::whiten::{WhitenConfig, WhitenMethod};
+
+/// The training step `bench --model` times and `tune` tunes: batch, image shape, whitening.
+#[derive(Args)]
+pub struct StepShape {
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Image size (32 for CIFAR, 28 for Fashion-MNIST, 112 or 224 for ImageNet).
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// Input channels.
+    #[arg(long, default_value_t = 3)]
+    pub channels: usize,
+    /// Channel whitening before the classifier (ns, iternorm, eigen).
+    #[arg(long, value_enum)]
+    pub whiten: Option<WhitenMethod>,
+    /// Whitening group size (0: all channels).
+    #[arg(long, default_value_t = 0)]
+    pub whiten_group: usize,
+}
+
+impl StepShape {
+    /// The whitening layer asked for, with its method's default iteration count.
+    pub fn whiten_config(&self) -> Option<WhitenConfig> {
+        self.whiten.map(|method| WhitenConfig {
+            method,
+            iters: WhitenConfig::default_iters(method),
+            group: self.whiten_group,
+            ..Default::default()
+        })
+    }
+}

@@ -61,3 +61,37 @@ pub fn run_bin(exe: &str, args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Eval-mode logits of `model` on images `x` of `shape`, checked against PyTorch's `want`:
+/// every logit within `rel_tol` of the largest (the worst difference is printed).
+pub fn assert_logits_match(
+    what: &str,
+    model: &longtail::models::resnet::ResNet,
+    shape: &[usize],
+    x: &[f32],
+    want: &[f32],
+    rel_tol: f64,
+) {
+    let g = gpu();
+    let xt = longtail::tensor::Tensor::from_f32(g, shape, x).unwrap();
+    let mut tape = longtail::tape::Tape::new(g);
+    let z = model
+        .forward(&mut tape, &xt, longtail::ops::batchnorm::BnMode::Eval)
+        .unwrap();
+    tape.run(false);
+    let got = z.to_f32(g).unwrap();
+    assert_eq!(got.len(), want.len(), "{what}: logits");
+    let scale = want.iter().fold(0f64, |a, &b| a.max((b as f64).abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |a, (&x, &y)| a.max((x as f64 - y as f64).abs()));
+    eprintln!("{what}: max |logit - PyTorch| = {worst:e} (largest logit {scale})");
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let d = (a as f64 - b as f64).abs();
+        assert!(
+            d <= rel_tol * scale,
+            "{what}: logit {i}: {a} vs PyTorch {b} (|diff| {d:e}, scale {scale})"
+        );
+    }
+}
