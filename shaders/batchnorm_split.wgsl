@@ -16,29 +16,15 @@ fn tree(lid: u32) {
     }
 }
 
-// ---- statistics: partials [C][S][2] of (x - k) and (x - k)^2
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> part: array<f32>;
-@group(0) @binding(2) var<uniform> p: Params;
-
 @compute @workgroup_size(256)
 fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x;
-    let s = wg.y;
-    let k = x[c * p.hw];
-    var a = 0.0;
-    var q = 0.0;
-    for (var i = lid; i < split_count(s, p); i += WG) {
-        let d = x[split_elem(c, s, i, p)] - k;
-        a += d;
-        q = fma(d, d, q);
-    }
-    r0[lid] = a;
-    r1[lid] = q;
+    let t = stats_share(wg.x, wg.y, lid);
+    r0[lid] = t.x;
+    r1[lid] = t.y;
     tree(lid);
     if (lid == 0u) {
-        part[(c * p.splits + s) * 2u] = r0[0];
-        part[(c * p.splits + s) * 2u + 1u] = r1[0];
+        part[(wg.x * p.splits + wg.y) * 2u] = r0[0];
+        part[(wg.x * p.splits + wg.y) * 2u + 1u] = r1[0];
     }
 }
 
@@ -70,35 +56,16 @@ fn stats_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
     running_var[c] = (1.0 - fp.momentum) * running_var[c] + fp.momentum * unbiased;
 }
 
-// ---- backward: partials of sum(dyh) and sum(dyh * xhat), dyh = dy masked by the fused ReLU
-@group(0) @binding(0) var<storage, read> bx: array<f32>;
-@group(0) @binding(1) var<storage, read> by: array<f32>;
-@group(0) @binding(2) var<storage, read> bdy: array<f32>;
-@group(0) @binding(3) var<storage, read> bstats: array<f32>;
-@group(0) @binding(4) var<storage, read_write> bpart: array<f32>;
-@group(0) @binding(5) var<uniform> bp: Params;
-
+// ---- backward: the partials, then the per-channel finish
 @compute @workgroup_size(256)
 fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x;
-    let s = wg.y;
-    let mean = bstats[c];
-    let inv = bstats[bp.channels + c];
-    var s0 = 0.0;
-    var s1 = 0.0;
-    for (var i = lid; i < split_count(s, bp); i += WG) {
-        let e = split_elem(c, s, i, bp);
-        var g = bdy[e];
-        if (bp.relu != 0u && by[e] <= 0.0) { g = 0.0; }
-        s0 += g;
-        s1 = fma(g, (bx[e] - mean) * inv, s1);
-    }
-    r0[lid] = s0;
-    r1[lid] = s1;
+    let t = backward_share(wg.x, wg.y, lid);
+    r0[lid] = t.x;
+    r1[lid] = t.y;
     tree(lid);
     if (lid == 0u) {
-        bpart[(c * bp.splits + s) * 2u] = r0[0];
-        bpart[(c * bp.splits + s) * 2u + 1u] = r1[0];
+        bpart[(wg.x * bp.splits + wg.y) * 2u] = r0[0];
+        bpart[(wg.x * bp.splits + wg.y) * 2u + 1u] = r1[0];
     }
 }
 
