@@ -214,17 +214,65 @@ pub fn load_model(gpu: &Gpu, path: &Path, model: &ResNet) -> Result<i64> {
 
 /// [`load_model`] from bytes already read; `path` names them in messages.
 pub fn load_model_bytes(gpu: &Gpu, bytes: &[u8], path: &Path, model: &ResNet) -> Result<i64> {
+    Ok(load_model_bytes_with(gpu, bytes, path, model, false)?.0)
+}
+
+/// Load starting weights for `train --init` (e.g. torchvision's, converted to safetensors):
+/// the backbone must match, but a classifier of another shape (another class count) or
+/// missing whitening statistics keep their fresh initialisation; what was kept is said on
+/// stderr.
+pub fn load_init(gpu: &Gpu, path: &Path, model: &ResNet) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, kept) = load_model_bytes_with(gpu, &bytes, path, model, true)?;
+    if !kept.is_empty() {
+        eprintln!(
+            "note: --init {}: kept the fresh initialisation of {} (absent or of another shape \
+             in the file)",
+            path.display(),
+            kept.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether tensor `name` may be left at its initialisation by [`load_init`].
+fn init_optional(name: &str) -> bool {
+    name.starts_with("fc.") || name.starts_with("linear.") || name.starts_with("whiten.")
+}
+
+/// The loader: with `lenient`, head and whitening tensors that are missing or of another
+/// shape are skipped and returned by name.
+fn load_model_bytes_with(
+    gpu: &Gpu,
+    bytes: &[u8],
+    path: &Path,
+    model: &ResNet,
+    lenient: bool,
+) -> Result<(i64, Vec<String>)> {
     let st = safetensors::SafeTensors::deserialize(bytes)
         .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
     let mut expected: Vec<String> = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
     let flat_t = model.params.flat_values()?;
-    let mut flat = vec![0f32; flat_t.numel()];
+    // Lenient loads start from the current values, so skipped tensors keep them.
+    let mut flat = if lenient {
+        flat_t.to_f32(gpu)?
+    } else {
+        vec![0f32; flat_t.numel()]
+    };
     let get = |name: &str| {
         st.tensor(name)
             .map_err(|_| anyhow::anyhow!("{}: missing tensor {name}", path.display()))
     };
+    let skip = |name: &str, shape: &[usize]| {
+        lenient && init_optional(name) && st.tensor(name).map_or(true, |t| t.shape() != shape)
+    };
     for p in model.params.iter() {
         expected.push(p.name.clone());
+        if skip(&p.name, p.value.shape()) {
+            kept.push(p.name.clone());
+            continue;
+        }
         let v = f32_values(path, &p.name, &get(&p.name)?, p.value.shape())?;
         let off = (p.value.offset() / 4) as usize;
         flat[off..off + v.len()].copy_from_slice(&v);
@@ -259,8 +307,12 @@ pub fn load_model_bytes(gpu: &Gpu, bytes: &[u8], path: &Path, model: &ResNet) ->
             stats.push(("whiten.running_wm", rw));
         }
         for (key, t) in stats {
-            t.write_f32(gpu, &f32_values(path, key, &get(key)?, t.shape())?)?;
             expected.push(key.to_string());
+            if skip(key, t.shape()) {
+                kept.push(key.to_string());
+                continue;
+            }
+            t.write_f32(gpu, &f32_values(path, key, &get(key)?, t.shape())?)?;
         }
     }
     let mut unknown: Vec<String> = st
@@ -278,7 +330,7 @@ pub fn load_model_bytes(gpu: &Gpu, bytes: &[u8], path: &Path, model: &ResNet) ->
         );
     }
     flat_t.write_f32(gpu, &flat)?;
-    Ok(tracked)
+    Ok((tracked, kept))
 }
 
 /// The configuration keys a checkpoint's tensor names and shapes imply (model, classifier kind,

@@ -518,7 +518,7 @@ pub fn train_with_init(
         nesterov: cfg.nesterov,
     };
     if let (Some(p), false) = (init, resume) {
-        checkpoint::load_model(gpu, p, &model)?;
+        checkpoint::load_init(gpu, p, &model)?;
     }
     // A resumed run records the kernel variants it started with (reproducible to the bit on
     // one adapter), whatever the tune cache says now.
@@ -612,7 +612,7 @@ pub fn train_with_init(
                     out.display()
                 );
                 if let Some(p) = init {
-                    checkpoint::load_model(gpu, p, &model)?;
+                    checkpoint::load_init(gpu, p, &model)?;
                 }
             }
         }

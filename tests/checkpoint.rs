@@ -175,3 +175,54 @@ fn bad_files_get_clear_errors() {
     assert!(e.contains("linear.weight") && e.contains("shape"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `train --init` from weights of another head (another class count) or without whitening
+/// statistics: the backbone loads, the head and whitening keep their initialisation; a
+/// different backbone is still an error.
+#[test]
+fn init_keeps_a_head_of_another_shape() {
+    let g = gpu();
+    let src = model(Arch::Cifar { n: 1 }, Classifier::Linear);
+    let dir = common::tmp_dir("ckpt-init");
+    let path = dir.join("pretrained.safetensors");
+    save_model(g, &path, &src, 1).unwrap();
+    let dst = ResNet::new(
+        g,
+        ResNetConfig {
+            arch: Arch::Cifar { n: 1 },
+            in_channels: 3,
+            classes: 5,
+            classifier: Classifier::Linear,
+            seed: 3,
+            whiten: Some(Default::default()),
+        },
+    )
+    .unwrap();
+    let head_before = state_dict(g, &dst, 0).unwrap()["linear.weight"]
+        .bytes
+        .clone();
+    longtail::checkpoint::load_init(g, &path, &dst).unwrap();
+    let (a, b) = (
+        state_dict(g, &src, 0).unwrap(),
+        state_dict(g, &dst, 0).unwrap(),
+    );
+    assert_eq!(
+        a["conv1.weight"].bytes, b["conv1.weight"].bytes,
+        "backbone loaded"
+    );
+    assert_eq!(
+        a["layer3.0.bn2.running_var"].bytes,
+        b["layer3.0.bn2.running_var"].bytes
+    );
+    assert_eq!(b["linear.weight"].bytes, head_before, "head kept");
+    // Strict loading (eval, resume) still refuses the other head.
+    let e = load_model(g, &path, &dst).unwrap_err().to_string();
+    assert!(e.contains("linear.weight") || e.contains("whiten"), "{e}");
+    // Another backbone is no starting point.
+    let deeper = model(Arch::Cifar { n: 3 }, Classifier::Linear);
+    let e = format!(
+        "{:#}",
+        longtail::checkpoint::load_init(g, &path, &deeper).unwrap_err()
+    );
+    assert!(e.contains("missing tensor layer1.1"), "{e}");
+}
