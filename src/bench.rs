@@ -153,20 +153,36 @@ fn random(gpu: &Gpu, rng: &mut Rng64, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_f32(gpu, shape, &rng.vec_f32(n, -1.0, 1.0))
 }
 
-/// Build the case `kernel` at `shape`.
+/// `kernel@variant` pins one variant of a tuned kernel (the tuner's choice otherwise):
+/// `conv_*@direct|gemm|gemm-wide`, `matmul@b8|t16`, `batchnorm*@fused|split|subgroup`.
+pub const VARIANTS_HELP: &str = "conv_fwd|conv_dgrad|conv_wgrad@direct|gemm|gemm-wide, matmul@b8|t16, batchnorm|batchnorm_relu@fused|split|subgroup";
+
+/// Build the case `kernel` (optionally `kernel@variant`) at `shape`.
 pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
     let mut rng = Rng64::new(7);
     let mk = |dispatches, flops: f64, bytes: f64, keep| {
         Case::new(kernel, shape, flops, bytes, dispatches, keep)
     };
-    Ok(match kernel {
+    let (base, variant) = kernel
+        .split_once('@')
+        .map_or((kernel, None), |(b, v)| (b, Some(v)));
+    if variant.is_some()
+        && !(base.starts_with("conv_") || base == "matmul" || base.starts_with("batchnorm"))
+    {
+        bail!("kernel {base:?} has one variant; variants exist for {VARIANTS_HELP}");
+    }
+    Ok(match base {
         "matmul" => {
             let d = dims(shape, 3)?;
             let (m, n, k) = (d[0], d[1], d[2]);
             let a = random(gpu, &mut rng, &[m, k])?;
             let b = random(gpu, &mut rng, &[k, n])?;
             let c = Tensor::zeros(gpu, &[m, n], DType::F32)?;
-            let disp = matmul::dispatch(gpu, &a, &b, &c, false, false, 1.0, 0.0)?;
+            let algo = match variant {
+                Some(v) => matmul::MatAlgo::from_name(v)?,
+                None => matmul::MatAlgo::Auto,
+            };
+            let disp = matmul::dispatch_with(gpu, &a, &b, &c, false, false, 1.0, 0.0, algo)?;
             let f = 2.0 * (m * n * k) as f64;
             let by = 4.0 * (m * k + k * n + m * n) as f64;
             mk(disp, f, by, vec![a, b, c])
@@ -184,12 +200,12 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             let dx = Tensor::zeros(gpu, &xs, DType::F32)?;
             let dw = Tensor::zeros(gpu, &ws, DType::F32)?;
             let (xn, wn, yn) = (x.numel() as f64, w.numel() as f64, y.numel() as f64);
-            let algo = if kernel.ends_with("_gemm") {
-                conv2d::Algo::Gemm
-            } else {
-                conv2d::Algo::Auto
+            let algo = match variant {
+                Some(v) => conv2d::Algo::from_name(v)?,
+                None if base.ends_with("_gemm") => conv2d::Algo::Gemm,
+                None => conv2d::Algo::Auto,
             };
-            let (disp, bytes) = match kernel {
+            let (disp, bytes) = match base {
                 "conv_fwd" | "conv_fwd_gemm" => (
                     conv2d::forward_dispatches(gpu, &g, &x, &w, &y, 0.0, algo)?,
                     xn + wn + yn,
@@ -210,12 +226,12 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             // Forward and backward of one layer (the ResNet-32 shapes by default).
             use crate::ops::{batchnorm, linear, pool, shortcut};
             let mut tape = Tape::new(gpu);
-            let (out, flops, bytes, keep) = match kernel {
+            let (out, flops, bytes, keep) = match base {
                 "batchnorm" | "batchnorm_relu" | "avgpool" | "maxpool" => {
                     let d = dims(shape, 4)?;
                     let x = random(gpu, &mut rng, &d)?.requiring_grad();
                     let n = x.numel() as f64;
-                    match kernel {
+                    match base {
                         "avgpool" => (
                             pool::global_avg_pool(&mut tape, &x)?,
                             2.0 * n,
@@ -233,14 +249,19 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
                             let g = Tensor::from_f32(gpu, &[c], &vec![1.0; c])?.requiring_grad();
                             let b = Tensor::from_f32(gpu, &[c], &vec![0.0; c])?.requiring_grad();
                             let st = batchnorm::BnState::new(gpu, c)?;
-                            let y = batchnorm::batch_norm(
+                            let algo = match variant {
+                                Some(v) => batchnorm::BnAlgo::from_name(v)?,
+                                None => batchnorm::BnAlgo::Auto,
+                            };
+                            let y = batchnorm::batch_norm_with(
                                 &mut tape,
                                 &x,
                                 &g,
                                 &b,
                                 &st,
                                 batchnorm::BnMode::Train,
-                                kernel == "batchnorm_relu",
+                                base == "batchnorm_relu",
+                                algo,
                             )?;
                             // stats (2 reads), apply (read + write), backward (3 reads x 2, write)
                             (y, 10.0 * n, 4.0 * 10.0 * n, x)
@@ -262,7 +283,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
                     let d = dims(shape, 3)?;
                     let (b, i, o) = (d[0], d[1], d[2]);
                     let x = random(gpu, &mut rng, &[b, i])?.requiring_grad();
-                    let y = if kernel == "linear" {
+                    let y = if base == "linear" {
                         let w = random(gpu, &mut rng, &[o, i])?.requiring_grad();
                         let bias = random(gpu, &mut rng, &[o])?.requiring_grad();
                         linear::linear(&mut tape, &x, &w, Some(&bias))?
@@ -284,7 +305,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             use crate::ops::{eigen, linalg};
             let d = dims(shape, 2)?;
             let mut tape = Tape::new(gpu);
-            let (flops, bytes, keep) = match kernel {
+            let (flops, bytes, keep) = match base {
                 "whiten_cov" => {
                     // Sigma = Xc^T Xc / B + eps I over all d channels: [1, B, d] -> [1, d, d].
                     let (b, dd) = (d[0], d[1]);
@@ -341,7 +362,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             let a = random(gpu, &mut rng, &[n])?;
             let b = random(gpu, &mut rng, &[n])?;
             let c = Tensor::zeros(gpu, &[n], DType::F32)?;
-            let entry: &'static str = match kernel {
+            let entry: &'static str = match base {
                 "add" => "add",
                 "mul" => "mul",
                 "scale" => "scale",
@@ -410,23 +431,25 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
 /// Every case selected by the optional kernel name and shape.
 pub fn select(gpu: &Gpu, kernel: Option<&str>, shape: Option<&str>) -> Result<Vec<Case>> {
     let mut out = Vec::new();
-    if let Some(k) = kernel
+    let base = kernel.map(|k| k.split_once('@').map_or(k, |(b, _)| b));
+    if let Some(k) = base
         && !KERNELS.iter().any(|(n, _)| *n == k)
     {
         bail!(
-            "unknown kernel {k:?}; known kernels: {}",
+            "unknown kernel {k:?}; known kernels: {} (pin a variant with {VARIANTS_HELP})",
             KERNELS.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")
         );
     }
     for (name, shapes) in KERNELS {
-        if kernel.is_some_and(|k| k != *name) {
+        if base.is_some_and(|k| k != *name) {
             continue;
         }
+        let full = kernel.unwrap_or(name);
         match shape {
-            Some(s) => out.push(case(gpu, name, s)?),
+            Some(s) => out.push(case(gpu, full, s)?),
             None => {
                 for s in *shapes {
-                    out.push(case(gpu, name, s)?);
+                    out.push(case(gpu, full, s)?);
                 }
             }
         }

@@ -128,3 +128,36 @@ fn mlp_demo_trains() {
     assert!(ok, "{err}");
     assert!(out.contains("loss") && out.contains("->"), "{out}");
 }
+
+/// `bench --kernel NAME@VARIANT` times one pinned variant; kernels without variants and
+/// unknown variants are clear errors.
+#[test]
+fn bench_pins_a_variant() {
+    for (k, shape) in [
+        ("matmul@t16", "8x8x8"),
+        ("conv_wgrad@gemm-wide", "2x4x8x8x4x3x1"),
+        ("batchnorm@split", "2x3x4x4"),
+    ] {
+        let (ok, out, err) = longtail(&[
+            "bench",
+            "--kernel",
+            k,
+            "--shape",
+            shape,
+            "--samples",
+            "1",
+            "--no-peak",
+            "--json",
+        ]);
+        assert!(ok, "{k}: {err}");
+        let row: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(row["kernel"], k, "{out}");
+    }
+    let (ok, _, err) = longtail(&["bench", "--kernel", "add@x", "--no-peak"]);
+    assert!(
+        !ok && err.contains("has one variant") && err.contains("matmul@b8|t16"),
+        "{err}"
+    );
+    let (ok, _, err) = longtail(&["bench", "--kernel", "matmul@zz", "--no-peak"]);
+    assert!(!ok && err.contains("unknown matmul variant"), "{err}");
+}

@@ -96,7 +96,8 @@ impl BnAlgo {
         }
     }
 
-    fn from_name(s: &str) -> Result<Self> {
+    /// The variant named `s` (as in tune caches), or an error listing the names.
+    pub fn from_name(s: &str) -> Result<Self> {
         Ok(match s {
             "fused" => BnAlgo::Fused,
             "split" => BnAlgo::Split,

@@ -306,7 +306,8 @@ impl Algo {
         }
     }
 
-    fn from_name(s: &str) -> Result<Self> {
+    /// The variant named `s` (as in tune caches), or an error listing the names.
+    pub fn from_name(s: &str) -> Result<Self> {
         Ok(match s {
             "direct" => Algo::Direct,
             "gemm" => Algo::Gemm,

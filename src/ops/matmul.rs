@@ -85,7 +85,8 @@ impl MatAlgo {
         }
     }
 
-    fn from_name(s: &str) -> Result<Self> {
+    /// The variant named `s` (as in tune caches), or an error listing the names.
+    pub fn from_name(s: &str) -> Result<Self> {
         Ok(match s {
             "b8" => MatAlgo::Block8,
             "t16" => MatAlgo::Tile16,
