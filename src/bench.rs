@@ -45,9 +45,7 @@ impl Case {
             tape_prog: None,
         }
     }
-}
 
-impl Case {
     /// A case replaying a recorded tape, forward and backward (`keep`: tensors it references).
     pub fn from_tape(
         kernel: &str,
@@ -297,9 +295,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             };
             let seed = random(gpu, &mut rng, out.shape())?;
             tape.backward_with(&out, seed)?;
-            let mut cs = mk(Vec::new(), flops, bytes, vec![keep]);
-            cs.tape_prog = Some(tape);
-            cs
+            Case::from_tape(kernel, shape, flops, bytes, tape, vec![keep])
         }
         "whiten_cov" | "ns_step" | "eigen" => {
             use crate::ops::{eigen, linalg};
@@ -353,9 +349,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
                     (8.0 * nn / 2.0 * 8.0 * n as f64, 4.0 * 4.0 * nn, sigma)
                 }
             };
-            let mut cs = mk(Vec::new(), flops, bytes, vec![keep]);
-            cs.tape_prog = Some(tape);
-            cs
+            Case::from_tape(kernel, shape, flops, bytes, tape, vec![keep])
         }
         "add" | "mul" | "scale" | "relu" => {
             let n = dims(shape, 1)?[0];
@@ -393,9 +387,7 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             tape.backward(&loss)?;
             // Forward and backward together: the loss is always used with its gradient.
             let n = (b * c) as f64;
-            let mut cs = mk(Vec::new(), 8.0 * n, 4.0 * 3.0 * n, vec![z, y]);
-            cs.tape_prog = Some(tape);
-            cs
+            Case::from_tape(kernel, shape, 8.0 * n, 4.0 * 3.0 * n, tape, vec![z, y])
         }
         "sgd" => {
             let n = dims(shape, 1)?[0];

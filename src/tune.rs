@@ -371,6 +371,16 @@ pub fn recorded(dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
     ))
 }
 
+/// Deterministic values in [-1, 1) of `shape`: the inputs candidates are timed on (timing does
+/// not depend on the values, only NaN/denormal-free data matters).
+pub fn scratch(gpu: &crate::gpu::Gpu, shape: &[usize]) -> Result<crate::tensor::Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
+        .collect();
+    crate::tensor::Tensor::from_f32(gpu, shape, &v)
+}
+
 /// Time one candidate's launches: compile and warm up, then stop early when one run is already
 /// 3x slower than `best` (seconds); slow candidates (> 50 ms) take the median of 3 wall-clock
 /// runs, fast ones [`crate::bench::time_case`]'s median of 3 timed samples. Seconds per set.

@@ -17,10 +17,11 @@ const VARIANTS: [conv2d::Algo; 3] = [
 
 fn check(seed: u64, x: [usize; 4], cout: usize, k: usize, stride: usize, pad: usize) {
     for algo in VARIANTS {
-        check_with(seed, x, cout, k, stride, pad, algo);
+        check_with(seed, x, cout, k, stride, pad, 1, algo);
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the geometry, its groups and the variant
 fn check_with(
     seed: u64,
     x: [usize; 4],
@@ -28,26 +29,29 @@ fn check_with(
     k: usize,
     stride: usize,
     pad: usize,
+    groups: usize,
     algo: conv2d::Algo,
 ) {
     let mut rng = Rng64::new(seed);
-    let wsh = [cout, x[1], k, k];
-    let g = ConvGeom::new(&x, &wsh, stride, pad).unwrap();
+    let wsh = [cout, x[1] / groups, k, k];
+    let g = ConvGeom::new_grouped(&x, &wsh, stride, pad, groups).unwrap();
     let case = Case {
-        name: format!("conv2d {algo:?} x={x:?} w={wsh:?} stride={stride} pad={pad}"),
+        name: format!(
+            "conv2d {algo:?} x={x:?} w={wsh:?} groups={groups} stride={stride} pad={pad}"
+        ),
         seed,
         inputs: vec![
             Input::uniform(&mut rng, &x, -1.0, 1.0, true),
             Input::uniform(&mut rng, &wsh, -1.0, 1.0, true),
         ],
-        fwd: sum_of(x[1] * k * k),
-        // wgrad sums over batch x output pixels; dgrad over cout x k x k.
-        bwd: sum_of((x[0] * g.oh * g.ow).max(cout * k * k)),
+        fwd: sum_of(wsh[1] * k * k),
+        // wgrad sums over batch x output pixels; dgrad over cout/groups x k x k.
+        bwd: sum_of((x[0] * g.oh * g.ow).max(g.cout_g() * k * k)),
     };
     verify::check(
         gpu(),
         &case,
-        &|t, v| conv2d::conv2d_with(t, &v[0], &v[1], stride, pad, algo),
+        &|t, v| conv2d::conv2d_grouped_with(t, &v[0], &v[1], stride, pad, groups, algo),
         &|v| conv2d::reference::conv2d(&v[0], &v[1], &g),
         &|v, dy| {
             let (dx, dw) = conv2d::reference::conv2d_grad(&v[0], &v[1], dy, &g);
@@ -209,32 +213,8 @@ fn every_variant_at_resnet10_shapes_112px() {
 }
 
 fn check_grouped(seed: u64, x: [usize; 4], cout: usize, groups: usize, k: usize, stride: usize) {
-    let pad = k / 2;
-    let mut rng = Rng64::new(seed);
-    let wsh = [cout, x[1] / groups, k, k];
-    let g = ConvGeom::new_grouped(&x, &wsh, stride, pad, groups).unwrap();
     for algo in VARIANTS {
-        let case = Case {
-            name: format!("conv2d {algo:?} x={x:?} w={wsh:?} groups={groups} stride={stride}"),
-            seed,
-            inputs: vec![
-                Input::uniform(&mut rng, &x, -1.0, 1.0, true),
-                Input::uniform(&mut rng, &wsh, -1.0, 1.0, true),
-            ],
-            fwd: sum_of(wsh[1] * k * k),
-            bwd: sum_of((x[0] * g.oh * g.ow).max(g.cout_g() * k * k)),
-        };
-        verify::check(
-            gpu(),
-            &case,
-            &|t, v| conv2d::conv2d_grouped_with(t, &v[0], &v[1], stride, pad, groups, algo),
-            &|v| conv2d::reference::conv2d(&v[0], &v[1], &g),
-            &|v, dy| {
-                let (dx, dw) = conv2d::reference::conv2d_grad(&v[0], &v[1], dy, &g);
-                vec![Some(dx), Some(dw)]
-            },
-        )
-        .unwrap();
+        check_with(seed, x, cout, k, stride, k / 2, groups, algo);
     }
 }
 

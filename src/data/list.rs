@@ -117,44 +117,64 @@ pub fn load_with(
     } else {
         classes
     };
-    if stream {
-        let mut labels = Vec::with_capacity(entries.len());
-        let mut paths = Vec::with_capacity(entries.len());
-        for (path, label) in &entries {
-            if *label as usize >= classes {
-                bail!(
-                    "{}: label {label} of {path} is out of range (expected 0..{classes})",
-                    list.display()
-                );
-            }
-            let p = root.join(path);
-            if !p.is_file() {
-                bail!(
-                    "{}: {} (listed as {path}) is not a readable file; check --data-root",
-                    list.display(),
-                    p.display()
-                );
-            }
-            labels.push(*label);
-            paths.push(p);
+    let mut labels = Vec::with_capacity(entries.len());
+    for (path, label) in &entries {
+        if *label as usize >= classes {
+            bail!(
+                "{}: label {label} of {path} is out of range (expected 0..{classes})",
+                list.display()
+            );
         }
-        if let Some(p) = paths.first() {
-            decode(p, size)?;
-        }
-        return Ok(Dataset {
-            images: super::Images::Files {
-                paths: std::sync::Arc::new(paths),
-                size,
-            },
-            labels,
-            channels: 3,
-            height: size,
-            width: size,
-            classes,
-            mean: IMAGENET_MEAN.to_vec(),
-            std: IMAGENET_STD.to_vec(),
-        });
+        labels.push(*label);
     }
+    let images = if stream {
+        files(list, root, size, &entries)?
+    } else {
+        super::Images::Memory(decode_all(list, root, size, &entries)?)
+    };
+    Ok(Dataset {
+        images,
+        labels,
+        channels: 3,
+        height: size,
+        width: size,
+        classes,
+        mean: IMAGENET_MEAN.to_vec(),
+        std: IMAGENET_STD.to_vec(),
+    })
+}
+
+/// The listed files, each checked to exist, the first one decoded (a wrong --data-root or
+/// format shows now, not in the middle of an epoch).
+fn files(
+    list: &Path,
+    root: &Path,
+    size: usize,
+    entries: &[(String, u32)],
+) -> Result<super::Images> {
+    let mut paths = Vec::with_capacity(entries.len());
+    for (path, _) in entries {
+        let p = root.join(path);
+        if !p.is_file() {
+            bail!(
+                "{}: {} (listed as {path}) is not a readable file; check --data-root",
+                list.display(),
+                p.display()
+            );
+        }
+        paths.push(p);
+    }
+    if let Some(p) = paths.first() {
+        decode(p, size)?;
+    }
+    Ok(super::Images::Files {
+        paths: std::sync::Arc::new(paths),
+        size,
+    })
+}
+
+/// Every listed image decoded and resized, on every core, in list order.
+fn decode_all(list: &Path, root: &Path, size: usize, entries: &[(String, u32)]) -> Result<Vec<u8>> {
     let bytes = entries
         .len()
         .checked_mul(3 * size * size)
@@ -168,16 +188,6 @@ pub fn load_with(
             bytes as f64 / (1u64 << 30) as f64
         )
     })?;
-    let mut labels = Vec::with_capacity(entries.len());
-    for (path, label) in &entries {
-        if *label as usize >= classes {
-            bail!(
-                "{}: label {label} of {path} is out of range (expected 0..{classes})",
-                list.display()
-            );
-        }
-        labels.push(*label);
-    }
     // Decode on every core: each worker fills its own contiguous run of images, in list order.
     images.resize(bytes, 0);
     let per = 3 * size * size;
@@ -212,14 +222,5 @@ pub fn load_with(
         entries.len(),
         entries.len() as f64 / secs.max(1e-9)
     );
-    Ok(Dataset {
-        images: super::Images::Memory(images),
-        labels,
-        channels: 3,
-        height: size,
-        width: size,
-        classes,
-        mean: IMAGENET_MEAN.to_vec(),
-        std: IMAGENET_STD.to_vec(),
-    })
+    Ok(images)
 }

@@ -147,18 +147,13 @@ pub fn resolve(
         .choose("batchnorm", &key, &names, &mut |v, best| {
             let a = BnAlgo::from_name(v)?;
             let shape = [batch, channels, 1, hw];
-            let n: usize = shape.iter().product();
-            let vals: Vec<f32> = (0..n)
-                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-                .collect();
-            let x = Tensor::from_f32(gpu, &shape, &vals)?.requiring_grad();
+            let x = crate::tune::scratch(gpu, &shape)?.requiring_grad();
             let g = Tensor::from_f32(gpu, &[channels], &vec![1.0; channels])?.requiring_grad();
             let b = Tensor::from_f32(gpu, &[channels], &vec![0.0; channels])?.requiring_grad();
             let st = BnState::new(gpu, channels)?;
             let mut tape = Tape::new(gpu);
             let y = batch_norm_with(&mut tape, &x, &g, &b, &st, BnMode::Train, true, a)?;
-            let seed = Tensor::from_f32(gpu, &shape, &vals)?;
-            tape.backward_with(&y, seed)?;
+            tape.backward_with(&y, crate::tune::scratch(gpu, &shape)?)?;
             let case = crate::bench::Case::from_tape("batchnorm", &key, 0.0, 0.0, tape, vec![x]);
             Ok(Some(crate::tune::time_launches(gpu, &case, best)?))
         })?;

@@ -360,19 +360,11 @@ pub fn candidates(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Vec<Algo> {
     v
 }
 
-/// Deterministic values in [-1, 1) for tuning inputs.
-fn scratch(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
-        .collect();
-    Tensor::from_f32(gpu, shape, &v)
-}
-
 /// The launches of `algo` for `mode` on scratch tensors of `g`'s shapes, ready to time.
 pub fn scratch_case(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo) -> Result<crate::bench::Case> {
     let xs = [g.batch, g.cin, g.h, g.w];
     let ws = g.weight_shape();
+    let scratch = crate::tune::scratch;
     let x = scratch(gpu, &xs)?;
     let w = scratch(gpu, &ws)?;
     let y = scratch(gpu, &g.out_shape())?;

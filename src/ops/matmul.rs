@@ -134,14 +134,10 @@ pub fn dispatch_with(
         let names: Vec<&str> = VARIANTS.iter().map(|v| v.name()).collect();
         let (ash, bsh) = (a.shape().to_vec(), b.shape().to_vec());
         let v = gpu.tuner.choose("matmul", &key, &names, &mut |v, best| {
-            let fill = |shape: &[usize]| -> Result<Tensor> {
-                let n: usize = shape.iter().product();
-                let v: Vec<f32> = (0..n)
-                    .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-                    .collect();
-                Tensor::from_f32(gpu, shape, &v)
-            };
-            let (sa, sb) = (fill(&ash)?, fill(&bsh)?);
+            let (sa, sb) = (
+                crate::tune::scratch(gpu, &ash)?,
+                crate::tune::scratch(gpu, &bsh)?,
+            );
             let sc = Tensor::zeros(gpu, &out_shape(&ash, m, n), crate::tensor::DType::F32)?;
             let d = dispatch_with(gpu, &sa, &sb, &sc, ta, tb, 1.0, 0.0, MatAlgo::from_name(v)?)?;
             let case = crate::bench::Case::new("matmul", &key, 0.0, 0.0, d, vec![sa, sb, sc]);
