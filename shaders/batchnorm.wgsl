@@ -13,6 +13,10 @@ struct Params {
     momentum: f32,
     beta: f32,       // 0 overwrite / 1 accumulate, for gradient outputs
     _p: f32,
+    count: u32,      // values per channel over every device's batch (backward_dx's divisor)
+    pivot_stride: u32,
+    _q0: u32,
+    _q1: u32,
 }
 
 const WG: u32 = 256u;
@@ -164,7 +168,7 @@ fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let i = (wg.x + wg.y * nwg.x) * WG + lid;
     if (i >= dp.batch * dp.channels * dp.hw) { return; }
     let c = (i / dp.hw) % dp.channels;
-    let count = f32(dp.batch * dp.hw);
+    let count = f32(dp.count);
     let inv = dx_stats[dp.channels + c];
     let xhat = (dx_x[i] - dx_stats[c]) * inv;
     var g = dx_dy[i];
@@ -308,7 +312,7 @@ fn backward_dx4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let r = run_start(i, hw4);
     if (r.x >= dp.batch * dp.channels) { return; }
     let c = r.x % dp.channels;
-    let count = f32(dp.batch * dp.hw);
+    let count = f32(dp.count);
     let mean = dx_stats[c];
     let inv = dx_stats[dp.channels + c];
     let k = dx_gamma[c] * inv;

@@ -28,7 +28,7 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
 }
 
-@group(0) @binding(0) var<storage, read> fx: array<f32>;
+@group(0) @binding(0) var<storage, read> fpiv: array<f32>;
 @group(0) @binding(1) var<storage, read> fpart: array<f32>;
 @group(0) @binding(2) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(3) var<storage, read_write> running_mean: array<f32>;
@@ -45,15 +45,28 @@ fn stats_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
         a += fpart[(c * fp.splits + s) * 2u];
         q += fpart[(c * fp.splits + s) * 2u + 1u];
     }
-    let count = fp.batch * fp.hw;
+    let count = fp.count;
     let m = a / f32(count);
-    let mean = fx[c * fp.hw] + m;
+    let mean = fpiv[c * fp.pivot_stride] + m;
     let var_b = max(q / f32(count) - m * m, 0.0);
     stats[c] = mean;
     stats[fp.channels + c] = inverseSqrt(var_b + fp.eps);
     let unbiased = select(var_b, var_b * f32(count) / f32(count - 1u), count > 1u);
     running_mean[c] = (1.0 - fp.momentum) * running_mean[c] + fp.momentum * mean;
     running_var[c] = (1.0 - fp.momentum) * running_var[c] + fp.momentum * unbiased;
+}
+
+// ---- several devices: each channel's first value, to be averaged over the devices into the
+// shared pivot
+@group(0) @binding(0) var<storage, read> px: array<f32>;
+@group(0) @binding(1) var<storage, read_write> pout: array<f32>;
+@group(0) @binding(2) var<uniform> pp: Params;
+
+@compute @workgroup_size(64)
+fn pivot(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= pp.channels) { return; }
+    pout[c] = px[c * pp.hw];
 }
 
 // ---- backward: the partials, then the per-channel finish

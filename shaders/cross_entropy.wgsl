@@ -4,7 +4,9 @@
 //   loss  = sum_i w[y_i] * (logsumexp(z'_i) - z'_i[y_i]) / sum_i w[y_i]   (PyTorch's weighted mean)
 // `cls` is [3, C]: weights, margins, offsets (plain CE: 1, 0, 0).
 // forward: one workgroup; invocation t handles rows t, t+256, ...; a fixed tree combines the row
-// sums, so the result is deterministic. saved = [lse_0 .. lse_{B-1}, loss, sum_w].
+// sums, so the result is deterministic. saved = [lse_0 .. lse_{B-1}, sum_i w l_i, sum_w].
+// Several devices (data parallel) add the last two over the devices, then loss_finish divides:
+// the loss and its gradient are the whole batch's weighted mean.
 // backward: dz_ic = g * s * w[y_i] / sum_w * (softmax(z'_i)_c - [c == y_i]).
 // Labels >= C get weight 0 (the host rejects them before they reach here).
 
@@ -67,7 +69,8 @@ fn forward(@builtin(local_invocation_index) lid: u32) {
     if (lid == 0u) {
         // An all-zero weight batch gives loss 0 rather than NaN.
         let total = select(part_l[0] / part_w[0], 0.0, part_w[0] == 0.0);
-        saved[p.rows] = total;
+        // The sums, not their ratio: several devices add them up (then loss_finish).
+        saved[p.rows] = part_l[0];
         saved[p.rows + 1u] = part_w[0];
         loss[0] = total;
     }
@@ -101,4 +104,14 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         g = gloss[0] * bp.scale * wt / ws * (prob - select(0.0, 1.0, c == label));
     }
     if (bp.beta != 0.0) { gz[i] = bp.beta * gz[i] + g; } else { gz[i] = g; }
+}
+
+@group(0) @binding(0) var<storage, read> fsaved: array<f32>;
+@group(0) @binding(1) var<storage, read_write> floss: array<f32>;
+@group(0) @binding(2) var<uniform> fp: Params;
+
+@compute @workgroup_size(1)
+fn loss_finish() {
+    let ws = fsaved[fp.rows + 1u];
+    floss[0] = select(fsaved[fp.rows] / ws, 0.0, ws == 0.0);
 }

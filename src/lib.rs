@@ -14,6 +14,7 @@ pub mod losses;
 pub mod models;
 pub mod ops;
 pub mod optim;
+pub mod parallel;
 pub mod params;
 pub mod peak;
 pub mod plot;

@@ -53,6 +53,21 @@ impl TrainStep {
         self.gpu.queue.submit([enc.finish()])
     }
 
+    /// The device this step runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Encode the end of a step into `enc`: the optimizer, then the loss's read-back copy (the
+    /// data-parallel executor runs the tape's program itself, in segments between collectives).
+    pub fn encode_update(&self, enc: &mut wgpu::CommandEncoder) {
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            self.sgd.encode(&mut pass);
+        }
+        enc.copy_buffer_to_buffer(self.loss.buffer(), self.loss.offset(), &self.staging, 0, 4);
+    }
+
     /// Run one step and return its loss (the one host sync of the step).
     pub fn run(&self) -> Result<f32> {
         self.submit();

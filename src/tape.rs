@@ -26,10 +26,67 @@ impl GradOut {
     }
 }
 
-/// Builds an op's backward launches from the output gradient and the input gradient targets
+/// Builds an op's backward program from the output gradient and the input gradient targets
 /// (`None` for inputs that need no gradient). Launches for input `i` must come before those for
 /// input `i + 1`, so that an input used twice by one op is first overwritten, then accumulated.
-pub type BackwardFn = Box<dyn FnOnce(&Gpu, &Tensor, &[Option<GradOut>]) -> Result<Vec<Dispatch>>>;
+pub type BackwardFn = Box<dyn FnOnce(&Gpu, &Tensor, &[Option<GradOut>]) -> Result<Vec<Recorded>>>;
+
+/// How many devices run replicas of this tape's step (data parallel, see [`crate::parallel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replication {
+    /// Devices, each with its own slice of the batch (1: no collectives are recorded).
+    pub devices: usize,
+    /// Batch norm reduces its statistics and gradient sums over all devices (`--sync-bn`);
+    /// otherwise each device normalises with its own slice's statistics, as PyTorch DDP does.
+    pub sync_bn: bool,
+}
+
+impl Replication {
+    /// One device.
+    pub const SINGLE: Replication = Replication {
+        devices: 1,
+        sync_bn: false,
+    };
+}
+
+/// A cross-device all-reduce in a recorded program: every device's `tensors` are replaced by
+/// `scale` x their sum over devices (added in device order, so a run is deterministic). A
+/// single-device program skips it (the sum of one is itself; ops record them only for several
+/// devices, where `scale` may be 1/devices for a mean).
+#[derive(Clone)]
+pub struct Collective {
+    pub tensors: Vec<Tensor>,
+    pub scale: f32,
+}
+
+/// One recorded item of a program: a launch, or a point where the devices exchange sums.
+pub enum Recorded {
+    Launch(Dispatch),
+    Collective(Collective),
+}
+
+impl From<Dispatch> for Recorded {
+    fn from(d: Dispatch) -> Self {
+        Recorded::Launch(d)
+    }
+}
+
+impl From<Collective> for Recorded {
+    fn from(c: Collective) -> Self {
+        Recorded::Collective(c)
+    }
+}
+
+/// Launches as a backward program (the common case: no collectives).
+pub fn launches(v: Vec<Dispatch>) -> Vec<Recorded> {
+    v.into_iter().map(Recorded::Launch).collect()
+}
+
+/// An item of [`Tape::program`], borrowed.
+pub enum Item<'a> {
+    Launch(&'a Dispatch),
+    Collective(&'a Collective),
+}
 
 struct Node {
     inputs: Vec<Tensor>,
@@ -53,6 +110,10 @@ pub struct Tape {
     preset: HashMap<usize, Tensor>,
     has_backward: bool,
     family: Option<&'static str>,
+    replication: Replication,
+    /// Collectives as (index of the launch they precede, collective), forward and backward.
+    forward_syncs: Vec<(usize, Collective)>,
+    backward_syncs: Vec<(usize, Collective)>,
 }
 
 impl Tape {
@@ -67,7 +128,67 @@ impl Tape {
             preset: HashMap::new(),
             has_backward: false,
             family: None,
+            replication: Replication::SINGLE,
+            forward_syncs: Vec::new(),
+            backward_syncs: Vec::new(),
         }
+    }
+
+    /// An empty tape for one of `replication.devices` replicas of a data-parallel step: ops
+    /// record collectives where they need the whole batch's sums.
+    pub fn replicated(gpu: &Gpu, replication: Replication) -> Result<Self> {
+        if replication.devices == 0 {
+            bail!("a replicated tape needs at least one device");
+        }
+        Ok(Self {
+            replication,
+            ..Self::new(gpu)
+        })
+    }
+
+    /// How many devices run this tape's program.
+    pub fn replication(&self) -> Replication {
+        self.replication
+    }
+
+    /// Record a forward collective (after the launches recorded so far). Ignored on a
+    /// single-device tape.
+    pub fn push_collective(&mut self, c: Collective) {
+        if self.replication.devices > 1 {
+            self.forward_syncs.push((self.forward.len(), c));
+        }
+    }
+
+    /// Record a collective after the backward launches recorded so far (e.g. the gradient
+    /// all-reduce at the end of a step). Ignored on a single-device tape.
+    pub fn push_backward_collective(&mut self, c: Collective) {
+        if self.replication.devices > 1 {
+            self.backward_syncs.push((self.backward.len(), c));
+        }
+    }
+
+    /// The whole program, forward then backward, launches and collectives in order.
+    pub fn program(&self) -> Vec<Item<'_>> {
+        let mut out = Vec::new();
+        for (launches, syncs) in [
+            (&self.forward, &self.forward_syncs),
+            (&self.backward, &self.backward_syncs),
+        ] {
+            let mut s = syncs.iter().peekable();
+            for (i, l) in launches.iter().enumerate() {
+                while let Some((_, c)) = s.next_if(|(at, _)| *at == i) {
+                    out.push(Item::Collective(c));
+                }
+                out.push(Item::Launch(&l.dispatch));
+            }
+            out.extend(s.map(|(_, c)| Item::Collective(c)));
+        }
+        out
+    }
+
+    /// Collectives recorded (0 on a single-device tape).
+    pub fn collectives(&self) -> usize {
+        self.forward_syncs.len() + self.backward_syncs.len()
     }
 
     /// The device this tape records for.
@@ -137,7 +258,7 @@ impl Tape {
             y,
             forward,
             Box::new(move |gpu, g, gin| match &gin[0] {
-                Some(t) => Ok(vec![grad(gpu, g, t)?]),
+                Some(t) => Ok(vec![grad(gpu, g, t)?.into()]),
                 None => Ok(Vec::new()),
             }),
         )
@@ -217,8 +338,11 @@ impl Tape {
                 targets.push(Some(GradOut { tensor, accumulate }));
             }
             let build = node.backward.take().expect("backward built once");
-            for dispatch in build(&gpu, &gout, &targets)? {
-                self.backward.push(Launch { family, dispatch });
+            for item in build(&gpu, &gout, &targets)? {
+                match item {
+                    Recorded::Launch(dispatch) => self.backward.push(Launch { family, dispatch }),
+                    Recorded::Collective(c) => self.push_backward_collective(c),
+                }
             }
         }
         Ok(())

@@ -469,15 +469,33 @@ impl ResNet {
         sgd: crate::optim::SgdConfig,
         loss: &crate::losses::LossSetup,
     ) -> Result<ResNetStep> {
+        self.train_step_replicated(gpu, shape, sgd, loss, crate::tape::Replication::SINGLE)
+    }
+
+    /// [`ResNet::train_step`] for one device of a data-parallel run: `shape` is this device's
+    /// slice of the batch; the step ends with the all-reduce of the gradients (see
+    /// [`crate::parallel`]).
+    pub fn train_step_replicated(
+        &self,
+        gpu: &Gpu,
+        shape: [usize; 4],
+        sgd: crate::optim::SgdConfig,
+        loss: &crate::losses::LossSetup,
+        replication: crate::tape::Replication,
+    ) -> Result<ResNetStep> {
         let x = Tensor::zeros(gpu, &shape, crate::tensor::DType::F32)?;
         let y = Tensor::zeros(gpu, &[shape[0]], crate::tensor::DType::U32)?;
-        let mut tape = Tape::new(gpu);
+        let mut tape = Tape::replicated(gpu, replication)?;
         let logits = self.forward(&mut tape, &x, BnMode::Train)?;
         let loss = crate::ops::cross_entropy::margin_cross_entropy(
             &mut tape, &logits, &y, &loss.cls, loss.scale,
         )?;
         self.params.attach(&mut tape)?;
         tape.backward(&loss)?;
+        tape.push_backward_collective(crate::tape::Collective {
+            tensors: vec![self.params.flat_grads()?],
+            scale: 1.0,
+        });
         let sgd = crate::optim::Sgd::new(gpu, &self.params, sgd)?;
         Ok(ResNetStep {
             step: crate::step::TrainStep::new(gpu, tape, sgd, loss)?,

@@ -29,6 +29,12 @@ struct Params {
     beta: f32,
     /// Workgroups per channel of the split reductions (unused by the fused kernels).
     splits: u32,
+    /// Values per channel over the whole batch: `batch x hw`, times the devices with sync-BN.
+    count: u32,
+    /// Channel c's pivot is `pivot[c * pivot_stride]` in the split statistics (`hw` when the
+    /// pivot buffer is x itself, 1 for the devices' shared pivots).
+    pivot_stride: u32,
+    _pad: [u32; 2],
 }
 
 /// A batch-norm layer's state outside the parameters: running statistics (saved in checkpoints).
@@ -252,6 +258,13 @@ fn bn_impl(
         bail!("batch_norm: training needs at least 2 values per channel, got {batch}x{hw}");
     }
     let gpu = tape.gpu().clone();
+    // Sync-BN: statistics and gradient sums over every device's slice of the batch.
+    let rep = tape.replication();
+    let devices = if rep.devices > 1 && rep.sync_bn && mode == BnMode::Train {
+        rep.devices
+    } else {
+        1
+    };
     let p = Params {
         batch: batch as u32,
         channels: channels as u32,
@@ -261,6 +274,9 @@ fn bn_impl(
         momentum: MOMENTUM,
         beta: 0.0,
         splits: 1,
+        count: (batch * hw * devices) as u32,
+        pivot_stride: hw as u32,
+        _pad: [0; 2],
     };
     let stats = Tensor::zeros(&gpu, &[2 * channels], DType::F32)?;
     let stat_bindings = [
@@ -281,7 +297,12 @@ fn bn_impl(
         }
     };
     let algo = match mode {
-        BnMode::Train => resolve(&gpu, batch, channels, hw, algo)?,
+        // The fused statistics kernel finishes them in one launch, leaving no partial sums
+        // to exchange: sync-BN takes the split reductions.
+        BnMode::Train => match resolve(&gpu, batch, channels, hw, algo)? {
+            BnAlgo::Fused if devices > 1 => BnAlgo::Split,
+            a => a,
+        },
         BnMode::Eval => BnAlgo::Fused,
     };
     let ns = splits(batch, channels);
@@ -305,48 +326,92 @@ fn bn_impl(
         ("batchnorm_split", "stats_partial", "backward_partial")
     };
     let finish_groups = [(channels as u32).div_ceil(64), 1, 1];
-    let stats_launches = match (mode, &part) {
-        (BnMode::Train, Some(part)) => vec![
-            Dispatch::build(
-                &gpu,
-                split_shader,
-                stats_entry,
-                &[x.read(), part.write()],
-                bytemuck::bytes_of(&sp),
-                [channels as u32, ns as u32, 1],
-            )?,
+    // Several devices share one pivot per channel (the mean of their first values) so that
+    // their partial sums add up; one device pivots on its own first values, read from x.
+    let pivot = if devices > 1 {
+        let pv = Tensor::zeros(&gpu, &[channels], DType::F32)?;
+        tape.push_forward(
+            "batchnorm",
             Dispatch::build(
                 &gpu,
                 "batchnorm_split",
-                "stats_finish",
-                &[
-                    x.read(),
-                    part.read(),
-                    stats.write(),
-                    state.running_mean.write(),
-                    state.running_var.write(),
-                ],
-                bytemuck::bytes_of(&sp),
+                "pivot",
+                &[x.read(), pv.write()],
+                bytemuck::bytes_of(&p),
                 finish_groups,
             )?,
-        ],
-        (BnMode::Train, None) => vec![Dispatch::build(
-            &gpu,
-            "batchnorm",
-            entry("batch_stats", "batch_stats4"),
-            &stat_bindings,
-            bytemuck::bytes_of(&p),
-            [channels as u32, 1, 1],
-        )?],
-        (BnMode::Eval, _) => vec![Dispatch::build(
-            &gpu,
-            "batchnorm",
-            "eval_stats",
-            &stat_bindings,
-            bytemuck::bytes_of(&p),
-            [(channels as u32).div_ceil(64), 1, 1],
-        )?],
+        );
+        tape.push_collective(crate::tape::Collective {
+            tensors: vec![pv.clone()],
+            scale: 1.0 / devices as f32,
+        });
+        Some(pv)
+    } else {
+        None
     };
+    let sp = Params {
+        pivot_stride: if pivot.is_some() { 1 } else { hw as u32 },
+        ..sp
+    };
+    let piv = pivot.as_ref().unwrap_or(x);
+    match (mode, &part) {
+        (BnMode::Train, Some(part)) => {
+            tape.push_forward(
+                "batchnorm",
+                Dispatch::build(
+                    &gpu,
+                    split_shader,
+                    stats_entry,
+                    &[x.read(), piv.read(), part.write()],
+                    bytemuck::bytes_of(&sp),
+                    [channels as u32, ns as u32, 1],
+                )?,
+            );
+            tape.push_collective(crate::tape::Collective {
+                tensors: vec![part.clone()],
+                scale: 1.0,
+            });
+            tape.push_forward(
+                "batchnorm",
+                Dispatch::build(
+                    &gpu,
+                    "batchnorm_split",
+                    "stats_finish",
+                    &[
+                        piv.read(),
+                        part.read(),
+                        stats.write(),
+                        state.running_mean.write(),
+                        state.running_var.write(),
+                    ],
+                    bytemuck::bytes_of(&sp),
+                    finish_groups,
+                )?,
+            );
+        }
+        (BnMode::Train, None) => tape.push_forward(
+            "batchnorm",
+            Dispatch::build(
+                &gpu,
+                "batchnorm",
+                entry("batch_stats", "batch_stats4"),
+                &stat_bindings,
+                bytemuck::bytes_of(&p),
+                [channels as u32, 1, 1],
+            )?,
+        ),
+        (BnMode::Eval, _) => tape.push_forward(
+            "batchnorm",
+            Dispatch::build(
+                &gpu,
+                "batchnorm",
+                "eval_stats",
+                &stat_bindings,
+                bytemuck::bytes_of(&p),
+                [(channels as u32).div_ceil(64), 1, 1],
+            )?,
+        ),
+    }
     let mut inputs = vec![x, gamma, beta];
     inputs.extend(residual);
     let y = tape.output(x.shape(), &inputs)?;
@@ -377,7 +442,7 @@ fn bn_impl(
         "batchnorm",
         inputs.into_iter().cloned().collect(),
         &y,
-        stats_launches.into_iter().chain([apply]).collect(),
+        vec![apply],
         Box::new(move |gpu, dy, gin| {
             if mode == BnMode::Eval {
                 bail!("batch_norm: no backward in eval mode (record a train-mode network)");
@@ -400,7 +465,7 @@ fn bn_impl(
                 ..p
             };
             let v4 = v4 && dy.offset() % 16 == 0;
-            let mut v = match &part {
+            let mut v: Vec<crate::tape::Recorded> = match &part {
                 Some(part) => {
                     let bsp = Params {
                         splits: ns as u32,
@@ -414,7 +479,8 @@ fn bn_impl(
                             &[sx.read(), sy.read(), dy.read(), stats.read(), part.write()],
                             bytemuck::bytes_of(&bsp),
                             [channels as u32, ns as u32, 1],
-                        )?,
+                        )?
+                        .into(),
                         Dispatch::build(
                             gpu,
                             "batchnorm_split",
@@ -422,42 +488,60 @@ fn bn_impl(
                             &[part.read(), sums.write(), dgamma.write(), dbeta.write()],
                             bytemuck::bytes_of(&bsp),
                             finish_groups,
-                        )?,
+                        )?
+                        .into(),
                     ]
                 }
-                None => vec![Dispatch::build(
-                    gpu,
-                    "batchnorm",
-                    if v4 {
-                        "backward_sums4"
-                    } else {
-                        "backward_sums"
-                    },
-                    &[
-                        sx.read(),
-                        sy.read(),
-                        dy.read(),
-                        stats.read(),
-                        sums.write(),
-                        dgamma.write(),
-                        dbeta.write(),
-                    ],
-                    bytemuck::bytes_of(&bp),
-                    [channels as u32, 1, 1],
-                )?],
+                None => vec![
+                    Dispatch::build(
+                        gpu,
+                        "batchnorm",
+                        if v4 {
+                            "backward_sums4"
+                        } else {
+                            "backward_sums"
+                        },
+                        &[
+                            sx.read(),
+                            sy.read(),
+                            dy.read(),
+                            stats.read(),
+                            sums.write(),
+                            dgamma.write(),
+                            dbeta.write(),
+                        ],
+                        bytemuck::bytes_of(&bp),
+                        [channels as u32, 1, 1],
+                    )?
+                    .into(),
+                ],
             };
+            // dgamma / dbeta stay this device's share (the step's gradient all-reduce adds
+            // them up); dx needs the whole batch's sums.
+            if devices > 1 {
+                v.push(
+                    crate::tape::Collective {
+                        tensors: vec![sums.clone()],
+                        scale: 1.0,
+                    }
+                    .into(),
+                );
+            }
             if let Some(t) = gin.get(3).and_then(|g| g.as_ref()) {
                 // d residual = dy where the output is positive (the fused ReLU's mask).
-                v.push(crate::ops::elementwise::dispatch(
-                    gpu,
-                    "relu_backward",
-                    dy,
-                    &sy,
-                    &t.tensor,
-                    1.0,
-                    t.beta(),
-                    0,
-                )?);
+                v.push(
+                    crate::ops::elementwise::dispatch(
+                        gpu,
+                        "relu_backward",
+                        dy,
+                        &sy,
+                        &t.tensor,
+                        1.0,
+                        t.beta(),
+                        0,
+                    )?
+                    .into(),
+                );
             }
             if let Some(t) = &gin[0] {
                 let dp = Params {
@@ -471,22 +555,25 @@ fn bn_impl(
                 } else {
                     ("backward_dx", ew_groups(false))
                 };
-                v.push(Dispatch::build(
-                    gpu,
-                    "batchnorm",
-                    entry,
-                    &[
-                        sx.read(),
-                        sy.read(),
-                        dy.read(),
-                        stats.read(),
-                        sums.read(),
-                        sg.read(),
-                        t.tensor.write(),
-                    ],
-                    bytemuck::bytes_of(&dp),
-                    grid_1d(gpu, groups),
-                )?);
+                v.push(
+                    Dispatch::build(
+                        gpu,
+                        "batchnorm",
+                        entry,
+                        &[
+                            sx.read(),
+                            sy.read(),
+                            dy.read(),
+                            stats.read(),
+                            sums.read(),
+                            sg.read(),
+                            t.tensor.write(),
+                        ],
+                        bytemuck::bytes_of(&dp),
+                        grid_1d(gpu, groups),
+                    )?
+                    .into(),
+                );
             }
             Ok(v)
         }),

@@ -590,7 +590,7 @@ pub fn conv2d_grouped_with(
                 spread_flops(&mut d, g.flops());
                 v.extend(d);
             }
-            Ok(v)
+            Ok(crate::tape::launches(v))
         }),
     )?;
     Ok(y)

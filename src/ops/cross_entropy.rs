@@ -79,8 +79,33 @@ pub fn margin_cross_entropy(
         bytemuck::bytes_of(&p),
         [1, 1, 1],
     )?;
+    let mut forward = vec![fwd];
+    if tape.replication().devices > 1 {
+        // The whole batch's weighted mean: add the sums over the devices, then divide (the
+        // backward reads the summed weight).
+        let sums = Tensor::view(
+            saved.storage().clone(),
+            saved.offset() + 4 * rows as u64,
+            &[2],
+            DType::F32,
+            false,
+        )?;
+        tape.push_forward("loss", forward.pop().expect("the forward launch"));
+        tape.push_collective(crate::tape::Collective {
+            tensors: vec![sums],
+            scale: 1.0,
+        });
+        forward.push(Dispatch::build(
+            &gpu,
+            "cross_entropy",
+            "loss_finish",
+            &[saved.read(), loss.write()],
+            bytemuck::bytes_of(&p),
+            [1, 1, 1],
+        )?);
+    }
     let (z, y, c) = (logits.clone(), labels.clone(), cls.clone());
-    tape.push_unary("loss", logits, &loss, vec![fwd], move |gpu, g, t| {
+    tape.push_unary("loss", logits, &loss, forward, move |gpu, g, t| {
         let bp = Params {
             beta: t.beta(),
             ..p

@@ -162,7 +162,7 @@ pub fn zca_eigen(tape: &mut Tape, sigma: &Tensor) -> Result<Tensor> {
                     t.beta(),
                 )?);
             }
-            Ok(v)
+            Ok(crate::tape::launches(v))
         }),
     )?;
     Ok(w)

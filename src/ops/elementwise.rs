@@ -82,7 +82,7 @@ pub fn add(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             for t in gin.iter().flatten() {
                 v.push(dispatch(gpu, "scale", g, g, &t.tensor, 1.0, t.beta(), 0)?);
             }
-            Ok(v)
+            Ok(crate::tape::launches(v))
         }),
     )?;
     Ok(out)
@@ -117,7 +117,7 @@ pub fn add_row(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
                     t.beta(),
                 )?);
             }
-            Ok(v)
+            Ok(crate::tape::launches(v))
         }),
     )?;
     Ok(out)
@@ -142,7 +142,7 @@ pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             if let Some(t) = &gin[1] {
                 v.push(dispatch(gpu, "mul", g, &sa, &t.tensor, 1.0, t.beta(), 0)?);
             }
-            Ok(v)
+            Ok(crate::tape::launches(v))
         }),
     )?;
     Ok(out)

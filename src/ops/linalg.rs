@@ -196,7 +196,7 @@ pub fn scale_pow(tape: &mut Tape, x: &Tensor, s: &Tensor, power: f32) -> Result<
                     grid_1d(gpu, (g as u32).div_ceil(64)),
                 )?);
             }
-            Ok(v)
+            Ok(crate::tape::launches(v))
         }),
     )?;
     Ok(y)

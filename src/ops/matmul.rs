@@ -236,7 +236,7 @@ pub fn matmul_with(
                     dispatch_with(gpu, &sa, g, &t.tensor, !ta, false, 1.0, t.beta(), algo)?
                 });
             }
-            Ok(v)
+            Ok(crate::tape::launches(v))
         }),
     )?;
     Ok(c)

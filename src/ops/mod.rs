@@ -2,6 +2,7 @@
 //! [`crate::tape::Tape`], its backward builder, and its f64 CPU reference (`*_ref`), which the
 //! verification harness ([`crate::verify`]) compares against.
 
+pub mod all_reduce;
 pub mod batchnorm;
 pub mod conv2d;
 pub mod conv_direct;

@@ -16,7 +16,7 @@
 use anyhow::{Result, bail};
 
 use crate::gpu::Gpu;
-use crate::ops::{eigen, elementwise, linalg, matmul, reduce};
+use crate::ops::{all_reduce, eigen, elementwise, linalg, matmul, reduce};
 use crate::tape::Tape;
 use crate::tensor::{DType, Tensor};
 
@@ -245,17 +245,22 @@ impl Whitening {
         if d != self.dim {
             bail!("whitening: built for {} channels, got {d}", self.dim);
         }
-        if b < 2 {
+        // Data parallel: the statistics of every device's slice together (the whole batch).
+        let devices = tape.replication().devices;
+        let total = b * devices;
+        if total < 2 {
             bail!(
-                "whitening needs a batch of at least 2 (the covariance of one sample is 0), got {b}"
+                "whitening needs a batch of at least 2 (the covariance of one sample is 0), got {total}"
             );
         }
         let mu = reduce::mean(tape, f, 0)?;
+        let mu = all_reduce::all_reduce(tape, &mu, 1.0 / devices as f32)?;
         let neg = elementwise::scale(tape, &mu, -1.0)?;
         let xc = elementwise::add_row(tape, f, &neg)?;
         let xt = self.to_groups(tape, &xc)?;
         let cov = matmul::matmul(tape, &xt, &xt, true, false)?;
-        let sigma = linalg::add_identity(tape, &cov, 1.0 / b as f32, self.cfg.eps)?;
+        let cov = all_reduce::all_reduce(tape, &cov, 1.0)?;
+        let sigma = linalg::add_identity(tape, &cov, 1.0 / total as f32, self.cfg.eps)?;
         let w = self.whitening_matrix(tape, &sigma)?;
         Ok((sigma, w, xt, mu))
     }

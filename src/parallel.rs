@@ -1,0 +1,229 @@
+//! Data parallel over several devices in one process (`train --devices 0,1`; the same adapter
+//! may be opened twice). Every device holds a replica of the recorded step for its slice of the
+//! batch; the replicas meet at the program's [`Collective`]s — sync-BN's statistics and
+//! gradient sums, channel whitening's mean and covariance, the loss's weighted sums, and at the
+//! end the flat gradient buffer — where each device's values are copied to a staging buffer,
+//! added on the host in device order (deterministic) and written back to every device. Then
+//! every replica runs the same optimizer update on the same summed gradients, so weights and
+//! optimizer state stay identical without ever being exchanged.
+//!
+//! wgpu devices share no memory, so a collective is a host round trip: each one ends a command
+//! buffer on every device. A ResNet step with per-device batch norm has 3 (loss, whitening
+//! mean, gradients), +2 with whitening's covariance, +3 per batch-norm layer with `--sync-bn`.
+
+use anyhow::{Result, bail};
+
+use crate::gpu::map_read;
+use crate::step::TrainStep;
+use crate::tape::{Collective, Item, Tape};
+
+/// Runs replicas of a recorded program (one tape per device) in lockstep, exchanging sums at
+/// their collectives.
+pub struct Lockstep {
+    /// `staging[k][d]`: device d's read-back buffer for collective k.
+    staging: Vec<Vec<wgpu::Buffer>>,
+    /// Bytes exchanged per collective.
+    sizes: Vec<u64>,
+}
+
+fn collectives<'a>(program: &'a [Item<'a>]) -> Vec<&'a Collective> {
+    program
+        .iter()
+        .filter_map(|i| match i {
+            Item::Collective(c) => Some(*c),
+            Item::Launch(_) => None,
+        })
+        .collect()
+}
+
+fn bytes_of(c: &Collective) -> u64 {
+    c.tensors.iter().map(|t| t.numel() as u64 * 4).sum()
+}
+
+impl Lockstep {
+    /// Check that `tapes` (one per device, recorded by the same code, each replicated for
+    /// `tapes.len()` devices) have the same program, and allocate the read-back buffers.
+    pub fn new(tapes: &[&Tape]) -> Result<Self> {
+        let Some(first) = tapes.first() else {
+            bail!("data parallel needs at least one device");
+        };
+        for t in tapes {
+            if t.replication().devices != tapes.len() {
+                bail!(
+                    "a replica was recorded for {} devices, but {} run",
+                    t.replication().devices,
+                    tapes.len()
+                );
+            }
+        }
+        let p0 = first.program();
+        let c0 = collectives(&p0);
+        let sizes: Vec<u64> = c0.iter().map(|c| bytes_of(c)).collect();
+        for (d, t) in tapes.iter().enumerate().skip(1) {
+            let p = t.program();
+            let c = collectives(&p);
+            let same = p.len() == p0.len()
+                && c.len() == c0.len()
+                && c.iter().zip(&sizes).all(|(c, &s)| bytes_of(c) == s);
+            if !same {
+                bail!(
+                    "device {d} recorded a different step ({} items, {} collectives) than \
+                     device 0 ({} items, {} collectives): every device must record the same \
+                     kernel variants",
+                    p.len(),
+                    c.len(),
+                    p0.len(),
+                    c0.len()
+                );
+            }
+        }
+        let staging = sizes
+            .iter()
+            .map(|&size| {
+                tapes
+                    .iter()
+                    .map(|t| {
+                        t.gpu().device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("collective read-back"),
+                            size: size.max(4),
+                            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                            mapped_at_creation: false,
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Self { staging, sizes })
+    }
+
+    /// Collectives per run.
+    pub fn collectives(&self) -> usize {
+        self.sizes.len()
+    }
+
+    /// Run every tape's program once, then `finish(d, encoder)` in device d's last command
+    /// buffer. Submits without waiting after the last collective.
+    pub fn run(
+        &self,
+        tapes: &[&Tape],
+        finish: impl Fn(usize, &mut wgpu::CommandEncoder),
+    ) -> Result<()> {
+        if tapes.len() != self.staging.first().map_or(tapes.len(), Vec::len) {
+            bail!("lockstep prepared for another number of devices");
+        }
+        let programs: Vec<Vec<Item<'_>>> = tapes.iter().map(|t| t.program()).collect();
+        let colls: Vec<Vec<&Collective>> = programs.iter().map(|p| collectives(p)).collect();
+        if colls.iter().any(|c| c.len() != self.sizes.len()) {
+            bail!("lockstep prepared for another program");
+        }
+        let mut pos = vec![0usize; tapes.len()];
+        for k in 0..=self.sizes.len() {
+            for (d, t) in tapes.iter().enumerate() {
+                let prog = &programs[d];
+                let mut enc = t.gpu().device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    while pos[d] < prog.len() {
+                        let item = &prog[pos[d]];
+                        pos[d] += 1;
+                        match item {
+                            Item::Launch(l) => l.encode(&mut pass),
+                            Item::Collective(_) => break,
+                        }
+                    }
+                }
+                if k < self.sizes.len() {
+                    let mut at = 0;
+                    for t in &colls[d][k].tensors {
+                        let n = t.numel() as u64 * 4;
+                        enc.copy_buffer_to_buffer(
+                            t.buffer(),
+                            t.offset(),
+                            &self.staging[k][d],
+                            at,
+                            n,
+                        );
+                        at += n;
+                    }
+                } else {
+                    finish(d, &mut enc);
+                }
+                t.gpu().queue.submit([enc.finish()]);
+            }
+            if k < self.sizes.len() {
+                self.exchange(k, tapes, &colls)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait for every device's copy of collective `k`, add them up in device order and write
+    /// the scaled sum back to every device.
+    fn exchange(&self, k: usize, tapes: &[&Tape], colls: &[Vec<&Collective>]) -> Result<()> {
+        let size = self.sizes[k];
+        let mut sum = vec![0f64; size as usize / 4];
+        for (d, t) in tapes.iter().enumerate() {
+            let bytes = map_read(t.gpu(), &self.staging[k][d], size)?;
+            for (s, v) in sum.iter_mut().zip(bytes.chunks_exact(4)) {
+                *s += f32::from_le_bytes([v[0], v[1], v[2], v[3]]) as f64;
+            }
+        }
+        let scale = colls[0][k].scale as f64;
+        let out: Vec<f32> = sum.iter().map(|v| (v * scale) as f32).collect();
+        for (d, t) in tapes.iter().enumerate() {
+            let mut at = 0;
+            for x in &colls[d][k].tensors {
+                let n = x.numel();
+                t.gpu().queue.write_buffer(
+                    x.buffer(),
+                    x.offset(),
+                    bytemuck::cast_slice(&out[at..at + n]),
+                );
+                at += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replicas of one training step on several devices, run in lockstep.
+pub struct DataParallel {
+    replicas: Vec<TrainStep>,
+    lockstep: Lockstep,
+}
+
+impl DataParallel {
+    /// Run `replicas` (one per device, see [`Lockstep::new`]) in lockstep.
+    pub fn new(replicas: Vec<TrainStep>) -> Result<Self> {
+        let tapes: Vec<&Tape> = replicas.iter().map(|r| &r.tape).collect();
+        let lockstep = Lockstep::new(&tapes)?;
+        Ok(Self { replicas, lockstep })
+    }
+
+    /// The replicas, device order.
+    pub fn replicas(&self) -> &[TrainStep] {
+        &self.replicas
+    }
+
+    /// Collectives per step.
+    pub fn collectives(&self) -> usize {
+        self.lockstep.collectives()
+    }
+
+    /// Set every replica's learning rate.
+    pub fn set_lr(&mut self, lr: f32) {
+        for r in &mut self.replicas {
+            let gpu = r.gpu().clone();
+            r.sgd.set_lr(&gpu, lr);
+        }
+    }
+
+    /// Run one step (the caller has written each device's slice of the batch) and return the
+    /// loss of the whole batch.
+    pub fn run(&self) -> Result<f32> {
+        let tapes: Vec<&Tape> = self.replicas.iter().map(|r| &r.tape).collect();
+        self.lockstep
+            .run(&tapes, |d, enc| self.replicas[d].encode_update(enc))?;
+        self.replicas[0].read_loss()
+    }
+}
