@@ -94,6 +94,26 @@ pub struct TrainConfig {
     /// decoding thread (memory stays bounded at any set size); 0 decodes the whole set into
     /// memory first.
     pub prefetch: usize,
+    /// Data parallel: the adapters to train on, comma-separated indices or name parts from
+    /// `longtail devices` (`0,0` opens one adapter twice); each takes an equal slice of the
+    /// batch. Empty: the one `--adapter` device.
+    pub devices: String,
+    /// With several devices, batch norm uses the whole batch's statistics (all devices');
+    /// otherwise each device its own slice's, as PyTorch DDP does.
+    pub sync_bn: bool,
+}
+
+impl TrainConfig {
+    /// The `devices` entries (empty: one device, the `--adapter` one).
+    pub fn device_list(&self) -> Vec<String> {
+        if self.devices.trim().is_empty() {
+            return Vec::new();
+        }
+        self.devices
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect()
+    }
 }
 
 impl Default for TrainConfig {
@@ -146,6 +166,8 @@ impl Default for TrainConfig {
             test_per_class: 0,
             report: true,
             prefetch: 2,
+            devices: String::new(),
+            sync_bn: false,
         }
     }
 }
@@ -415,6 +437,31 @@ impl TrainConfig {
         }
         if let Some(t) = self.posthoc_tau {
             finite("posthoc_tau", t)?;
+        }
+        let devices = self.device_list();
+        if !devices.is_empty() {
+            if devices.iter().any(|d| d.is_empty()) {
+                return Err(bad(
+                    "devices",
+                    format!("{:?}", self.devices),
+                    "comma-separated adapter indices or name parts, e.g. \"0,1\" or \"0,0\"",
+                ));
+            }
+            let extra = if self.bet_mode == crate::sampler::BetMode::Concat {
+                self.bet.map_or(0, |_| self.bet_size)
+            } else {
+                0
+            };
+            let batch = self.batch_size + extra;
+            if !batch.is_multiple_of(devices.len()) {
+                return Err(bad(
+                    "devices",
+                    format!("{:?}", self.devices),
+                    &format!(
+                        "a count that divides the batch of {batch} images (each device takes an equal slice)"
+                    ),
+                ));
+            }
         }
         Ok(())
     }

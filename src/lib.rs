@@ -18,6 +18,7 @@ pub mod parallel;
 pub mod params;
 pub mod peak;
 pub mod plot;
+pub mod replicas;
 pub mod report;
 pub mod rng;
 pub mod rundir;

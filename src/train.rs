@@ -25,6 +25,7 @@ use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
 use crate::ops::batchnorm::BnMode;
 use crate::ops::whiten::WhitenConfig;
 use crate::optim::SgdConfig;
+use crate::replicas::{Replicas, Runner, describe_devices, open_devices};
 use crate::rng::Rng64;
 use crate::sampler::{B3rsConfig, Bet, Sampler, plan_epoch, steps_per_epoch};
 use crate::schedule::Schedule;
@@ -471,6 +472,8 @@ pub fn train_with_init(
     let t_start = Instant::now();
     // Before any data is read or an epoch is spent: a run that cannot save is no run.
     crate::rundir::check_writable(out)?;
+    let devices = open_devices(gpu, cfg)?;
+    let gpu = &devices[0];
     let splits = load_data(cfg)?;
     let name = splits.name.clone();
     let (train, test) = prepare_data(cfg, splits)?;
@@ -487,7 +490,7 @@ pub fn train_with_init(
         counts,
         test.len(),
         cfg.model,
-        gpu.describe()
+        describe_devices(&devices, cfg.sync_bn)
     );
     let loss_cfg = LossConfig {
         kind: cfg.loss,
@@ -525,7 +528,13 @@ pub fn train_with_init(
     if resume && let Some(pinned) = crate::tune::recorded(out)? {
         gpu.tuner.pin(pinned);
     }
-    let mut st = model.train_step(gpu, shape, sgd_cfg, &loss)?;
+    let replicas = Replicas::build(
+        &devices,
+        |g| build_model(g, cfg, train.channels, train.classes),
+        loss_cfg,
+        &counts,
+    )?;
+    let mut st = Runner::record(gpu, &model, &loss, &replicas, shape, sgd_cfg, cfg.sync_bn)?;
     let evaluator = Evaluator::new(gpu, &model, &test, cfg.eval_batch)?;
     crate::tune::record(out, &gpu.tuner)?;
     let schedule = Schedule {
@@ -568,7 +577,11 @@ pub fn train_with_init(
                     &set.dir.join("model.safetensors"),
                     &model,
                 )?;
-                restore_momentum(gpu, &st, &set.optimizer, &what("optimizer.safetensors"))?;
+                st.set_momentum(&momentum_from(
+                    &st,
+                    &set.optimizer,
+                    &what("optimizer.safetensors"),
+                )?)?;
                 history = parse_metrics(&set.metrics, &what("metrics.jsonl"))?;
                 history.truncate(state.epochs_done);
                 println!(
@@ -593,7 +606,7 @@ pub fn train_with_init(
                 checkpoint::load_model(gpu, &out.join("last.safetensors"), &model)?;
                 let p = out.join("optimizer.safetensors");
                 let opt = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-                restore_momentum(gpu, &st, &opt, &p.display().to_string())?;
+                st.set_momentum(&momentum_from(&st, &opt, &p.display().to_string())?)?;
                 if let Ok(b) = std::fs::read(out.join("metrics.jsonl")) {
                     history = parse_metrics(&b, "metrics.jsonl")?;
                     history.truncate(state.epochs_done);
@@ -618,6 +631,8 @@ pub fn train_with_init(
         }
     }
 
+    // Replicas start from device 0's weights and statistics, whatever was loaded.
+    replicas.copy_state_from(gpu, &model)?;
     let total_steps = cfg.max_steps.unwrap_or(usize::MAX).min(cfg.epochs * spe);
     let (mut xbuf, mut ybuf) = (Vec::new(), Vec::new());
     let mut step = state.steps_done;
@@ -630,6 +645,7 @@ pub fn train_with_init(
         let t0 = Instant::now();
         let drw_on = cfg.drw_start().is_some_and(|e| epoch >= e);
         loss.set_weights(gpu, drw_on.then_some(drw_weights.as_slice()))?;
+        replicas.set_loss_weights(drw_on.then_some(drw_weights.as_slice()))?;
         let mut sampler = Sampler::new(
             cfg.sampler,
             &train.labels,
@@ -664,10 +680,8 @@ pub fn train_with_init(
         )?;
         for i in 0..steps_here {
             lr = schedule.lr_at(step);
-            st.step.sgd.set_lr(gpu, lr as f32);
-            st.x.write_f32(gpu, &xbuf)?;
-            st.y.write_u32(gpu, &ybuf)?;
-            st.step.submit();
+            st.set_lr(gpu, lr as f32);
+            st.start(gpu, &xbuf, &ybuf)?;
             if i + 1 < steps_here {
                 feed.assemble(
                     &train,
@@ -677,7 +691,7 @@ pub fn train_with_init(
                     &mut ybuf,
                 )?;
             }
-            let l = st.step.read_loss()?;
+            let l = st.finish()?;
             step += 1;
             if !l.is_finite() {
                 bar.abandon();
@@ -749,7 +763,7 @@ pub fn train_with_init(
                 new_best = true;
             }
         }
-        let mom = st.step.sgd.momentum.to_f32(gpu)?;
+        let mom = st.momentum().to_f32(gpu)?;
         let mut opt = BTreeMap::new();
         opt.insert("momentum".to_string(), HostTensor::f32(&[mom.len()], &mom));
         let mut lines = Vec::new();
@@ -850,19 +864,14 @@ fn refresh_report(out: &Path) {
     }
 }
 
-/// The optimizer's momentum from `optimizer.safetensors` bytes (`what` names them).
-fn restore_momentum(
-    gpu: &Gpu,
-    st: &crate::models::resnet::ResNetStep,
-    bytes: &[u8],
-    what: &str,
-) -> Result<()> {
+/// The momentum buffer stored in an optimizer file, checked against the step's size.
+fn momentum_from(st: &Runner, bytes: &[u8], what: &str) -> Result<Vec<f32>> {
     let ost = safetensors::SafeTensors::deserialize(bytes)
         .with_context(|| format!("{what}: not a valid safetensors file"))?;
     let m = ost
         .tensor("momentum")
         .with_context(|| format!("{what}: no momentum tensor"))?;
-    let want = st.step.sgd.momentum.numel();
+    let want = st.momentum().numel();
     if m.dtype() != safetensors::Dtype::F32 || m.data().len() != want * 4 {
         bail!(
             "{what}: tensor momentum is {:?} x {} bytes, expected F32 x {want} values (a run of \
@@ -871,8 +880,7 @@ fn restore_momentum(
             m.data().len()
         );
     }
-    let v: Vec<f32> = bytemuck::pod_collect_to_vec(m.data());
-    st.step.sgd.momentum.write_f32(gpu, &v)
+    Ok(bytemuck::pod_collect_to_vec(m.data()))
 }
 
 fn parse_metrics(bytes: &[u8], what: &str) -> Result<Vec<EpochMetrics>> {

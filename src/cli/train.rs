@@ -177,6 +177,15 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     prefetch: Option<usize>,
+    /// Data parallel over these adapters: indices or name parts from `longtail devices`,
+    /// comma-separated ("0,1"; "0,0" opens one adapter twice). Each takes batch/N images.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<String>,
+    /// With --devices: batch norm over the whole batch (all devices), not per device.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync_bn: Option<bool>,
 }
 
 #[derive(Args)]

@@ -264,6 +264,8 @@ pub struct GpuInner {
     /// Which kernel variant each op records (see [`crate::tune`]).
     pub tuner: crate::tune::Tuner,
     pub(crate) bytes_in_use: Arc<AtomicU64>,
+    /// How the adapter was chosen (replicas are opened with the same backend).
+    opts: GpuOptions,
 }
 
 impl std::ops::Deref for Gpu {
@@ -310,8 +312,21 @@ impl Gpu {
                 kernels,
                 tuner,
                 bytes_in_use: Arc::new(AtomicU64::new(0)),
+                opts: opts.clone(),
             }),
         })
+    }
+
+    /// Open `adapter` (an index from `longtail devices` or a name part; the same adapter as
+    /// this one gives a second device on it) with this device's backend, for a replica of a
+    /// data-parallel step. Its tuner stays off: replicas record this device's choices (pin
+    /// them), so that every device runs the same kernels.
+    pub fn open_replica(&self, adapter: &str) -> Result<Gpu> {
+        Gpu::new(&GpuOptions {
+            backend: self.opts.backend,
+            adapter: Some(adapter.to_string()),
+        })
+        .with_context(|| format!("opening device {adapter:?} of --devices"))
     }
 
     /// Open the device chosen by `LONGTAIL_BACKEND` / `LONGTAIL_ADAPTER` (tests, benches).

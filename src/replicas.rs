@@ -1,0 +1,239 @@
+//! The devices of a data-parallel training run (`train --devices 0,1 [--sync-bn]`): opening
+//! them, one model and loss per extra device, and the step that runs on one device or in
+//! lockstep on all ([`crate::parallel`]). Device 0 is the run's device: it evaluates, and its
+//! weights, running statistics and optimizer state are what checkpoints hold (the replicas'
+//! weights and optimizer state are identical to it; with per-device batch norm their running
+//! statistics are their own, and device 0's are kept, as PyTorch DDP keeps rank 0's).
+
+use std::cell::Cell;
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use crate::config::TrainConfig;
+use crate::gpu::Gpu;
+use crate::losses::{LossConfig, LossSetup};
+use crate::models::resnet::{ResNet, ResNetStep};
+use crate::optim::SgdConfig;
+use crate::parallel::DataParallel;
+use crate::tape::Replication;
+use crate::tensor::Tensor;
+
+/// The run's devices: `[gpu]`, or those `cfg.devices` names (opened anew, the first with
+/// `gpu`'s tuning settings).
+pub fn open_devices(gpu: &Gpu, cfg: &TrainConfig) -> Result<Vec<Gpu>> {
+    let list = cfg.device_list();
+    if list.len() <= 1
+        && list
+            .first()
+            .is_none_or(|d| d == &gpu.summary.index.to_string())
+    {
+        return Ok(vec![gpu.clone()]);
+    }
+    let devices = list
+        .iter()
+        .map(|d| gpu.open_replica(d))
+        .collect::<Result<Vec<_>>>()?;
+    let dir = gpu
+        .tuner
+        .cache_path()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    devices[0].tuner.configure(gpu.tuner.mode(), dir)?;
+    Ok(devices)
+}
+
+/// One line for logs: the adapter, or the devices of a data-parallel run.
+pub fn describe_devices(devices: &[Gpu], sync_bn: bool) -> String {
+    match devices {
+        [one] => one.describe(),
+        _ => format!(
+            "{} devices ({}), batch norm {}: {}",
+            devices.len(),
+            devices
+                .iter()
+                .map(|g| g.summary.index.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            if sync_bn {
+                "synchronised"
+            } else {
+                "per device"
+            },
+            devices[0].describe()
+        ),
+    }
+}
+
+/// The models and losses of devices 1.. of a data-parallel run (none for one device).
+pub struct Replicas {
+    gpus: Vec<Gpu>,
+    models: Vec<ResNet>,
+    losses: Vec<LossSetup>,
+}
+
+impl Replicas {
+    /// Build the model (as `build` builds device 0's) and loss on every device after the first.
+    pub fn build(
+        devices: &[Gpu],
+        build: impl Fn(&Gpu) -> Result<ResNet>,
+        loss: LossConfig,
+        counts: &[usize],
+    ) -> Result<Self> {
+        let gpus = devices[1..].to_vec();
+        let models = gpus.iter().map(&build).collect::<Result<Vec<_>>>()?;
+        let losses = gpus
+            .iter()
+            .map(|g| LossSetup::new(g, loss, counts))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            gpus,
+            models,
+            losses,
+        })
+    }
+
+    /// Copy device 0's weights and running statistics to every replica (after loading).
+    pub fn copy_state_from(&self, gpu: &Gpu, model: &ResNet) -> Result<()> {
+        if self.gpus.is_empty() {
+            return Ok(());
+        }
+        let bytes = crate::checkpoint::model_bytes(gpu, model, 0, None)?;
+        for (g, m) in self.gpus.iter().zip(&self.models) {
+            crate::checkpoint::load_model_bytes(g, &bytes, Path::new("device 0's weights"), m)?;
+        }
+        Ok(())
+    }
+
+    /// Set every replica's class weights (DRW).
+    pub fn set_loss_weights(&self, weights: Option<&[f64]>) -> Result<()> {
+        for (g, l) in self.gpus.iter().zip(&self.losses) {
+            l.set_weights(g, weights)?;
+        }
+        Ok(())
+    }
+}
+
+/// The training step: on one device, or replicas in lockstep on several.
+pub enum Runner {
+    One(ResNetStep),
+    Many {
+        dp: DataParallel,
+        /// Each device's (device, images, labels) inputs.
+        inputs: Vec<(Gpu, Tensor, Tensor)>,
+        loss: Cell<f32>,
+    },
+}
+
+impl Runner {
+    /// Record the step for a batch of `shape` on device 0 (`gpu`, `model`, `loss`) and, with
+    /// replicas, the same step for `shape[0] / devices` images on every device. Replicas
+    /// record device 0's kernel choices.
+    pub fn record(
+        gpu: &Gpu,
+        model: &ResNet,
+        loss: &LossSetup,
+        replicas: &Replicas,
+        shape: [usize; 4],
+        sgd: SgdConfig,
+        sync_bn: bool,
+    ) -> Result<Self> {
+        let n = replicas.gpus.len() + 1;
+        if n == 1 {
+            return Ok(Runner::One(model.train_step(gpu, shape, sgd, loss)?));
+        }
+        if !shape[0].is_multiple_of(n) {
+            bail!(
+                "a batch of {} images does not split over {n} devices",
+                shape[0]
+            );
+        }
+        let rep = Replication {
+            devices: n,
+            sync_bn,
+        };
+        let slice = [shape[0] / n, shape[1], shape[2], shape[3]];
+        let first = model.train_step_replicated(gpu, slice, sgd, loss, rep)?;
+        let choices = gpu
+            .tuner
+            .used()
+            .into_iter()
+            .map(|(k, c)| (k, c.variant))
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let mut steps = vec![first.step];
+        let mut inputs = vec![(gpu.clone(), first.x, first.y)];
+        for ((g, m), l) in replicas
+            .gpus
+            .iter()
+            .zip(&replicas.models)
+            .zip(&replicas.losses)
+        {
+            g.tuner.pin(choices.clone());
+            let st = m.train_step_replicated(g, slice, sgd, l, rep)?;
+            steps.push(st.step);
+            inputs.push((g.clone(), st.x, st.y));
+        }
+        Ok(Runner::Many {
+            dp: DataParallel::new(steps)?,
+            inputs,
+            loss: Cell::new(f32::NAN),
+        })
+    }
+
+    /// Set the learning rate on every device.
+    pub fn set_lr(&mut self, gpu: &Gpu, lr: f32) {
+        match self {
+            Runner::One(st) => st.step.sgd.set_lr(gpu, lr),
+            Runner::Many { dp, .. } => dp.set_lr(lr),
+        }
+    }
+
+    /// Start a step on the batch `x`, `y` (one device: submitted, not waited for; several:
+    /// each takes its slice, and the step runs to its end).
+    pub fn start(&self, gpu: &Gpu, x: &[f32], y: &[u32]) -> Result<()> {
+        match self {
+            Runner::One(st) => {
+                st.x.write_f32(gpu, x)?;
+                st.y.write_u32(gpu, y)?;
+                st.step.submit();
+            }
+            Runner::Many { dp, inputs, loss } => {
+                let (px, py) = (x.len() / inputs.len(), y.len() / inputs.len());
+                for (d, (g, tx, ty)) in inputs.iter().enumerate() {
+                    tx.write_f32(g, &x[d * px..(d + 1) * px])?;
+                    ty.write_u32(g, &y[d * py..(d + 1) * py])?;
+                }
+                loss.set(dp.run()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The loss of the step last started (waits for it).
+    pub fn finish(&self) -> Result<f32> {
+        match self {
+            Runner::One(st) => st.step.read_loss(),
+            Runner::Many { loss, .. } => Ok(loss.get()),
+        }
+    }
+
+    /// Device 0's optimizer momentum (all devices hold the same).
+    pub fn momentum(&self) -> &Tensor {
+        match self {
+            Runner::One(st) => &st.step.sgd.momentum,
+            Runner::Many { dp, .. } => &dp.replicas()[0].sgd.momentum,
+        }
+    }
+
+    /// Set the optimizer momentum on every device.
+    pub fn set_momentum(&self, v: &[f32]) -> Result<()> {
+        match self {
+            Runner::One(st) => st.step.sgd.momentum.write_f32(st.step.gpu(), v),
+            Runner::Many { dp, .. } => {
+                for r in dp.replicas() {
+                    r.sgd.momentum.write_f32(r.gpu(), v)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
