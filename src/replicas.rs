@@ -115,7 +115,7 @@ impl Replicas {
 
 /// The training step: on one device, or replicas in lockstep on several.
 pub enum Runner {
-    One(ResNetStep),
+    One(Box<ResNetStep>),
     Many {
         dp: DataParallel,
         /// Each device's (device, images, labels) inputs.
@@ -139,7 +139,9 @@ impl Runner {
     ) -> Result<Self> {
         let n = replicas.gpus.len() + 1;
         if n == 1 {
-            return Ok(Runner::One(model.train_step(gpu, shape, sgd, loss)?));
+            return Ok(Runner::One(Box::new(
+                model.train_step(gpu, shape, sgd, loss)?,
+            )));
         }
         if !shape[0].is_multiple_of(n) {
             bail!(
