@@ -3,8 +3,14 @@
 #   mesa-vulkan-drivers + libvulkan1  - a Vulkan driver (llvmpipe runs on the CPU when there is no GPU)
 #   dataset-fashion-mnist             - the default training data, under /usr/share/datasets
 #   fonts-dejavu-core                 - the font the report's charts are labelled with
+# With the argument `mpi`, also what the `mpi` cargo feature (train --distributed mpi) needs:
+#   libopenmpi-dev openmpi-bin        - Open MPI's library and mpirun
+#   libclang-dev                      - bindgen generates the MPI bindings with it
 set -euo pipefail
 pkgs=(mesa-vulkan-drivers libvulkan1 dataset-fashion-mnist fonts-dejavu-core)
+if [ "${1:-}" = mpi ]; then
+  pkgs+=(libopenmpi-dev openmpi-bin libclang-dev)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -101,6 +101,20 @@ pub struct TrainConfig {
     /// With several devices, batch norm uses the whole batch's statistics (all devices');
     /// otherwise each device its own slice's, as PyTorch DDP does.
     pub sync_bn: bool,
+    /// Several processes (machines): `mpi` joins the MPI job the process was started in
+    /// (`mpirun -n N longtail train --distributed mpi`), one device per process.
+    pub distributed: Distributed,
+}
+
+/// How the processes of a run are joined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Distributed {
+    /// One process.
+    #[default]
+    None,
+    /// MPI (a build with `--features mpi`, started by `mpirun`).
+    Mpi,
 }
 
 impl TrainConfig {
@@ -168,6 +182,7 @@ impl Default for TrainConfig {
             prefetch: 2,
             devices: String::new(),
             sync_bn: false,
+            distributed: Distributed::None,
         }
     }
 }

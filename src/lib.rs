@@ -9,6 +9,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod gpu;
 pub mod losses;
 pub mod models;

@@ -7,15 +7,34 @@
 //! every replica runs the same optimizer update on the same summed gradients, so weights and
 //! optimizer state stay identical without ever being exchanged.
 //!
+//! Several processes (MPI, [`crate::distributed`]) add their local sums with one all-reduce
+//! per collective; with one device per process the f64 sums are those of one process with
+//! several devices (for two processes bitwise: `x0 + x1` either way).
+//!
 //! wgpu devices share no memory, so a collective is a host round trip: each one ends a command
 //! buffer on every device. A ResNet step with per-device batch norm has 3 (loss, whitening
 //! mean, gradients), +2 with whitening's covariance, +3 per batch-norm layer with `--sync-bn`.
+
+use std::rc::Rc;
 
 use anyhow::{Result, bail};
 
 use crate::gpu::map_read;
 use crate::step::TrainStep;
 use crate::tape::{Collective, Item, Tape};
+
+/// The processes of a multi-process run (MPI: [`crate::distributed`]), each with its own
+/// devices: a collective adds the processes' sums after its local devices'.
+pub trait Processes {
+    /// Processes in the run.
+    fn size(&self) -> usize;
+    /// This process's place, 0-based (process 0 writes the run directory).
+    fn rank(&self) -> usize;
+    /// This process's place among those on its machine (which adapter it takes).
+    fn local_rank(&self) -> usize;
+    /// Replace `v` by its element-wise sum over the processes (the same on every one).
+    fn sum(&self, v: &mut [f64]) -> Result<()>;
+}
 
 /// Runs replicas of a recorded program (one tape per device) in lockstep, exchanging sums at
 /// their collectives.
@@ -24,6 +43,8 @@ pub struct Lockstep {
     staging: Vec<Vec<wgpu::Buffer>>,
     /// Bytes exchanged per collective.
     sizes: Vec<u64>,
+    /// The other processes of a multi-process run.
+    procs: Option<Rc<dyn Processes>>,
 }
 
 fn collectives<'a>(program: &'a [Item<'a>]) -> Vec<&'a Collective> {
@@ -41,18 +62,19 @@ fn bytes_of(c: &Collective) -> u64 {
 }
 
 impl Lockstep {
-    /// Check that `tapes` (one per device, recorded by the same code, each replicated for
-    /// `tapes.len()` devices) have the same program, and allocate the read-back buffers.
-    pub fn new(tapes: &[&Tape]) -> Result<Self> {
+    /// Check that `tapes` (this process's devices, recorded by the same code, each
+    /// replicated for every device of every process) have the same program, and allocate the
+    /// read-back buffers.
+    pub fn new(tapes: &[&Tape], procs: Option<Rc<dyn Processes>>) -> Result<Self> {
         let Some(first) = tapes.first() else {
             bail!("data parallel needs at least one device");
         };
+        let total = tapes.len() * procs.as_ref().map_or(1, |p| p.size());
         for t in tapes {
-            if t.replication().devices != tapes.len() {
+            if t.replication().devices != total {
                 bail!(
-                    "a replica was recorded for {} devices, but {} run",
+                    "a replica was recorded for {} devices, but {total} run",
                     t.replication().devices,
-                    tapes.len()
                 );
             }
         }
@@ -93,7 +115,11 @@ impl Lockstep {
                     .collect()
             })
             .collect();
-        Ok(Self { staging, sizes })
+        Ok(Self {
+            staging,
+            sizes,
+            procs,
+        })
     }
 
     /// Collectives per run.
@@ -157,8 +183,8 @@ impl Lockstep {
         Ok(())
     }
 
-    /// Wait for every device's copy of collective `k`, add them up in device order and write
-    /// the scaled sum back to every device.
+    /// Wait for every device's copy of collective `k`, add them up in device order (then over
+    /// the processes) and write the scaled sum back to every device.
     fn exchange(&self, k: usize, tapes: &[&Tape], colls: &[Vec<&Collective>]) -> Result<()> {
         let size = self.sizes[k];
         let mut sum = vec![0f64; size as usize / 4];
@@ -167,6 +193,9 @@ impl Lockstep {
             for (s, v) in sum.iter_mut().zip(bytes.chunks_exact(4)) {
                 *s += f32::from_le_bytes([v[0], v[1], v[2], v[3]]) as f64;
             }
+        }
+        if let Some(p) = &self.procs {
+            p.sum(&mut sum)?;
         }
         let scale = colls[0][k].scale as f64;
         let out: Vec<f32> = sum.iter().map(|v| (v * scale) as f32).collect();
@@ -193,10 +222,11 @@ pub struct DataParallel {
 }
 
 impl DataParallel {
-    /// Run `replicas` (one per device, see [`Lockstep::new`]) in lockstep.
-    pub fn new(replicas: Vec<TrainStep>) -> Result<Self> {
+    /// Run `replicas` (one per local device, see [`Lockstep::new`]) in lockstep, with the
+    /// other processes' when `procs` is given.
+    pub fn new(replicas: Vec<TrainStep>, procs: Option<Rc<dyn Processes>>) -> Result<Self> {
         let tapes: Vec<&Tape> = replicas.iter().map(|r| &r.tape).collect();
-        let lockstep = Lockstep::new(&tapes)?;
+        let lockstep = Lockstep::new(&tapes, procs)?;
         Ok(Self { replicas, lockstep })
     }
 

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::path::Path;
+use std::rc::Rc;
 
 use anyhow::{Result, bail};
 
@@ -15,14 +16,38 @@ use crate::gpu::Gpu;
 use crate::losses::{LossConfig, LossSetup};
 use crate::models::resnet::{ResNet, ResNetStep};
 use crate::optim::SgdConfig;
-use crate::parallel::DataParallel;
+use crate::parallel::{DataParallel, Processes};
 use crate::tape::Replication;
 use crate::tensor::Tensor;
 
-/// The run's devices: `[gpu]`, or those `cfg.devices` names (opened anew, the first with
-/// `gpu`'s tuning settings).
-pub fn open_devices(gpu: &Gpu, cfg: &TrainConfig) -> Result<Vec<Gpu>> {
-    let list = cfg.device_list();
+/// This process's devices: `[gpu]`, or those `cfg.devices` names (opened anew, the first with
+/// `gpu`'s tuning settings). In a multi-process run (`procs`) one: the entry of the process's
+/// rank on its machine (cycling through the list), or without a list the adapter of that
+/// index among the machine's GPUs.
+pub fn open_devices(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    procs: Option<&dyn Processes>,
+) -> Result<Vec<Gpu>> {
+    let mut list = cfg.device_list();
+    if let Some(p) = procs {
+        let local = p.local_rank();
+        list = vec![if list.is_empty() {
+            let all = crate::gpu::list_adapters(gpu.options().backend);
+            let gpus: Vec<_> = all.iter().filter(|a| a.device_type != "Cpu").collect();
+            let pool = if gpus.is_empty() {
+                all.iter().collect()
+            } else {
+                gpus
+            };
+            match pool.get(local % pool.len().max(1)) {
+                Some(a) => a.index.to_string(),
+                None => bail!("process {} found no GPU adapter", p.rank()),
+            }
+        } else {
+            list[local % list.len()].clone()
+        }];
+    }
     if list.len() <= 1
         && list
             .first()
@@ -118,8 +143,11 @@ pub enum Runner {
     One(Box<ResNetStep>),
     Many {
         dp: DataParallel,
-        /// Each device's (device, images, labels) inputs.
+        /// Each local device's (device, images, labels) inputs.
         inputs: Vec<(Gpu, Tensor, Tensor)>,
+        /// The batch slice of the first local device, and slices in all (every process's).
+        first_slice: usize,
+        slices: usize,
         loss: Cell<f32>,
     },
 }
@@ -128,6 +156,7 @@ impl Runner {
     /// Record the step for a batch of `shape` on device 0 (`gpu`, `model`, `loss`) and, with
     /// replicas, the same step for `shape[0] / devices` images on every device. Replicas
     /// record device 0's kernel choices.
+    #[allow(clippy::too_many_arguments)] // device 0's model, its replicas, the step's settings
     pub fn record(
         gpu: &Gpu,
         model: &ResNet,
@@ -136,8 +165,11 @@ impl Runner {
         shape: [usize; 4],
         sgd: SgdConfig,
         sync_bn: bool,
+        procs: Option<Rc<dyn Processes>>,
     ) -> Result<Self> {
-        let n = replicas.gpus.len() + 1;
+        let local = replicas.gpus.len() + 1;
+        let n = local * procs.as_ref().map_or(1, |p| p.size());
+        let first_slice = procs.as_ref().map_or(0, |p| p.rank() * local);
         if n == 1 {
             return Ok(Runner::One(Box::new(
                 model.train_step(gpu, shape, sgd, loss)?,
@@ -175,8 +207,10 @@ impl Runner {
             inputs.push((g.clone(), st.x, st.y));
         }
         Ok(Runner::Many {
-            dp: DataParallel::new(steps)?,
+            dp: DataParallel::new(steps, procs)?,
             inputs,
+            first_slice,
+            slices: n,
             loss: Cell::new(f32::NAN),
         })
     }
@@ -198,11 +232,18 @@ impl Runner {
                 st.y.write_u32(gpu, y)?;
                 st.step.submit();
             }
-            Runner::Many { dp, inputs, loss } => {
-                let (px, py) = (x.len() / inputs.len(), y.len() / inputs.len());
+            Runner::Many {
+                dp,
+                inputs,
+                first_slice,
+                slices,
+                loss,
+            } => {
+                let (px, py) = (x.len() / *slices, y.len() / *slices);
                 for (d, (g, tx, ty)) in inputs.iter().enumerate() {
-                    tx.write_f32(g, &x[d * px..(d + 1) * px])?;
-                    ty.write_u32(g, &y[d * py..(d + 1) * py])?;
+                    let i = first_slice + d;
+                    tx.write_f32(g, &x[i * px..(i + 1) * px])?;
+                    ty.write_u32(g, &y[i * py..(i + 1) * py])?;
                 }
                 loss.set(dp.run()?);
             }

@@ -9,13 +9,14 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, HostTensor, write_atomic};
-use crate::config::TrainConfig;
+use crate::config::{Distributed, TrainConfig};
 use crate::data::augment::{Augment, assemble};
 use crate::data::longtail::{class_sizes, shot_group, subset_indices};
 use crate::data::{Dataset, Splits, cifar, idx, list};
@@ -25,6 +26,7 @@ use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
 use crate::ops::batchnorm::BnMode;
 use crate::ops::whiten::WhitenConfig;
 use crate::optim::SgdConfig;
+use crate::parallel::Processes;
 use crate::replicas::{Replicas, Runner, describe_devices, open_devices};
 use crate::rng::Rng64;
 use crate::sampler::{B3rsConfig, Bet, Sampler, plan_epoch, steps_per_epoch};
@@ -427,6 +429,9 @@ pub struct Summary {
     /// Whether the run reached its last epoch (or its step limit).
     #[serde(default)]
     pub finished: bool,
+    /// The process that returned this summary (MPI): only process 0's is the run's.
+    #[serde(skip, default)]
+    pub rank: usize,
 }
 
 fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
@@ -470,9 +475,18 @@ pub fn train_with_init(
     init: Option<&Path>,
 ) -> Result<Summary> {
     let t_start = Instant::now();
+    let procs: Option<Rc<dyn Processes>> = match cfg.distributed {
+        Distributed::Mpi => Some(crate::distributed::join()?),
+        Distributed::None => None,
+    };
+    // Process 0 evaluates, prints and writes the run directory; the others train only.
+    let root = procs.as_ref().is_none_or(|p| p.rank() == 0);
+    let quiet = quiet || !root;
     // Before any data is read or an epoch is spent: a run that cannot save is no run.
-    crate::rundir::check_writable(out)?;
-    let devices = open_devices(gpu, cfg)?;
+    if root {
+        crate::rundir::check_writable(out)?;
+    }
+    let devices = open_devices(gpu, cfg, procs.as_deref())?;
     let gpu = &devices[0];
     let splits = load_data(cfg)?;
     let name = splits.name.clone();
@@ -481,17 +495,23 @@ pub fn train_with_init(
     let spe = steps_per_epoch(train.len(), cfg.batch_size)?;
     let model = build_model(gpu, cfg, train.channels, train.classes)?;
     let config_toml = cfg.to_toml()?;
-    if !resume {
+    if !resume && root {
         write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
     }
-    println!(
-        "{name}-LT: {} training images {:?}, {} test images; {} on {}",
-        train.len(),
-        counts,
-        test.len(),
-        cfg.model,
-        describe_devices(&devices, cfg.sync_bn)
-    );
+    if root {
+        println!(
+            "{name}-LT: {} training images {:?}, {} test images; {} on {}{}",
+            train.len(),
+            counts,
+            test.len(),
+            cfg.model,
+            describe_devices(&devices, cfg.sync_bn),
+            procs.as_ref().map_or(String::new(), |p| format!(
+                " x {} processes (MPI)",
+                p.size()
+            ))
+        );
+    }
     let loss_cfg = LossConfig {
         kind: cfg.loss,
         max_margin: cfg.ldam_max_margin,
@@ -534,9 +554,20 @@ pub fn train_with_init(
         loss_cfg,
         &counts,
     )?;
-    let mut st = Runner::record(gpu, &model, &loss, &replicas, shape, sgd_cfg, cfg.sync_bn)?;
+    let mut st = Runner::record(
+        gpu,
+        &model,
+        &loss,
+        &replicas,
+        shape,
+        sgd_cfg,
+        cfg.sync_bn,
+        procs.clone(),
+    )?;
     let evaluator = Evaluator::new(gpu, &model, &test, cfg.eval_batch)?;
-    crate::tune::record(out, &gpu.tuner)?;
+    if root {
+        crate::tune::record(out, &gpu.tuner)?;
+    }
     let schedule = Schedule {
         lr: cfg.lr,
         epochs: cfg.epochs,
@@ -711,7 +742,7 @@ pub fn train_with_init(
             bar.inc(1);
         }
         bar.finish_and_clear();
-        if let Some(p) = feed.prefetch() {
+        if let Some(p) = feed.prefetch().filter(|_| root) {
             println!(
                 "decoding: {:.0} images/s on {} threads; the GPU waited {:.1} s for images",
                 p.images_per_s(),
@@ -723,7 +754,7 @@ pub fn train_with_init(
         train_secs += secs;
         images += steps_here * batch;
         let last_epoch = epoch + 1 == cfg.epochs || step >= total_steps;
-        let eval = if (epoch + 1) % cfg.eval_every == 0 || last_epoch {
+        let eval = if root && ((epoch + 1) % cfg.eval_every == 0 || last_epoch) {
             let z = evaluator.logits(gpu, &test)?;
             Some(score(&z, &test.labels, test.classes, &counts, posthoc)?)
         } else {
@@ -740,20 +771,25 @@ pub fn train_with_init(
             img_s: (steps_here * batch) as f64 / secs,
             seconds: secs,
         };
-        println!(
-            "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.1} img/s  {:.0} s{}",
-            epoch + 1,
-            cfg.epochs,
-            m.loss,
-            m.lr,
-            m.img_s,
-            secs,
-            eval.as_ref()
-                .map_or(String::new(), |e| format!("  | {}", eval_line(e)))
-        );
+        if root {
+            println!(
+                "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.1} img/s  {:.0} s{}",
+                epoch + 1,
+                cfg.epochs,
+                m.loss,
+                m.lr,
+                m.img_s,
+                secs,
+                eval.as_ref()
+                    .map_or(String::new(), |e| format!("  | {}", eval_line(e)))
+            );
+        }
         history.push(m);
         state.epochs_done = epoch + 1;
         state.steps_done = step;
+        if !root {
+            continue;
+        }
         let model_bytes = checkpoint::model_bytes(gpu, &model, step as i64, Some(&config_toml))?;
         let mut new_best = false;
         if let Some(e) = &eval {
@@ -800,20 +836,22 @@ pub fn train_with_init(
             )?;
         }
     }
-    publish_summary(
-        cfg,
-        out,
-        SummaryParts {
-            name: &name,
-            state: &state,
-            counts: &counts,
-            gpu,
-            seconds: t_start.elapsed().as_secs_f64(),
-            images,
-            train_secs,
-            finished: true,
-        },
-    )
+    let parts = SummaryParts {
+        name: &name,
+        state: &state,
+        counts: &counts,
+        gpu,
+        seconds: t_start.elapsed().as_secs_f64(),
+        images,
+        train_secs,
+        finished: true,
+    };
+    if !root {
+        let mut s = make_summary(parts);
+        s.rank = procs.as_ref().map_or(0, |p| p.rank());
+        return Ok(s);
+    }
+    publish_summary(cfg, out, parts)
 }
 
 /// Write `summary.json` and, unless `report = false`, redraw the report from it.
@@ -854,6 +892,7 @@ fn make_summary(p: SummaryParts<'_>) -> Summary {
             0.0
         },
         finished: p.finished,
+        rank: 0,
     }
 }
 

@@ -61,7 +61,10 @@ fn all_reduce_forward_and_backward_match_the_reference() {
         tapes.push(tape);
     }
     let refs: Vec<&Tape> = tapes.iter().collect();
-    Lockstep::new(&refs).unwrap().run(&refs, |_, _| {}).unwrap();
+    Lockstep::new(&refs, None)
+        .unwrap()
+        .run(&refs, |_, _| {})
+        .unwrap();
     let want_y = all_reduce::reference(&xs, 0.5);
     let want_dx = all_reduce::reference(&seeds, 0.5);
     for (d, (x, y)) in io.iter().enumerate() {
@@ -184,7 +187,7 @@ fn data_parallel(devices: usize, sync_bn: bool) -> Vec<Outcome> {
         inputs.push((g, st.x, st.y));
         models.push((m, loss));
     }
-    let dp = DataParallel::new(steps).unwrap();
+    let dp = DataParallel::new(steps, None).unwrap();
     let pixels = per * SHAPE.iter().product::<usize>();
     let mut losses = Vec::new();
     for (x, y) in batches() {

@@ -186,6 +186,11 @@ pub struct ConfigFlags {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     sync_bn: Option<bool>,
+    /// Several processes: `mpi` (one device per process; start with `mpirun -n N`; a build
+    /// with `--features mpi`).
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    distributed: Option<longtail::config::Distributed>,
 }
 
 #[derive(Args)]
@@ -266,6 +271,10 @@ pub fn run(gpu: &Gpu, a: TrainArgs) -> Result<()> {
         }
     };
     let summary = train::train_with_init(gpu, &cfg, &out, resume, a.quiet, a.init.as_deref())?;
+    if summary.rank != 0 {
+        // Another MPI process: process 0 reports the run.
+        return Ok(());
+    }
     println!();
     if let Some(f) = &summary.final_ {
         println!("final (epoch {}):", summary.epochs);

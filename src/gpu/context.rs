@@ -317,6 +317,11 @@ impl Gpu {
         })
     }
 
+    /// How this device's adapter was chosen.
+    pub fn options(&self) -> &GpuOptions {
+        &self.opts
+    }
+
     /// Open `adapter` (an index from `longtail devices` or a name part; the same adapter as
     /// this one gives a second device on it) with this device's backend, for a replica of a
     /// data-parallel step. Its tuner stays off: replicas record this device's choices (pin
