@@ -12,8 +12,9 @@
 //! several devices (for two processes bitwise: `x0 + x1` either way).
 //!
 //! wgpu devices share no memory, so a collective is a host round trip: each one ends a command
-//! buffer on every device. A ResNet step with per-device batch norm has 3 (loss, whitening
-//! mean, gradients), +2 with whitening's covariance, +3 per batch-norm layer with `--sync-bn`.
+//! buffer on every device. A ResNet step has 2 (the loss's sums, the gradients), +4 with
+//! whitening (mean and covariance, forward and backward), +3 per batch-norm layer with
+//! `--sync-bn` (the shared pivot, the statistics, the gradient sums).
 
 use std::rc::Rc;
 

@@ -5,7 +5,7 @@
 //! weights and optimizer state are identical to it; with per-device batch norm their running
 //! statistics are their own, and device 0's are kept, as PyTorch DDP keeps rank 0's).
 
-use std::cell::Cell;
+use std::ops::Range;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -148,7 +148,6 @@ pub enum Runner {
         /// The batch slice of the first local device, and slices in all (every process's).
         first_slice: usize,
         slices: usize,
-        loss: Cell<f32>,
     },
 }
 
@@ -211,7 +210,6 @@ impl Runner {
             inputs,
             first_slice,
             slices: n,
-            loss: Cell::new(f32::NAN),
         })
     }
 
@@ -223,8 +221,26 @@ impl Runner {
         }
     }
 
-    /// Start a step on the batch `x`, `y` (one device: submitted, not waited for; several:
-    /// each takes its slice, and the step runs to its end).
+    /// The images of a batch of `batch` this process trains on (its devices' slices), or
+    /// `None` for all of them.
+    pub fn part(&self, batch: usize) -> Option<Range<usize>> {
+        match self {
+            Runner::Many {
+                inputs,
+                first_slice,
+                slices,
+                ..
+            } if inputs.len() < *slices => {
+                let per = batch / slices;
+                Some(first_slice * per..(first_slice + inputs.len()) * per)
+            }
+            _ => None,
+        }
+    }
+
+    /// Start a step on this process's part of the batch (`x`, `y`: [`Runner::part`]): queue the
+    /// uploads, each local device its slice; one device: submit the step. `x` and `y` may be
+    /// overwritten as soon as this returns.
     pub fn start(&self, gpu: &Gpu, x: &[f32], y: &[u32]) -> Result<()> {
         match self {
             Runner::One(st) => {
@@ -232,30 +248,23 @@ impl Runner {
                 st.y.write_u32(gpu, y)?;
                 st.step.submit();
             }
-            Runner::Many {
-                dp,
-                inputs,
-                first_slice,
-                slices,
-                loss,
-            } => {
-                let (px, py) = (x.len() / *slices, y.len() / *slices);
-                for (d, (g, tx, ty)) in inputs.iter().enumerate() {
-                    let i = first_slice + d;
+            Runner::Many { inputs, .. } => {
+                let (px, py) = (x.len() / inputs.len(), y.len() / inputs.len());
+                for (i, (g, tx, ty)) in inputs.iter().enumerate() {
                     tx.write_f32(g, &x[i * px..(i + 1) * px])?;
                     ty.write_u32(g, &y[i * py..(i + 1) * py])?;
                 }
-                loss.set(dp.run()?);
             }
         }
         Ok(())
     }
 
-    /// The loss of the step last started (waits for it).
+    /// Finish the step last started and return its loss (one device: wait for it; several:
+    /// run it, collective by collective, on this thread).
     pub fn finish(&self) -> Result<f32> {
         match self {
             Runner::One(st) => st.step.read_loss(),
-            Runner::Many { loss, .. } => Ok(loss.get()),
+            Runner::Many { dp, .. } => dp.run(),
         }
     }
 

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, HostTensor, write_atomic};
 use crate::config::{Distributed, TrainConfig};
-use crate::data::augment::{Augment, assemble};
+use crate::data::augment::{Augment, assemble_part};
 use crate::data::longtail::{class_sizes, shot_group, subset_indices};
 use crate::data::{Dataset, Splits, cifar, idx, list};
 use crate::gpu::Gpu;
@@ -200,8 +201,23 @@ enum Feed {
 }
 
 impl Feed {
-    fn start(d: &Dataset, plan: &[Vec<usize>], depth: usize) -> Result<Self> {
+    /// Start feeding `plan`; with `keep`, only those images of every batch (one process's
+    /// share of a distributed run) are decoded.
+    fn start(
+        d: &Dataset,
+        plan: &[Vec<usize>],
+        depth: usize,
+        keep: Option<Range<usize>>,
+    ) -> Result<Self> {
         Ok(if d.is_streamed() && !plan.is_empty() {
+            let part: Vec<Vec<usize>>;
+            let plan = match keep {
+                Some(k) => {
+                    part = plan.iter().map(|b| b[k.clone()].to_vec()).collect();
+                    &part[..]
+                }
+                None => plan,
+            };
             Feed::Files(crate::data::prefetch::Prefetch::start(
                 d,
                 plan,
@@ -213,20 +229,23 @@ impl Feed {
         })
     }
 
-    /// The next batch of the plan (`indices`), normalised (and augmented) into `out`.
+    /// The next batch of the plan (`indices`), normalised (and augmented) into `out`: the
+    /// images `keep` of it (all: `None`), as [`Feed::start`] was told.
     fn assemble(
         &mut self,
         d: &Dataset,
         indices: &[usize],
+        keep: Option<Range<usize>>,
         aug: Option<(Augment, &mut Rng64)>,
         out: &mut Vec<f32>,
         labels: &mut Vec<u32>,
     ) -> Result<()> {
+        let keep = keep.unwrap_or(0..indices.len());
         match self {
-            Feed::Memory => assemble(d, indices, aug, out, labels),
+            Feed::Memory => assemble_part(d, indices, keep, aug, out, labels),
             Feed::Files(p) => {
                 let raw = p.next_batch()?;
-                crate::data::augment::assemble_raw(d, &raw, indices, aug, out, labels);
+                crate::data::augment::assemble_raw_part(d, &raw, indices, keep, aug, out, labels);
             }
         }
         Ok(())
@@ -297,9 +316,9 @@ impl Evaluator {
             .step_by(self.batch)
             .map(|start| (start..(start + self.batch).min(d.len())).collect())
             .collect();
-        let mut feed = Feed::start(d, &plan, EVAL_PREFETCH)?;
+        let mut feed = Feed::start(d, &plan, EVAL_PREFETCH, None)?;
         for idx in &plan {
-            feed.assemble(d, idx, None, &mut buf, &mut lab)?;
+            feed.assemble(d, idx, None, None, &mut buf, &mut lab)?;
             buf.resize(self.x.numel(), 0.0); // pad the last batch; its extra rows are ignored
             self.x.write_f32(gpu, &buf)?;
             self.tape.run(false);
@@ -701,10 +720,13 @@ pub fn train_with_init(
         bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
         let mut loss_sum = 0.0;
         let mut lr = cfg.lr;
-        let mut feed = Feed::start(&train, &plan[..steps_here], cfg.prefetch)?;
+        // A process of a distributed run decodes and uploads its share of each batch only.
+        let keep = st.part(batch);
+        let mut feed = Feed::start(&train, &plan[..steps_here], cfg.prefetch, keep.clone())?;
         feed.assemble(
             &train,
             &plan[0],
+            keep.clone(),
             Some((aug, &mut arng)),
             &mut xbuf,
             &mut ybuf,
@@ -713,16 +735,27 @@ pub fn train_with_init(
             lr = schedule.lr_at(step);
             st.set_lr(gpu, lr as f32);
             st.start(gpu, &xbuf, &ybuf)?;
-            if i + 1 < steps_here {
-                feed.assemble(
-                    &train,
-                    &plan[i + 1],
-                    Some((aug, &mut arng)),
-                    &mut xbuf,
-                    &mut ybuf,
-                )?;
-            }
-            let l = st.finish()?;
+            let l = if i + 1 < steps_here {
+                // The next batch is assembled on another thread while this step runs (with
+                // several devices this thread drives the step's collectives meanwhile).
+                std::thread::scope(|sc| {
+                    let next = sc.spawn(|| {
+                        feed.assemble(
+                            &train,
+                            &plan[i + 1],
+                            keep.clone(),
+                            Some((aug, &mut arng)),
+                            &mut xbuf,
+                            &mut ybuf,
+                        )
+                    });
+                    let l = st.finish();
+                    let assembled = next.join().expect("the batch assembly thread panicked");
+                    assembled.and(l)
+                })?
+            } else {
+                st.finish()?
+            };
             step += 1;
             if !l.is_finite() {
                 bar.abandon();

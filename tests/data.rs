@@ -326,3 +326,48 @@ fn augmentation_is_seeded_and_normalises() {
     let px = s.train.image(0)[5] as f32;
     assert!((c[5] - (px / 255.0 - 0.2860) / 0.3530).abs() < 1e-5);
 }
+
+/// A distributed run's process assembles only its share of each batch: the same rows as the
+/// whole batch, augmentation included (every image's random draws are still made), from
+/// memory or from the kept images' pixels only.
+#[test]
+fn a_part_of_a_batch_is_those_rows_of_the_whole() {
+    let d = tmp("part");
+    write_idx(&d, 10, 10);
+    let s = idx::load(&d, true).unwrap();
+    let idx = [0, 3, 5, 7, 8, 1];
+    let (mut all, mut la) = (Vec::new(), Vec::new());
+    let aug = || Some((Augment::STANDARD, Rng64::new(9)));
+    let (a, mut r) = aug().unwrap();
+    assemble(&s.train, &idx, Some((a, &mut r)), &mut all, &mut la);
+    let n = s.train.image_len();
+    for keep in [0..2, 2..4, 4..6, 1..5] {
+        let (mut p, mut lp) = (Vec::new(), Vec::new());
+        let (a, mut r) = aug().unwrap();
+        longtail::data::augment::assemble_part(
+            &s.train,
+            &idx,
+            keep.clone(),
+            Some((a, &mut r)),
+            &mut p,
+            &mut lp,
+        );
+        assert_eq!(p[..], all[keep.start * n..keep.end * n], "{keep:?}");
+        assert_eq!(lp[..], la[keep.clone()]);
+        let raw: Vec<u8> = idx[keep.clone()]
+            .iter()
+            .flat_map(|&i| s.train.image(i).to_vec())
+            .collect();
+        let (a, mut r) = aug().unwrap();
+        longtail::data::augment::assemble_raw_part(
+            &s.train,
+            &raw,
+            &idx,
+            keep.clone(),
+            Some((a, &mut r)),
+            &mut p,
+            &mut lp,
+        );
+        assert_eq!(p[..], all[keep.start * n..keep.end * n], "raw {keep:?}");
+    }
+}

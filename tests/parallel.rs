@@ -188,6 +188,9 @@ fn data_parallel(devices: usize, sync_bn: bool) -> Vec<Outcome> {
         models.push((m, loss));
     }
     let dp = DataParallel::new(steps, None).unwrap();
+    // The loss's sums and the gradients; whitening's mean and covariance, forward and
+    // backward; with sync-BN the pivot, statistics and gradient sums of ResNet-8's 7 layers.
+    assert_eq!(dp.collectives(), 2 + 4 + if sync_bn { 3 * 7 } else { 0 });
     let pixels = per * SHAPE.iter().product::<usize>();
     let mut losses = Vec::new();
     for (x, y) in batches() {

@@ -1,6 +1,8 @@
 //! Batch assembly: per-channel normalisation and, for training, random crop with zero padding
 //! and horizontal flip, all seeded.
 
+use std::ops::Range;
+
 use super::Dataset;
 use crate::rng::Rng64;
 
@@ -31,7 +33,21 @@ pub fn assemble(
     out: &mut Vec<f32>,
     labels: &mut Vec<u32>,
 ) {
-    assemble_from(d, indices, |b| d.image(indices[b]), aug, out, labels)
+    assemble_part(d, indices, 0..indices.len(), aug, out, labels)
+}
+
+/// [`assemble`] of the images `keep` of the batch only (one process's share of a distributed
+/// run): the augmentation draws are those of the whole batch, so the part equals the same
+/// rows of the whole batch.
+pub fn assemble_part(
+    d: &Dataset,
+    indices: &[usize],
+    keep: Range<usize>,
+    aug: Option<(Augment, &mut Rng64)>,
+    out: &mut Vec<f32>,
+    labels: &mut Vec<u32>,
+) {
+    assemble_from(d, indices, keep, |b| d.image(indices[b]), aug, out, labels)
 }
 
 /// [`assemble`] from the batch's pixels `raw` (`[B, C, H, W]` u8, e.g. from
@@ -44,13 +60,29 @@ pub fn assemble_raw(
     out: &mut Vec<f32>,
     labels: &mut Vec<u32>,
 ) {
+    assemble_raw_part(d, raw, indices, 0..indices.len(), aug, out, labels)
+}
+
+/// [`assemble_part`] from the pixels of the kept images only (`raw`: `keep.len()` images).
+pub fn assemble_raw_part(
+    d: &Dataset,
+    raw: &[u8],
+    indices: &[usize],
+    keep: Range<usize>,
+    aug: Option<(Augment, &mut Rng64)>,
+    out: &mut Vec<f32>,
+    labels: &mut Vec<u32>,
+) {
     let n = d.image_len();
-    assemble_from(d, indices, |b| &raw[b * n..(b + 1) * n], aug, out, labels)
+    let first = keep.start;
+    let pixels = |b: usize| &raw[(b - first) * n..(b - first + 1) * n];
+    assemble_from(d, indices, keep, pixels, aug, out, labels)
 }
 
 fn assemble_from<'a>(
     d: &Dataset,
     indices: &[usize],
+    keep: Range<usize>,
     pixels: impl Fn(usize) -> &'a [u8],
     aug: Option<(Augment, &mut Rng64)>,
     out: &mut Vec<f32>,
@@ -59,12 +91,11 @@ fn assemble_from<'a>(
     let (c, h, w) = (d.channels, d.height, d.width);
     out.clear();
     labels.clear();
-    out.resize(indices.len() * c * h * w, 0.0);
+    out.resize(keep.len() * c * h * w, 0.0);
     let scale: Vec<f32> = d.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
     let shift: Vec<f32> = d.mean.iter().zip(&d.std).map(|(m, s)| -m / s).collect();
     let mut aug = aug;
     for (b, &i) in indices.iter().enumerate() {
-        let img = pixels(b);
         let (dy, dx, flip) = match aug.as_mut() {
             Some((a, rng)) => {
                 let p = a.pad as isize;
@@ -82,6 +113,11 @@ fn assemble_from<'a>(
             }
             None => (0, 0, false),
         };
+        if !keep.contains(&b) {
+            continue; // its draws are made: the kept images get the whole batch's
+        }
+        let img = pixels(b);
+        let b = b - keep.start;
         for ch in 0..c {
             let base = (b * c + ch) * h * w;
             for y in 0..h {
