@@ -16,7 +16,9 @@
 //! whitening (mean and covariance, forward and backward), +3 per batch-norm layer with
 //! `--sync-bn` (the shared pivot, the statistics, the gradient sums).
 
+use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 
@@ -46,6 +48,10 @@ pub struct Lockstep {
     sizes: Vec<u64>,
     /// The other processes of a multi-process run.
     procs: Option<Rc<dyn Processes>>,
+    /// Seconds since creation spent waiting for the devices to reach collectives (their
+    /// compute up to there), and exchanging (read-back copies, sums, write-back).
+    wait_secs: Cell<f64>,
+    exchange_secs: Cell<f64>,
 }
 
 fn collectives<'a>(program: &'a [Item<'a>]) -> Vec<&'a Collective> {
@@ -120,12 +126,25 @@ impl Lockstep {
             staging,
             sizes,
             procs,
+            wait_secs: Cell::new(0.0),
+            exchange_secs: Cell::new(0.0),
         })
     }
 
     /// Collectives per run.
     pub fn collectives(&self) -> usize {
         self.sizes.len()
+    }
+
+    /// Bytes each device sends per run (all collectives).
+    pub fn bytes_per_run(&self) -> u64 {
+        self.sizes.iter().sum()
+    }
+
+    /// Seconds so far (waiting for the devices to reach collectives, i.e. their compute; the
+    /// exchange itself: read-back copies, sums over devices and processes, write-back).
+    pub fn secs(&self) -> (f64, f64) {
+        (self.wait_secs.get(), self.exchange_secs.get())
     }
 
     /// Run every tape's program once, then `finish(d, encoder)` in device d's last command
@@ -178,7 +197,10 @@ impl Lockstep {
                 t.gpu().queue.submit([enc.finish()]);
             }
             if k < self.sizes.len() {
+                let t = Instant::now();
                 self.exchange(k, tapes, &colls)?;
+                let all = t.elapsed().as_secs_f64();
+                self.exchange_secs.set(self.exchange_secs.get() + all);
             }
         }
         Ok(())
@@ -190,6 +212,11 @@ impl Lockstep {
         let size = self.sizes[k];
         let mut sum = vec![0f64; size as usize / 4];
         for (d, t) in tapes.iter().enumerate() {
+            let w = Instant::now();
+            t.gpu().wait()?;
+            let waited = w.elapsed().as_secs_f64();
+            self.wait_secs.set(self.wait_secs.get() + waited);
+            self.exchange_secs.set(self.exchange_secs.get() - waited);
             let bytes = map_read(t.gpu(), &self.staging[k][d], size)?;
             for (s, v) in sum.iter_mut().zip(bytes.chunks_exact(4)) {
                 *s += f32::from_le_bytes([v[0], v[1], v[2], v[3]]) as f64;
@@ -239,6 +266,11 @@ impl DataParallel {
     /// Collectives per step.
     pub fn collectives(&self) -> usize {
         self.lockstep.collectives()
+    }
+
+    /// The executor (collective counts, bytes, time spent at collectives).
+    pub fn lockstep(&self) -> &Lockstep {
+        &self.lockstep
     }
 
     /// Set every replica's learning rate.

@@ -268,6 +268,18 @@ impl Runner {
         }
     }
 
+    /// With several devices: collectives per step, bytes each device exchanges per step, and
+    /// seconds so far waiting for the devices and exchanging ([`crate::parallel::Lockstep::secs`]).
+    pub fn exchange_stats(&self) -> Option<(usize, u64, (f64, f64))> {
+        match self {
+            Runner::One(_) => None,
+            Runner::Many { dp, .. } => {
+                let l = dp.lockstep();
+                Some((l.collectives(), l.bytes_per_run(), l.secs()))
+            }
+        }
+    }
+
     /// Device 0's optimizer momentum (all devices hold the same).
     pub fn momentum(&self) -> &Tensor {
         match self {

@@ -684,6 +684,10 @@ pub fn train_with_init(
     // Replicas start from device 0's weights and statistics, whatever was loaded.
     replicas.copy_state_from(gpu, &model)?;
     let total_steps = cfg.max_steps.unwrap_or(usize::MAX).min(cfg.epochs * spe);
+    let mut exchange_before = (0.0, 0.0);
+    if cfg.sync_bn && st.exchange_stats().is_none() && root {
+        eprintln!("note: --sync-bn has no effect on one device");
+    }
     let (mut xbuf, mut ybuf) = (Vec::new(), Vec::new());
     let mut step = state.steps_done;
     let mut images = 0usize;
@@ -775,6 +779,17 @@ pub fn train_with_init(
             bar.inc(1);
         }
         bar.finish_and_clear();
+        if let Some((n, bytes, (wait, ex))) = st.exchange_stats().filter(|_| root) {
+            let per = |now: f64, before: f64| (now - before) / steps_here.max(1) as f64 * 1e3;
+            println!(
+                "devices: {n} collectives per step ({:.2} MB per device); per step {:.0} ms \
+                 waiting for the devices' compute, {:.1} ms exchanging",
+                bytes as f64 / 1e6,
+                per(wait, exchange_before.0),
+                per(ex, exchange_before.1)
+            );
+            exchange_before = (wait, ex);
+        }
         if let Some(p) = feed.prefetch().filter(|_| root) {
             println!(
                 "decoding: {:.0} images/s on {} threads; the GPU waited {:.1} s for images",
