@@ -49,37 +49,13 @@ fn mpirun_two_processes_match_two_devices_in_one() {
     std::fs::create_dir_all(&data).unwrap();
     common::synthetic_idx(&data, 40, 5);
     let (one, mpi) = (dir.join("one"), dir.join("mpi"));
-    let base = [
-        "train",
-        "--dataset",
-        "mnist",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--n-max",
-        "40",
-        "--rho",
-        "10",
-        "--model",
-        "resnet8",
-        "--batch-size",
-        "16",
-        "--epochs",
-        "2",
-        "--warmup-epochs",
-        "0",
-        "--lr",
-        "0.02",
-        "--whiten",
-        "ns",
-        "--sync-bn",
-        "--eval-batch",
-        "50",
-        "--report",
-        "false",
-        "--quiet",
-    ];
+    let mut base = common::parallel_run_args(&data);
+    base.push("--sync-bn".into());
     let with = |extra: &[&str]| -> Vec<String> {
-        base.iter().chain(extra).map(|s| s.to_string()).collect()
+        base.iter()
+            .cloned()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
     };
     let a = with(&["--devices", "0,0", "--out", one.to_str().unwrap()]);
     let (ok, so, se) = run(false, &a.iter().map(String::as_str).collect::<Vec<_>>());

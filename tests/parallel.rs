@@ -282,16 +282,8 @@ fn per_device_batch_norm_is_not_the_whole_batch() {
 }
 
 fn longtail(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_longtail"))
-        .args(args)
-        .env("LONGTAIL_TUNE", "off")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, so, se) = common::run_bin(env!("CARGO_BIN_EXE_longtail"), args);
+    (code == Some(0), so, se)
 }
 
 /// Every tensor of a safetensors file, by name.
@@ -330,54 +322,10 @@ fn train_on_two_devices_matches_one_device() {
     common::synthetic_idx(&data, 40, 5);
     let run = |name: &str, extra: &[&str]| {
         let out = dir.join(name);
-        let mut args = vec![
-            "train",
-            "--dataset",
-            "mnist",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--n-max",
-            "40",
-            "--rho",
-            "10",
-            "--model",
-            "resnet8",
-            "--batch-size",
-            "16",
-            "--epochs",
-            "2",
-            "--warmup-epochs",
-            "0",
-            "--lr",
-            "0.02",
-            "--loss",
-            "ldam",
-            "--drw",
-            "true",
-            "--drw-epoch",
-            "1",
-            "--whiten",
-            "ns",
-            // At batch 16 the 64x64 feature covariance has rank <= 15, and with the default
-            // eps (1e-5) and 20 iterations W amplifies its null space: rounding alone then
-            // decides the run (measured: one device with other kernel variants, split batch
-            // norm and t16 matmuls, moves the weights by 5.7e-2 within 7 steps; two devices
-            // 1.3e-3). A conditioned whitening keeps this test about the reductions (measured:
-            // 7.6e-7 after the two epochs).
-            "--whiten-eps",
-            "0.1",
-            "--whiten-iters",
-            "5",
-            "--eval-batch",
-            "50",
-            "--report",
-            "false",
-            "--quiet",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        let (ok, so, se) = longtail(&args);
+        let mut args = common::parallel_run_args(&data);
+        args.extend(["--out".to_string(), out.to_str().unwrap().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (ok, so, se) = longtail(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(ok, "{so}\n{se}");
         (out, so)
     };

@@ -62,6 +62,57 @@ pub fn run_bin(exe: &str, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// `train` flags of the small data-parallel runs (tests/parallel.rs, tests/mpi.rs): ResNet-8 on
+/// the synthetic set (rho 10 over 40 images per class), two epochs of LDAM-DRW with whitening.
+/// At batch 16 the 64x64 feature covariance has rank <= 15, and with the default eps (1e-5)
+/// and 20 iterations W amplifies its null space: rounding alone then decides the run
+/// (measured: one device with other kernel variants, split batch norm and t16 matmuls, moves
+/// the weights by 5.7e-2 within 7 steps; two devices 1.3e-3). A conditioned whitening (eps 0.1,
+/// 5 iterations) keeps these tests about the reductions.
+pub fn parallel_run_args(data: &std::path::Path) -> Vec<String> {
+    [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--n-max",
+        "40",
+        "--rho",
+        "10",
+        "--model",
+        "resnet8",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "0",
+        "--lr",
+        "0.02",
+        "--loss",
+        "ldam",
+        "--drw",
+        "true",
+        "--drw-epoch",
+        "1",
+        "--whiten",
+        "ns",
+        "--whiten-eps",
+        "0.1",
+        "--whiten-iters",
+        "5",
+        "--eval-batch",
+        "50",
+        "--report",
+        "false",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Eval-mode logits of `model` on images `x` of `shape`, checked against PyTorch's `want`:
 /// every logit within `rel_tol` of the largest (the worst difference is printed).
 pub fn assert_logits_match(
