@@ -83,6 +83,9 @@ run)
   timeout 180 $bin bench "${kern[@]}" --json --samples 5 > "$out/kernels.jsonl" 2> "$out/kernels.err"
   timeout 60 $bin bench "${model[@]}" --json > "$out/resnet32.json" 2>&1
   timeout 60 $bin bench "${model[@]}" --whiten ns --json > "$out/resnet32-whiten.json" 2>&1
+  # Data parallel over the one GPU opened twice: what the collectives' host round trips cost.
+  timeout 60 $bin bench "${model[@]}" --devices 0,0 --json > "$out/resnet32-2dev.json" 2>&1
+  timeout 60 $bin bench "${model[@]}" --devices 0,0 --sync-bn --json > "$out/resnet32-2dev-syncbn.json" 2>&1
   timeout 90 $bin bench --model resnet10 "${r10[@]}" --samples 5 --json > "$out/resnet10.json" 2>&1
   timeout 90 $bin bench --model resnet50 "${r10[@]}" --samples 3 --json > "$out/resnet50.json" 2>&1
   if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
@@ -109,7 +112,8 @@ def load(name, lines=False):
 s = {"seconds": int(time.time()) - t0, "devices": load("devices.json"),
      "tests": load("tests.jsonl", True), "tune": load("tune.json"), "peak": load("peak.jsonl", True),
      "kernels": load("kernels.jsonl", True), "resnet32": load("resnet32.json"),
-     "resnet32_whiten": load("resnet32-whiten.json"), "resnet10": load("resnet10.json"), "resnet50": load("resnet50.json"),
+     "resnet32_whiten": load("resnet32-whiten.json"),
+     "resnet32_2dev": load("resnet32-2dev.json"), "resnet32_2dev_syncbn": load("resnet32-2dev-syncbn.json"), "resnet10": load("resnet10.json"), "resnet50": load("resnet50.json"),
      "pytorch_cuda": load("pytorch-cuda.json")}
 with open(os.path.join(out, "gpu-check.json"), "w") as f:
     json.dump(s, f, indent=1)

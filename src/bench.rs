@@ -726,6 +726,131 @@ pub fn bench_model(
     })
 }
 
+/// Whole-step benchmark of a model trained data parallel over several devices.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParallelMeasurement {
+    pub model: String,
+    /// The whole batch (each device takes batch / devices).
+    pub batch: usize,
+    pub size: usize,
+    pub devices: Vec<String>,
+    pub sync_bn: bool,
+    /// Median milliseconds per step.
+    pub ms: f64,
+    pub images_per_s: f64,
+    pub samples: usize,
+    /// Collectives per step and the bytes each device exchanges per step.
+    pub collectives: usize,
+    pub bytes_per_device: u64,
+    /// Mean milliseconds per step waiting for the devices to reach collectives (their compute),
+    /// and exchanging (read-back copies, host sums, write-back).
+    pub wait_ms: f64,
+    pub exchange_ms: f64,
+}
+
+/// Time data-parallel training steps of `arch` on `devices` (adapter indices or name parts;
+/// the same adapter may repeat) for the whole batch `[batch, channels, size, size]`.
+#[allow(clippy::too_many_arguments)] // the step's shape, the devices and the sampling
+pub fn bench_model_parallel(
+    gpu: &Gpu,
+    arch: &str,
+    batch: usize,
+    size: usize,
+    channels: usize,
+    samples: usize,
+    whiten: Option<crate::ops::whiten::WhitenConfig>,
+    devices: &[String],
+    sync_bn: bool,
+) -> Result<ParallelMeasurement> {
+    use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
+    if devices.len() < 2 {
+        bail!("--devices needs at least two entries to measure data parallel");
+    }
+    if batch < 2 * devices.len() || !batch.is_multiple_of(devices.len()) || size == 0 {
+        bail!(
+            "--batch {batch} must split into at least 2 images per device over {} devices",
+            devices.len()
+        );
+    }
+    let gpus = devices
+        .iter()
+        .map(|d| gpu.open_replica(d))
+        .collect::<Result<Vec<_>>>()?;
+    gpus[0].tuner.configure(
+        gpu.tuner.mode(),
+        gpu.tuner
+            .cache_path()
+            .and_then(|p| p.parent().map(std::path::Path::to_path_buf)),
+    )?;
+    let build = |g: &Gpu| {
+        ResNet::new(
+            g,
+            ResNetConfig {
+                arch: Arch::parse(arch)?,
+                in_channels: channels,
+                classes: 10,
+                classifier: Classifier::Linear,
+                seed: 1,
+                whiten,
+            },
+        )
+    };
+    let counts: Vec<usize> = (0..10).map(|c| 5000 >> c).collect();
+    let model = build(&gpus[0])?;
+    let loss = crate::losses::LossSetup::new(&gpus[0], Default::default(), &counts)?;
+    let replicas = crate::replicas::Replicas::build(&gpus, build, Default::default(), &counts)?;
+    let sgd = crate::optim::SgdConfig {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 2e-4,
+        nesterov: false,
+    };
+    let st = crate::replicas::Runner::record(
+        &gpus[0],
+        &model,
+        &loss,
+        &replicas,
+        [batch, channels, size, size],
+        sgd,
+        sync_bn,
+        None,
+    )?;
+    let mut rng = Rng64::new(1);
+    let x = rng.vec_f32(batch * channels * size * size, -1.0, 1.0);
+    let y: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
+    let step = || -> Result<()> {
+        st.start(&gpus[0], &x, &y)?;
+        st.finish()?;
+        Ok(())
+    };
+    step()?; // compile and first touch
+    let (_, _, before) = st.exchange_stats().expect("several devices");
+    let mut times = Vec::new();
+    for _ in 0..samples.max(1) {
+        let t0 = Instant::now();
+        step()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let (collectives, bytes_per_device, after) = st.exchange_stats().expect("several devices");
+    let n = times.len() as f64;
+    times.sort_by(|a, b| a.total_cmp(b));
+    let med = times[times.len() / 2];
+    Ok(ParallelMeasurement {
+        model: arch.to_string(),
+        batch,
+        size,
+        devices: devices.to_vec(),
+        sync_bn,
+        ms: med * 1e3,
+        images_per_s: batch as f64 / med,
+        samples: times.len(),
+        collectives,
+        bytes_per_device,
+        wait_ms: (after.0 - before.0) / n * 1e3,
+        exchange_ms: (after.1 - before.1) / n * 1e3,
+    })
+}
+
 /// Per kernel entry point: (name, share of GPU time, launches).
 type KernelShares = Vec<(String, f64, usize)>;
 /// Per kernel entry point: (seconds, launches).

@@ -439,3 +439,47 @@ fn a_multi_device_run_resumes_exactly() {
         assert!(v == &y[name], "{name} differs after resuming");
     }
 }
+
+/// `bench --model --devices` times data-parallel steps and counts their collectives.
+#[test]
+fn bench_measures_data_parallel_steps() {
+    let args = [
+        "bench",
+        "--model",
+        "resnet8",
+        "--batch",
+        "8",
+        "--size",
+        "8",
+        "--channels",
+        "1",
+        "--samples",
+        "1",
+        "--json",
+        "--devices",
+        "0,0",
+    ];
+    for sync in [false, true] {
+        let mut a = args.to_vec();
+        if sync {
+            a.push("--sync-bn");
+        }
+        let (ok, so, se) = longtail(&a);
+        assert!(ok, "{so}\n{se}");
+        let v: serde_json::Value = serde_json::from_str(so.trim()).unwrap();
+        // The loss's sums and the gradients; with sync-BN 3 per layer of ResNet-8's 7.
+        let want = if sync { 2 + 3 * 7 } else { 2 };
+        assert_eq!(v["collectives"], want, "{v}");
+        assert!(v["ms"].as_f64().unwrap() > 0.0 && v["exchange_ms"].as_f64().unwrap() >= 0.0);
+    }
+    let (ok, _, se) = longtail(&[
+        "bench",
+        "--model",
+        "resnet8",
+        "--devices",
+        "0,0",
+        "--batch",
+        "3",
+    ]);
+    assert!(!ok && se.contains("must split"), "{se}");
+}

@@ -33,6 +33,13 @@ pub struct BenchArgs {
     /// Kernel rows without pct_peak (skips measuring the ceilings first).
     #[arg(long)]
     no_peak: bool,
+    /// With --model: train data parallel over these adapters ("0,0": one adapter twice) and
+    /// report the collectives' cost; --batch is the whole batch.
+    #[arg(long, requires = "model", value_delimiter = ',')]
+    devices: Option<Vec<String>>,
+    /// With --devices: synchronised batch norm.
+    #[arg(long, requires = "devices")]
+    sync_bn: bool,
 }
 
 fn print_peaks(gpu: &Gpu, p: &longtail::peak::Peaks) {
@@ -51,6 +58,51 @@ fn print_peaks(gpu: &Gpu, p: &longtail::peak::Peaks) {
 }
 
 pub fn run(gpu: &Gpu, a: BenchArgs) -> Result<()> {
+    if let (Some(model), Some(devices)) = (&a.model, &a.devices) {
+        let st = &a.step;
+        let m = longtail::bench::bench_model_parallel(
+            gpu,
+            model,
+            st.batch,
+            st.size,
+            st.channels,
+            a.samples,
+            st.whiten_config(),
+            devices,
+            a.sync_bn,
+        )?;
+        if a.json {
+            println!("{}", serde_json::to_string(&m)?);
+        } else {
+            println!(
+                "{} batch {} at {}x{} on {} devices ({}), batch norm {}: {:.1} ms/step, {:.2} \
+                 images/s (median of {})",
+                m.model,
+                m.batch,
+                m.size,
+                m.size,
+                m.devices.len(),
+                m.devices.join(","),
+                if m.sync_bn {
+                    "synchronised"
+                } else {
+                    "per device"
+                },
+                m.ms,
+                m.images_per_s,
+                m.samples
+            );
+            println!(
+                "{} collectives per step, {:.2} MB per device; per step {:.1} ms waiting for the \
+                 devices' compute, {:.2} ms exchanging",
+                m.collectives,
+                m.bytes_per_device as f64 / 1e6,
+                m.wait_ms,
+                m.exchange_ms
+            );
+        }
+        return Ok(());
+    }
     if let Some(model) = &a.model {
         let st = &a.step;
         let whiten = st.whiten_config();
