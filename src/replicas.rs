@@ -153,8 +153,8 @@ pub enum Runner {
 
 impl Runner {
     /// Record the step for a batch of `shape` on device 0 (`gpu`, `model`, `loss`) and, with
-    /// replicas, the same step for `shape[0] / devices` images on every device. Replicas
-    /// record device 0's kernel choices.
+    /// replicas, the same step for `shape[0] / devices` images on every device. Replicas of
+    /// device 0's adapter record its kernel choices; other adapters choose their own.
     #[allow(clippy::too_many_arguments)] // device 0's model, its replicas, the step's settings
     pub fn record(
         gpu: &Gpu,
@@ -200,7 +200,24 @@ impl Runner {
             .zip(&replicas.models)
             .zip(&replicas.losses)
         {
-            g.tuner.pin(choices.clone());
+            let same_adapter = (&g.summary.name, &g.summary.backend, &g.summary.driver_info)
+                == (
+                    &gpu.summary.name,
+                    &gpu.summary.backend,
+                    &gpu.summary.driver_info,
+                );
+            if same_adapter {
+                g.tuner.pin(choices.clone());
+            } else {
+                // Another kind of adapter tunes for itself (its variants may differ; the
+                // weights stay identical: every device applies the same summed gradients).
+                g.tuner.configure(
+                    gpu.tuner.mode(),
+                    gpu.tuner
+                        .cache_path()
+                        .and_then(|p| p.parent().map(Path::to_path_buf)),
+                )?;
+            }
             let st = m.train_step_replicated(g, slice, sgd, l, rep)?;
             steps.push(st.step);
             inputs.push((g.clone(), st.x, st.y));
