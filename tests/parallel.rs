@@ -483,3 +483,112 @@ fn bench_measures_data_parallel_steps() {
     ]);
     assert!(!ok && se.contains("must split"), "{se}");
 }
+
+/// Sync-BN reductions where the one-pass variance would cancel in f32: every value near 1000
+/// (std ~1), the devices sharing one pivot per channel (the mean of their first values).
+/// Outputs and input gradients on both devices against the f64 reference over the concatenated
+/// batch (measured: 7.5e-6 and 2.1e-6 of the largest, the f32 rounding of inputs near 1000;
+/// partials about different pivots, or a plain one-pass variance, are off by far more).
+const SYNC_BN_TOL: f64 = 1e-4;
+
+#[test]
+fn sync_batch_norm_matches_the_whole_batch_at_a_large_mean() {
+    use longtail::ops::batchnorm::{self, BnAlgo, BnMode, BnState};
+    let (b, c, hw) = (3usize, 4usize, 50usize);
+    let mut rng = Rng64::new(21);
+    let xs: Vec<Vec<f64>> = (0..2)
+        .map(|d| {
+            (0..b * c * hw)
+                .map(|i| 1000.0 + d as f64 * 0.5 + (i % 7) as f64 * 0.1 + rng.normal())
+                .map(|v| v as f32 as f64)
+                .collect()
+        })
+        .collect();
+    let dys: Vec<Vec<f64>> = (0..2)
+        .map(|_| {
+            (0..b * c * hw)
+                .map(|_| rng.normal() as f32 as f64)
+                .collect()
+        })
+        .collect();
+    let whole = |v: &[Vec<f64>]| v.concat();
+    let gamma: Vec<f64> = (0..c).map(|i| 0.5 + i as f64 * 0.25).collect();
+    let beta: Vec<f64> = (0..c).map(|i| i as f64 * 0.1).collect();
+    let dims = (2 * b, c, hw);
+    let want_y = batchnorm::reference::batch_norm(&whole(&xs), &gamma, &beta, dims, 1e-5, false);
+    let (want_dx, _, _) = batchnorm::reference::batch_norm_grad(
+        &whole(&xs),
+        &gamma,
+        &beta,
+        &whole(&dys),
+        dims,
+        1e-5,
+        false,
+    );
+    let mut algos = vec![BnAlgo::Split];
+    if common::gpu().has_subgroups() {
+        algos.push(BnAlgo::Subgroup);
+    }
+    for algo in algos {
+        let gpus = [device(), device()];
+        let rep = Replication {
+            devices: 2,
+            sync_bn: true,
+        };
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+        let mut tapes = Vec::new();
+        let mut io = Vec::new();
+        for (d, g) in gpus.iter().enumerate() {
+            let x = Tensor::from_f32(g, &[b, c, 1, hw], &f32s(&xs[d]))
+                .unwrap()
+                .requiring_grad();
+            let gm = Tensor::from_f32(g, &[c], &f32s(&gamma))
+                .unwrap()
+                .requiring_grad();
+            let bt = Tensor::from_f32(g, &[c], &f32s(&beta))
+                .unwrap()
+                .requiring_grad();
+            let st = BnState::new(g, c).unwrap();
+            let mut tape = Tape::replicated(g, rep).unwrap();
+            let y = batchnorm::batch_norm_with(
+                &mut tape,
+                &x,
+                &gm,
+                &bt,
+                &st,
+                BnMode::Train,
+                false,
+                algo,
+            )
+            .unwrap();
+            let dy = Tensor::from_f32(g, &[b, c, 1, hw], &f32s(&dys[d])).unwrap();
+            tape.backward_with(&y, dy).unwrap();
+            io.push((x, y));
+            tapes.push(tape);
+        }
+        let refs: Vec<&Tape> = tapes.iter().collect();
+        let lock = Lockstep::new(&refs, None).unwrap();
+        assert_eq!(lock.collectives(), 3, "pivot, statistics and gradient sums");
+        lock.run(&refs, |_, _| {}).unwrap();
+        let n = b * c * hw;
+        for (d, (x, y)) in io.iter().enumerate() {
+            let got_y = y.to_f32(&gpus[d]).unwrap();
+            let got_dx = tapes[d].grad(x).unwrap().to_f32(&gpus[d]).unwrap();
+            for (got, want, what) in [
+                (&got_y, &want_y[d * n..(d + 1) * n], "y"),
+                (&got_dx, &want_dx[d * n..(d + 1) * n], "dx"),
+            ] {
+                let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let worst = got
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (*a as f64 - b).abs())
+                    .fold(0f64, f64::max);
+                assert!(
+                    worst <= SYNC_BN_TOL * scale,
+                    "{algo:?} device {d} {what}: off by {worst:.2e} of {scale:.2e}"
+                );
+            }
+        }
+    }
+}
