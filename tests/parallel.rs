@@ -485,7 +485,8 @@ fn bench_measures_data_parallel_steps() {
 }
 
 /// Sync-BN reductions where the one-pass variance would cancel in f32: every value near 1000
-/// (std ~1), the devices sharing one pivot per channel (the mean of their first values).
+/// (std ~1), the devices sharing one pivot per channel (the mean of their first values); and
+/// per-device batch norm with every variant, which must stay each device's own.
 /// Outputs and input gradients on both devices against the f64 reference over the concatenated
 /// batch (measured: 7.5e-6 and 2.1e-6 of the largest, the f32 rounding of inputs near 1000;
 /// partials about different pivots, or a plain one-pass variance, are off by far more).
@@ -529,11 +530,26 @@ fn sync_batch_norm_matches_the_whole_batch_at_a_large_mean() {
     if common::gpu().has_subgroups() {
         algos.push(BnAlgo::Subgroup);
     }
-    for algo in algos {
+    // Per-device batch norm (no --sync-bn), every variant: each device its own slice's
+    // statistics, no collective.
+    let mut cases: Vec<(BnAlgo, bool)> = algos.iter().map(|&a| (a, true)).collect();
+    cases.extend([BnAlgo::Fused, BnAlgo::Split].map(|a| (a, false)));
+    if common::gpu().has_subgroups() {
+        cases.push((BnAlgo::Subgroup, false));
+    }
+    let own = |d: usize| {
+        let dims = (b, c, hw);
+        let y = batchnorm::reference::batch_norm(&xs[d], &gamma, &beta, dims, 1e-5, false);
+        let (dx, _, _) = batchnorm::reference::batch_norm_grad(
+            &xs[d], &gamma, &beta, &dys[d], dims, 1e-5, false,
+        );
+        (y, dx)
+    };
+    for (algo, sync_bn) in cases {
         let gpus = [device(), device()];
         let rep = Replication {
             devices: 2,
-            sync_bn: true,
+            sync_bn,
         };
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
         let mut tapes = Vec::new();
@@ -568,16 +584,20 @@ fn sync_batch_norm_matches_the_whole_batch_at_a_large_mean() {
         }
         let refs: Vec<&Tape> = tapes.iter().collect();
         let lock = Lockstep::new(&refs, None).unwrap();
-        assert_eq!(lock.collectives(), 3, "pivot, statistics and gradient sums");
+        // Sync-BN: the shared pivot, the statistics, the gradient sums; per device: none.
+        assert_eq!(lock.collectives(), if sync_bn { 3 } else { 0 }, "{algo:?}");
         lock.run(&refs, |_, _| {}).unwrap();
         let n = b * c * hw;
         for (d, (x, y)) in io.iter().enumerate() {
             let got_y = y.to_f32(&gpus[d]).unwrap();
             let got_dx = tapes[d].grad(x).unwrap().to_f32(&gpus[d]).unwrap();
-            for (got, want, what) in [
-                (&got_y, &want_y[d * n..(d + 1) * n], "y"),
-                (&got_dx, &want_dx[d * n..(d + 1) * n], "dx"),
-            ] {
+            let (own_y, own_dx) = own(d);
+            let (want_y, want_dx) = if sync_bn {
+                (&want_y[d * n..(d + 1) * n], &want_dx[d * n..(d + 1) * n])
+            } else {
+                (&own_y[..], &own_dx[..])
+            };
+            for (got, want, what) in [(&got_y, want_y, "y"), (&got_dx, want_dx, "dx")] {
                 let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
                 let worst = got
                     .iter()
@@ -586,7 +606,7 @@ fn sync_batch_norm_matches_the_whole_batch_at_a_large_mean() {
                     .fold(0f64, f64::max);
                 assert!(
                     worst <= SYNC_BN_TOL * scale,
-                    "{algo:?} device {d} {what}: off by {worst:.2e} of {scale:.2e}"
+                    "{algo:?} sync {sync_bn} device {d} {what}: off by {worst:.2e} of {scale:.2e}"
                 );
             }
         }

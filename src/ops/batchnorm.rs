@@ -367,10 +367,12 @@ fn bn_impl(
                     [channels as u32, ns as u32, 1],
                 )?,
             );
-            tape.push_collective(crate::tape::Collective {
-                tensors: vec![part.clone()],
-                scale: 1.0,
-            });
+            if devices > 1 {
+                tape.push_collective(crate::tape::Collective {
+                    tensors: vec![part.clone()],
+                    scale: 1.0,
+                });
+            }
             tape.push_forward(
                 "batchnorm",
                 Dispatch::build(
