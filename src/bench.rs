@@ -610,10 +610,35 @@ pub fn model_step(
     crate::models::resnet::ResNet,
     crate::models::resnet::ResNetStep,
 )> {
-    use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
     if batch < 2 || size == 0 || channels == 0 {
         bail!("--batch must be >= 2 (batch norm) and --size, --channels >= 1");
     }
+    let (model, loss) = bench_model_on(gpu, arch, channels, whiten)?;
+    let st = model.train_step(gpu, [batch, channels, size, size], BENCH_SGD, &loss)?;
+    Ok((model, st))
+}
+
+/// The optimizer of benchmarked steps.
+const BENCH_SGD: crate::optim::SgdConfig = crate::optim::SgdConfig {
+    lr: 0.01,
+    momentum: 0.9,
+    weight_decay: 2e-4,
+    nesterov: false,
+};
+
+/// Class sizes of benchmarked steps (10 classes, 5,000 halving down).
+fn bench_counts() -> Vec<usize> {
+    (0..10).map(|c| 5000 >> c).collect()
+}
+
+/// A benchmarked model on `gpu` (10 classes, linear classifier, seed 1) and its loss.
+fn bench_model_on(
+    gpu: &Gpu,
+    arch: &str,
+    channels: usize,
+    whiten: Option<crate::ops::whiten::WhitenConfig>,
+) -> Result<(crate::models::resnet::ResNet, crate::losses::LossSetup)> {
+    use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
     let model = ResNet::new(
         gpu,
         ResNetConfig {
@@ -625,20 +650,8 @@ pub fn model_step(
             whiten,
         },
     )?;
-    let counts: Vec<usize> = (0..10).map(|c| 5000 >> c).collect();
-    let loss = crate::losses::LossSetup::new(gpu, Default::default(), &counts)?;
-    let st = model.train_step(
-        gpu,
-        [batch, channels, size, size],
-        crate::optim::SgdConfig {
-            lr: 0.01,
-            momentum: 0.9,
-            weight_decay: 2e-4,
-            nesterov: false,
-        },
-        &loss,
-    )?;
-    Ok((model, st))
+    let loss = crate::losses::LossSetup::new(gpu, Default::default(), &bench_counts())?;
+    Ok((model, loss))
 }
 
 /// Time training steps of `arch` at `[batch, channels, size, size]` with random data.
@@ -762,7 +775,6 @@ pub fn bench_model_parallel(
     devices: &[String],
     sync_bn: bool,
 ) -> Result<ParallelMeasurement> {
-    use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
     if devices.len() < 2 {
         bail!("--devices needs at least two entries to measure data parallel");
     }
@@ -772,46 +784,21 @@ pub fn bench_model_parallel(
             devices.len()
         );
     }
-    let gpus = devices
-        .iter()
-        .map(|d| gpu.open_replica(d))
-        .collect::<Result<Vec<_>>>()?;
-    gpus[0].tuner.configure(
-        gpu.tuner.mode(),
-        gpu.tuner
-            .cache_path()
-            .and_then(|p| p.parent().map(std::path::Path::to_path_buf)),
+    let gpus = crate::replicas::open_list(gpu, devices)?;
+    let (model, loss) = bench_model_on(&gpus[0], arch, channels, whiten)?;
+    let replicas = crate::replicas::Replicas::build(
+        &gpus,
+        |g| Ok(bench_model_on(g, arch, channels, whiten)?.0),
+        Default::default(),
+        &bench_counts(),
     )?;
-    let build = |g: &Gpu| {
-        ResNet::new(
-            g,
-            ResNetConfig {
-                arch: Arch::parse(arch)?,
-                in_channels: channels,
-                classes: 10,
-                classifier: Classifier::Linear,
-                seed: 1,
-                whiten,
-            },
-        )
-    };
-    let counts: Vec<usize> = (0..10).map(|c| 5000 >> c).collect();
-    let model = build(&gpus[0])?;
-    let loss = crate::losses::LossSetup::new(&gpus[0], Default::default(), &counts)?;
-    let replicas = crate::replicas::Replicas::build(&gpus, build, Default::default(), &counts)?;
-    let sgd = crate::optim::SgdConfig {
-        lr: 0.01,
-        momentum: 0.9,
-        weight_decay: 2e-4,
-        nesterov: false,
-    };
     let st = crate::replicas::Runner::record(
         &gpus[0],
         &model,
         &loss,
         &replicas,
         [batch, channels, size, size],
-        sgd,
+        BENCH_SGD,
         sync_bn,
         None,
     )?;

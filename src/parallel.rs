@@ -195,25 +195,27 @@ impl Lockstep {
             }
             if k < self.sizes.len() {
                 let t = Instant::now();
-                self.exchange(k, tapes, &colls)?;
+                let waited = self.exchange(k, tapes, &colls)?;
                 let all = t.elapsed().as_secs_f64();
-                self.exchange_secs.set(self.exchange_secs.get() + all);
+                self.wait_secs.set(self.wait_secs.get() + waited);
+                self.exchange_secs
+                    .set(self.exchange_secs.get() + all - waited);
             }
         }
         Ok(())
     }
 
     /// Wait for every device's copy of collective `k`, add them up in device order (then over
-    /// the processes) and write the scaled sum back to every device.
-    fn exchange(&self, k: usize, tapes: &[&Tape], colls: &[Vec<&Collective>]) -> Result<()> {
+    /// the processes) and write the scaled sum back to every device. Returns the seconds spent
+    /// waiting for the devices.
+    fn exchange(&self, k: usize, tapes: &[&Tape], colls: &[Vec<&Collective>]) -> Result<f64> {
         let size = self.sizes[k];
         let mut sum = vec![0f64; size as usize / 4];
+        let mut waited = 0.0;
         for (d, t) in tapes.iter().enumerate() {
             let w = Instant::now();
             t.gpu().wait()?;
-            let waited = w.elapsed().as_secs_f64();
-            self.wait_secs.set(self.wait_secs.get() + waited);
-            self.exchange_secs.set(self.exchange_secs.get() - waited);
+            waited += w.elapsed().as_secs_f64();
             let bytes = map_read(t.gpu(), &self.staging[k][d], size)?;
             for (s, v) in sum.iter_mut().zip(bytes.chunks_exact(4)) {
                 *s += f32::from_le_bytes([v[0], v[1], v[2], v[3]]) as f64;
@@ -236,7 +238,7 @@ impl Lockstep {
                 at += n;
             }
         }
-        Ok(())
+        Ok(waited)
     }
 }
 

@@ -55,15 +55,18 @@ pub fn open_devices(
     {
         return Ok(vec![gpu.clone()]);
     }
+    open_list(gpu, &list)
+}
+
+/// Open the adapters `list` names (see [`Gpu::open_replica`]); the first tunes as `gpu` does.
+pub fn open_list(gpu: &Gpu, list: &[String]) -> Result<Vec<Gpu>> {
     let devices = list
         .iter()
         .map(|d| gpu.open_replica(d))
         .collect::<Result<Vec<_>>>()?;
-    let dir = gpu
-        .tuner
-        .cache_path()
-        .and_then(|p| p.parent().map(Path::to_path_buf));
-    devices[0].tuner.configure(gpu.tuner.mode(), dir)?;
+    if let Some(first) = devices.first() {
+        first.tuner.configure_like(&gpu.tuner)?;
+    }
     Ok(devices)
 }
 
@@ -211,12 +214,7 @@ impl Runner {
             } else {
                 // Another kind of adapter tunes for itself (its variants may differ; the
                 // weights stay identical: every device applies the same summed gradients).
-                g.tuner.configure(
-                    gpu.tuner.mode(),
-                    gpu.tuner
-                        .cache_path()
-                        .and_then(|p| p.parent().map(Path::to_path_buf)),
-                )?;
+                g.tuner.configure_like(&gpu.tuner)?;
             }
             let st = m.train_step_replicated(g, slice, sgd, l, rep)?;
             steps.push(st.step);

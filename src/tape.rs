@@ -59,6 +59,13 @@ pub struct Collective {
     pub scale: f32,
 }
 
+impl Collective {
+    /// `scale` x the sum of `tensors` over the devices.
+    pub fn sum(tensors: Vec<Tensor>, scale: f32) -> Self {
+        Self { tensors, scale }
+    }
+}
+
 /// One recorded item of a program: a launch, or a point where the devices exchange sums.
 pub enum Recorded {
     Launch(Dispatch),

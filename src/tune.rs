@@ -159,6 +159,15 @@ impl Tuner {
         Ok(())
     }
 
+    /// Take `other`'s mode and cache directory (a device opened for the same run).
+    pub fn configure_like(&self, other: &Tuner) -> Result<()> {
+        let (mode, dir) = {
+            let s = other.state.lock().unwrap();
+            (s.mode, s.dir.clone())
+        };
+        self.configure(mode, dir)
+    }
+
     /// The current mode.
     pub fn mode(&self) -> TuneMode {
         self.state.lock().unwrap().mode

@@ -50,20 +50,8 @@ pub fn assemble_part(
     assemble_from(d, indices, keep, |b| d.image(indices[b]), aug, out, labels)
 }
 
-/// [`assemble`] from the batch's pixels `raw` (`[B, C, H, W]` u8, e.g. from
-/// [`super::prefetch::Prefetch`]) instead of an in-memory set's images.
-pub fn assemble_raw(
-    d: &Dataset,
-    raw: &[u8],
-    indices: &[usize],
-    aug: Option<(Augment, &mut Rng64)>,
-    out: &mut Vec<f32>,
-    labels: &mut Vec<u32>,
-) {
-    assemble_raw_part(d, raw, indices, 0..indices.len(), aug, out, labels)
-}
-
-/// [`assemble_part`] from the pixels of the kept images only (`raw`: `keep.len()` images).
+/// [`assemble_part`] from the pixels of the kept images only (`raw`: `keep.len()` images,
+/// `[B, C, H, W]` u8, e.g. from [`super::prefetch::Prefetch`]) instead of an in-memory set's.
 pub fn assemble_raw_part(
     d: &Dataset,
     raw: &[u8],

@@ -324,8 +324,8 @@ impl Gpu {
 
     /// Open `adapter` (an index from `longtail devices` or a name part; the same adapter as
     /// this one gives a second device on it) with this device's backend, for a replica of a
-    /// data-parallel step. Its tuner stays off: replicas record this device's choices (pin
-    /// them), so that every device runs the same kernels.
+    /// data-parallel step. Its tuner starts off: a replica of the same adapter records this
+    /// device's choices (pins them), another adapter is configured to tune for itself.
     pub fn open_replica(&self, adapter: &str) -> Result<Gpu> {
         Gpu::new(&GpuOptions {
             backend: self.opts.backend,

@@ -492,10 +492,10 @@ impl ResNet {
         )?;
         self.params.attach(&mut tape)?;
         tape.backward(&loss)?;
-        tape.push_backward_collective(crate::tape::Collective {
-            tensors: vec![self.params.flat_grads()?],
-            scale: 1.0,
-        });
+        tape.push_backward_collective(crate::tape::Collective::sum(
+            vec![self.params.flat_grads()?],
+            1.0,
+        ));
         let sgd = crate::optim::Sgd::new(gpu, &self.params, sgd)?;
         Ok(ResNetStep {
             step: crate::step::TrainStep::new(gpu, tape, sgd, loss)?,

@@ -24,10 +24,7 @@ pub fn all_reduce(tape: &mut Tape, x: &Tensor, scale: f32) -> Result<Tensor> {
         "all_reduce",
         elementwise::dispatch(&gpu, "scale", x, x, &y, 1.0, 0.0, 0)?,
     );
-    tape.push_collective(Collective {
-        tensors: vec![y.clone()],
-        scale,
-    });
+    tape.push_collective(Collective::sum(vec![y.clone()], scale));
     tape.push(
         "all_reduce",
         vec![x.clone()],
@@ -39,11 +36,7 @@ pub fn all_reduce(tape: &mut Tape, x: &Tensor, scale: f32) -> Result<Tensor> {
             };
             // dy is complete here (reverse order) and nothing else reads it: reduce in place.
             Ok(vec![
-                Collective {
-                    tensors: vec![g.clone()],
-                    scale,
-                }
-                .into(),
+                Collective::sum(vec![g.clone()], scale).into(),
                 elementwise::dispatch(gpu, "scale", g, g, &t.tensor, 1.0, t.beta(), 0)?.into(),
             ])
         }),

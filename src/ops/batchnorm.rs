@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{Dispatch, Gpu, grid_1d};
-use crate::tape::Tape;
+use crate::tape::{Collective, Tape};
 use crate::tensor::{DType, Tensor};
 
 /// PyTorch's default epsilon.
@@ -341,10 +341,7 @@ fn bn_impl(
                 finish_groups,
             )?,
         );
-        tape.push_collective(crate::tape::Collective {
-            tensors: vec![pv.clone()],
-            scale: 1.0 / devices as f32,
-        });
+        tape.push_collective(Collective::sum(vec![pv.clone()], 1.0 / devices as f32));
         Some(pv)
     } else {
         None
@@ -368,10 +365,7 @@ fn bn_impl(
                 )?,
             );
             if devices > 1 {
-                tape.push_collective(crate::tape::Collective {
-                    tensors: vec![part.clone()],
-                    scale: 1.0,
-                });
+                tape.push_collective(Collective::sum(vec![part.clone()], 1.0));
             }
             tape.push_forward(
                 "batchnorm",
@@ -521,13 +515,7 @@ fn bn_impl(
             // dgamma / dbeta stay this device's share (the step's gradient all-reduce adds
             // them up); dx needs the whole batch's sums.
             if devices > 1 {
-                v.push(
-                    crate::tape::Collective {
-                        tensors: vec![sums.clone()],
-                        scale: 1.0,
-                    }
-                    .into(),
-                );
+                v.push(Collective::sum(vec![sums.clone()], 1.0).into());
             }
             if let Some(t) = gin.get(3).and_then(|g| g.as_ref()) {
                 // d residual = dy where the output is positive (the fused ReLU's mask).

@@ -91,10 +91,7 @@ pub fn margin_cross_entropy(
             false,
         )?;
         tape.push_forward("loss", forward.pop().expect("the forward launch"));
-        tape.push_collective(crate::tape::Collective {
-            tensors: vec![sums],
-            scale: 1.0,
-        });
+        tape.push_collective(crate::tape::Collective::sum(vec![sums], 1.0));
         forward.push(Dispatch::build(
             &gpu,
             "cross_entropy",
