@@ -3,6 +3,8 @@
 // unbiased variance. `stats` holds [mean_0..mean_{C-1}, invstd_0..invstd_{C-1}].
 // Reductions: one workgroup per channel, each invocation sums a strided slice, a fixed tree
 // combines them: deterministic, any count per channel (tested past 2^17).
+// Activations (x, y, dy, dx, the residual) are read as I and written as O, f32 or f16
+// (src/shaders.rs); statistics, parameters and every sum stay f32.
 
 struct Params {
     batch: u32,
@@ -40,7 +42,7 @@ fn tree(lid: u32) {
 }
 
 // ---- training statistics: stats, running update
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<I>;
 @group(0) @binding(1) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(2) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(3) var<storage, read_write> running_var: array<f32>;
@@ -60,7 +62,7 @@ fn batch_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let c = wg.x;
     let count = p.batch * p.hw;
     var s = 0.0;
-    for (var i = lid; i < count; i += WG) { s += x[elem(c, i)]; }
+    for (var i = lid; i < count; i += WG) { s += f32(x[elem(c, i)]); }
     red0[lid] = s;
     red1[lid] = 0.0;
     tree(lid);
@@ -68,7 +70,7 @@ fn batch_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     workgroupBarrier();
     // second pass: sum of squared deviations (stabler than E[x^2] - mean^2)
     var q = 0.0;
-    for (var i = lid; i < count; i += WG) { let d = x[elem(c, i)] - mean; q += d * d; }
+    for (var i = lid; i < count; i += WG) { let d = f32(x[elem(c, i)]) - mean; q += d * d; }
     red0[lid] = q;
     tree(lid);
     if (lid == 0u) {
@@ -85,11 +87,11 @@ fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // ---- normalise + affine (+ ReLU)
-@group(0) @binding(0) var<storage, read> ax: array<f32>;
+@group(0) @binding(0) var<storage, read> ax: array<I>;
 @group(0) @binding(1) var<storage, read> gamma: array<f32>;
 @group(0) @binding(2) var<storage, read> shift: array<f32>;
 @group(0) @binding(3) var<storage, read> astats: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<O>;
 @group(0) @binding(5) var<uniform> ap: Params;
 
 @compute @workgroup_size(256)
@@ -98,16 +100,16 @@ fn apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = (wg.x + wg.y * nwg.x) * WG + lid;
     if (i >= ap.batch * ap.channels * ap.hw) { return; }
     let c = (i / ap.hw) % ap.channels;
-    var v = (ax[i] - astats[c]) * astats[ap.channels + c] * gamma[c] + shift[c];
+    var v = (f32(ax[i]) - astats[c]) * astats[ap.channels + c] * gamma[c] + shift[c];
     if (ap.relu != 0u) { v = max(v, 0.0); }
-    y[i] = v;
+    y[i] = O(v);
 }
 
 // ---- backward: per-channel sums, then dx
 // sums = [sum(dyh)_c, sum(dyh * xhat)_c], dyh = dy masked by the fused ReLU.
-@group(0) @binding(0) var<storage, read> bx: array<f32>;
-@group(0) @binding(1) var<storage, read> by: array<f32>;
-@group(0) @binding(2) var<storage, read> bdy: array<f32>;
+@group(0) @binding(0) var<storage, read> bx: array<I>;
+@group(0) @binding(1) var<storage, read> by: array<I>;
+@group(0) @binding(2) var<storage, read> bdy: array<I>;
 @group(0) @binding(3) var<storage, read> bstats: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sums: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dgamma: array<f32>;
@@ -115,8 +117,8 @@ fn apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
 @group(0) @binding(7) var<uniform> bp: Params;
 
 fn masked_dy(i: u32, relu: u32) -> f32 {
-    if (relu != 0u && by[i] <= 0.0) { return 0.0; }
-    return bdy[i];
+    if (relu != 0u && f32(by[i]) <= 0.0) { return 0.0; }
+    return f32(bdy[i]);
 }
 
 // Lane 0 after the tree: the channel's two sums, and the parameter gradients (accumulated when
@@ -145,7 +147,7 @@ fn backward_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         let e = ((i / bp.hw) * bp.channels + c) * bp.hw + i % bp.hw;
         let g = masked_dy(e, bp.relu);
         s0 += g;
-        s1 += g * (bx[e] - mean) * inv;
+        s1 += g * (f32(bx[e]) - mean) * inv;
     }
     red0[lid] = s0;
     red1[lid] = s1;
@@ -153,13 +155,13 @@ fn backward_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     if (lid == 0u) { finish_sums(c); }
 }
 
-@group(0) @binding(0) var<storage, read> dx_x: array<f32>;
-@group(0) @binding(1) var<storage, read> dx_y: array<f32>;
-@group(0) @binding(2) var<storage, read> dx_dy: array<f32>;
+@group(0) @binding(0) var<storage, read> dx_x: array<I>;
+@group(0) @binding(1) var<storage, read> dx_y: array<I>;
+@group(0) @binding(2) var<storage, read> dx_dy: array<I>;
 @group(0) @binding(3) var<storage, read> dx_stats: array<f32>;
 @group(0) @binding(4) var<storage, read> dx_sums: array<f32>;
 @group(0) @binding(5) var<storage, read> dx_gamma: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<O>;
 @group(0) @binding(7) var<uniform> dp: Params;
 
 @compute @workgroup_size(256)
@@ -170,11 +172,11 @@ fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let c = (i / dp.hw) % dp.channels;
     let count = f32(dp.count);
     let inv = dx_stats[dp.channels + c];
-    let xhat = (dx_x[i] - dx_stats[c]) * inv;
-    var g = dx_dy[i];
-    if (dp.relu != 0u && dx_y[i] <= 0.0) { g = 0.0; }
+    let xhat = (f32(dx_x[i]) - dx_stats[c]) * inv;
+    var g = f32(dx_dy[i]);
+    if (dp.relu != 0u && f32(dx_y[i]) <= 0.0) { g = 0.0; }
     let v = dx_gamma[c] * inv * (g - dx_sums[c] / count - xhat * dx_sums[dp.channels + c] / count);
-    if (dp.beta != 0.0) { dx[i] = dx[i] + v; } else { dx[i] = v; }
+    if (dp.beta != 0.0) { dx[i] = O(f32(dx[i]) + v); } else { dx[i] = O(v); }
 }
 
 // ---- vec4 variants (H*W a multiple of 4). llvmpipe turns every storage access into a loop over
@@ -200,7 +202,7 @@ fn lanes(lid: u32, hw4: u32, batch: u32) -> Lanes {
 
 fn hsum(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
 
-@group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> x4: array<vec4<I>>;
 
 // One pass over x: sums of (x - k) and (x - k)^2 around a pivot k, a value of the channel itself
 // (its first element), so the variance does not suffer the cancellation of E[x^2] - mean^2 when
@@ -211,14 +213,14 @@ fn batch_stats4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let count = p.batch * p.hw;
     let hw4 = p.hw / 4u;
     let l = lanes(lid, hw4, p.batch);
-    let k = vec4<f32>(x4[c * hw4].x);
+    let k = vec4<f32>(vec4<f32>(x4[c * hw4]).x);
     var s = vec4<f32>(0.0);
     var q = vec4<f32>(0.0);
     if (l.lb < l.ipi) {
         for (var b = l.lb; b < p.batch; b += l.ipi) {
             let base = (b * p.channels + c) * hw4;
             for (var v = l.lv; v < hw4; v += l.pv) {
-                let d = x4[base + v] - k;
+                let d = vec4<f32>(x4[base + v]) - k;
                 s += d;
                 q = fma(d, d, q);
             }
@@ -234,8 +236,8 @@ fn batch_stats4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     }
 }
 
-@group(0) @binding(0) var<storage, read> ax4: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> ax4: array<vec4<I>>;
+@group(0) @binding(4) var<storage, read_write> y4: array<vec4<O>>;
 
 // Invocation i covers vec4 RUN*k .. RUN*k + RUN - 1 of plane pl (= b * C + c).
 fn run_start(i: u32, hw4: u32) -> vec2<u32> {
@@ -257,20 +259,20 @@ fn apply4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     for (var k = 0u; k < RUN; k++) {
         let v = r.y + k;
         if (v < hw4) {
-            var o = fma(ax4[base + v], vec4<f32>(scale), vec4<f32>(sh));
+            var o = fma(vec4<f32>(ax4[base + v]), vec4<f32>(scale), vec4<f32>(sh));
             if (ap.relu != 0u) { o = max(o, vec4<f32>(0.0)); }
-            y4[base + v] = o;
+            y4[base + v] = vec4<O>(o);
         }
     }
 }
 
-@group(0) @binding(0) var<storage, read> bx4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> by4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> bdy4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> bx4: array<vec4<I>>;
+@group(0) @binding(1) var<storage, read> by4: array<vec4<I>>;
+@group(0) @binding(2) var<storage, read> bdy4: array<vec4<I>>;
 
 fn masked_dy4(i: u32, relu: u32) -> vec4<f32> {
-    let g = bdy4[i];
-    if (relu != 0u) { return select(g, vec4<f32>(0.0), by4[i] <= vec4<f32>(0.0)); }
+    let g = vec4<f32>(bdy4[i]);
+    if (relu != 0u) { return select(g, vec4<f32>(0.0), vec4<f32>(by4[i]) <= vec4<f32>(0.0)); }
     return g;
 }
 
@@ -289,7 +291,7 @@ fn backward_sums4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
             for (var v = l.lv; v < hw4; v += l.pv) {
                 let g = masked_dy4(base + v, bp.relu);
                 s0 += g;
-                s1 = fma(g, (bx4[base + v] - vec4<f32>(mean)) * inv, s1);
+                s1 = fma(g, (vec4<f32>(bx4[base + v]) - vec4<f32>(mean)) * inv, s1);
             }
         }
     }
@@ -299,10 +301,10 @@ fn backward_sums4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     if (lid == 0u) { finish_sums(c); }
 }
 
-@group(0) @binding(0) var<storage, read> dx_x4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> dx_y4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> dx_dy4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> dx4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> dx_x4: array<vec4<I>>;
+@group(0) @binding(1) var<storage, read> dx_y4: array<vec4<I>>;
+@group(0) @binding(2) var<storage, read> dx_dy4: array<vec4<I>>;
+@group(0) @binding(6) var<storage, read_write> dx4: array<vec4<O>>;
 
 @compute @workgroup_size(256)
 fn backward_dx4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -323,18 +325,18 @@ fn backward_dx4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         let v = r.y + j;
         if (v < hw4) {
             let e = base + v;
-            let xhat = (dx_x4[e] - vec4<f32>(mean)) * inv;
-            var g = dx_dy4[e];
-            if (dp.relu != 0u) { g = select(g, vec4<f32>(0.0), dx_y4[e] <= vec4<f32>(0.0)); }
+            let xhat = (vec4<f32>(dx_x4[e]) - vec4<f32>(mean)) * inv;
+            var g = vec4<f32>(dx_dy4[e]);
+            if (dp.relu != 0u) { g = select(g, vec4<f32>(0.0), vec4<f32>(dx_y4[e]) <= vec4<f32>(0.0)); }
             let o = k * (g - vec4<f32>(m0) - xhat * m1);
-            if (dp.beta != 0.0) { dx4[e] = dx4[e] + o; } else { dx4[e] = o; }
+            if (dp.beta != 0.0) { dx4[e] = vec4<O>(vec4<f32>(dx4[e]) + o); } else { dx4[e] = vec4<O>(o); }
         }
     }
 }
 
 // ---- normalise + affine + residual add + ReLU (the end of a residual block) in one pass:
 // y = max(gamma * xhat + beta + r, 0). Its backward is the ReLU-fused one (the mask reads y).
-@group(0) @binding(5) var<storage, read> res: array<f32>;
+@group(0) @binding(5) var<storage, read> res: array<I>;
 @group(0) @binding(6) var<uniform> rp: Params;
 
 @compute @workgroup_size(256)
@@ -343,11 +345,11 @@ fn apply_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let i = (wg.x + wg.y * nwg.x) * WG + lid;
     if (i >= rp.batch * rp.channels * rp.hw) { return; }
     let c = (i / rp.hw) % rp.channels;
-    let v = (ax[i] - astats[c]) * astats[rp.channels + c] * gamma[c] + shift[c] + res[i];
-    y[i] = max(v, 0.0);
+    let v = (f32(ax[i]) - astats[c]) * astats[rp.channels + c] * gamma[c] + shift[c] + f32(res[i]);
+    y[i] = O(max(v, 0.0));
 }
 
-@group(0) @binding(5) var<storage, read> res4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> res4: array<vec4<I>>;
 
 @compute @workgroup_size(256)
 fn apply_add4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -365,8 +367,8 @@ fn apply_add4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     for (var k = 0u; k < RUN; k++) {
         let v = v0 + k;
         if (v < hw4) {
-            let o = fma(ax4[base + v], vec4<f32>(scale), vec4<f32>(sh)) + res4[base + v];
-            y4[base + v] = max(o, vec4<f32>(0.0));
+            let o = fma(vec4<f32>(ax4[base + v]), vec4<f32>(scale), vec4<f32>(sh)) + vec4<f32>(res4[base + v]);
+            y4[base + v] = vec4<O>(max(o, vec4<f32>(0.0)));
         }
     }
 }

@@ -6,6 +6,9 @@
 //   conv_wgrad:   m = co, n = (ci, kh, kw), k = (b, oh, ow):  A = dY, B = X,  C -> dW partials
 // wgrad has a huge K and a small M x N, so K is split across workgroup z ("split-K"): split z
 // writes dst[z, M, N] and a reduction sums the splits (one split writes dW directly).
+// Element types (src/shaders.rs): the tensors are read as I and written as O, f32 or f16
+// (`--precision f16`: I = O = f16 for forward and dgrad, O = f32 for wgrad into the f32 master
+// gradient); tiles and accumulators are f32.
 //
 // Tiling: a (8*RM) x 64 tile of C per workgroup of 8 x 8 invocations, each holding an RM x 8
 // block in named vec4 fields (llvmpipe keeps loop-indexed arrays in memory); K advances in
@@ -26,10 +29,10 @@ struct Params {
 // the split: z = split + splits * group). Channel counts cin / cout in Params are the full ones.
 var<private> grp: u32;
 
-@group(0) @binding(0) var<storage, read> src_a: array<f32>;
-@group(0) @binding(1) var<storage, read> src_b: array<f32>;
+@group(0) @binding(0) var<storage, read> src_a: array<I>;
+@group(0) @binding(1) var<storage, read> src_b: array<I>;
 @group(0) @binding(2) var<storage, read> tab: array<vec4<i32>>;
-@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<O>;
 @group(0) @binding(4) var<uniform> p: Params;
 
 override RM: u32 = 4u;   // rows per invocation: 2, 4 or 8
@@ -93,7 +96,7 @@ fn zero_acc() -> Acc {
 fn gather_x(t: vec4<i32>, xoff: i32, ih0: i32, iw0: i32) -> f32 {
     let ih = ih0 + t.y;
     let iw = iw0 + t.z;
-    if (ih >= 0 && iw >= 0 && ih < i32(p.h) && iw < i32(p.w)) { return src_b[u32(xoff + t.x)]; }
+    if (ih >= 0 && iw >= 0 && ih < i32(p.h) && iw < i32(p.w)) { return f32(src_b[u32(xoff + t.x)]); }
     return 0.0;
 }
 
@@ -114,7 +117,7 @@ fn store(mode: u32, m: u32, n: u32, split: u32, v: f32) {
     if (m >= p.m || n >= p.n) { return; }
     let i = out_index(mode, m, n, split);
     let s = p.alpha * v;
-    if (p.beta != 0.0 && p.splits == 1u) { dst[i] = p.beta * dst[i] + s; } else { dst[i] = s; }
+    if (p.beta != 0.0 && p.splits == 1u) { dst[i] = O(p.beta * f32(dst[i]) + s); } else { dst[i] = O(s); }
 }
 
 fn store_row(mode: u32, m: u32, n0: u32, split: u32, lo: vec4<f32>, hi: vec4<f32>) {
@@ -168,7 +171,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             let gm = m0 + mm;
             let gk = k0 + kk_a;
             var v = 0.0;
-            if (gm < p.m && gk < p.k) { v = src_a[a_off + gm * p.k + gk]; }
+            if (gm < p.m && gk < p.k) { v = f32(src_a[a_off + gm * p.k + gk]); }
             put_a(kk_a, mm, v);
         }
         for (var l = 0u; l < TK; l++) {
@@ -216,7 +219,7 @@ fn conv_dgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             let mm = mm_a + 4u * l;
             let gm = m0 + mm;
             var v = 0.0;
-            if (gm < p.m && gka < p.k) { v = src_a[a_off + u32(wbase) + gm * khw]; }
+            if (gm < p.m && gka < p.k) { v = f32(src_a[a_off + u32(wbase) + gm * khw]); }
             put_a(kk_a, mm, v);
         }
         for (var l = 0u; l < TK; l++) {
@@ -238,7 +241,7 @@ fn conv_dgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
                     tw = tw / s;
                 }
                 if (ok && th < i32(p.oh) && tw < i32(p.ow)) {
-                    v = src_b[u32(yoff + t.x + th * i32(p.ow) + tw)];
+                    v = f32(src_b[u32(yoff + t.x + th * i32(p.ow) + tw)]);
                 }
             }
             put_b(l, lid, v);
@@ -283,7 +286,7 @@ fn conv_wgrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
             let mm = row + 4u * l;
             let gm = m0 + mm;
             var v = 0.0;
-            if (gm < p.m && kvalid) { v = src_a[dyoff + gm * ohw]; }
+            if (gm < p.m && kvalid) { v = f32(src_a[dyoff + gm * ohw]); }
             put_a(kk, mm, v);
         }
         for (var l = 0u; l < TK; l++) {

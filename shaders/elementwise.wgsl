@@ -1,6 +1,7 @@
 // Elementwise kernels: out[i] = beta * out[i] + f(a[i], b[i]).
 // beta is 0 (overwrite) or 1 (accumulate a gradient); out is never read when beta == 0, so it may
-// hold anything. Unary kernels bind `a` twice.
+// hold anything. Unary kernels bind `a` twice. a and b are read as I, out written as O (f32 or
+// f16, src/shaders.rs); arithmetic in f32.
 
 struct Params {
     n: u32,
@@ -9,9 +10,9 @@ struct Params {
     beta: f32,
 }
 
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> a: array<I>;
+@group(0) @binding(1) var<storage, read> b: array<I>;
+@group(0) @binding(2) var<storage, read_write> out: array<O>;
 @group(0) @binding(3) var<uniform> p: Params;
 
 const WG: u32 = 256u;
@@ -22,9 +23,9 @@ fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 fn store(i: u32, v: f32) {
     if (p.beta != 0.0) {
-        out[i] = p.beta * out[i] + v;
+        out[i] = O(p.beta * f32(out[i]) + v);
     } else {
-        out[i] = v;
+        out[i] = O(v);
     }
 }
 
@@ -32,35 +33,35 @@ fn store(i: u32, v: f32) {
 fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store(i, p.alpha * (a[i] + b[i])); }
+    if (i < p.n) { store(i, p.alpha * (f32(a[i]) + f32(b[i]))); }
 }
 
 @compute @workgroup_size(256)
 fn add_row(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store(i, p.alpha * (a[i] + b[i % p.cols])); }
+    if (i < p.n) { store(i, p.alpha * (f32(a[i]) + f32(b[i % p.cols]))); }
 }
 
 @compute @workgroup_size(256)
 fn mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store(i, p.alpha * a[i] * b[i]); }
+    if (i < p.n) { store(i, p.alpha * f32(a[i]) * f32(b[i])); }
 }
 
 @compute @workgroup_size(256)
 fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store(i, p.alpha * a[i]); }
+    if (i < p.n) { store(i, p.alpha * f32(a[i])); }
 }
 
 @compute @workgroup_size(256)
 fn relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store(i, max(a[i], 0.0)); }
+    if (i < p.n) { store(i, max(f32(a[i]), 0.0)); }
 }
 
 // a = upstream gradient, b = the relu's input.
@@ -68,19 +69,19 @@ fn relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 fn relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store(i, select(0.0, a[i], b[i] > 0.0)); }
+    if (i < p.n) { store(i, select(0.0, f32(a[i]), f32(b[i]) > 0.0)); }
 }
 
 // vec4 twins (n counts vec4 here): one storage access per four elements.
-@group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> a4: array<vec4<I>>;
+@group(0) @binding(1) var<storage, read> b4: array<vec4<I>>;
+@group(0) @binding(2) var<storage, read_write> out4: array<vec4<O>>;
 
 fn store4(i: u32, v: vec4<f32>) {
     if (p.beta != 0.0) {
-        out4[i] = p.beta * out4[i] + v;
+        out4[i] = vec4<O>(p.beta * vec4<f32>(out4[i]) + v);
     } else {
-        out4[i] = v;
+        out4[i] = vec4<O>(v);
     }
 }
 
@@ -88,33 +89,33 @@ fn store4(i: u32, v: vec4<f32>) {
 fn add4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store4(i, p.alpha * (a4[i] + b4[i])); }
+    if (i < p.n) { store4(i, p.alpha * (vec4<f32>(a4[i]) + vec4<f32>(b4[i]))); }
 }
 
 @compute @workgroup_size(256)
 fn mul4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store4(i, p.alpha * a4[i] * b4[i]); }
+    if (i < p.n) { store4(i, p.alpha * vec4<f32>(a4[i]) * vec4<f32>(b4[i])); }
 }
 
 @compute @workgroup_size(256)
 fn scale4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store4(i, p.alpha * a4[i]); }
+    if (i < p.n) { store4(i, p.alpha * vec4<f32>(a4[i])); }
 }
 
 @compute @workgroup_size(256)
 fn relu4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store4(i, max(a4[i], vec4<f32>(0.0))); }
+    if (i < p.n) { store4(i, max(vec4<f32>(a4[i]), vec4<f32>(0.0))); }
 }
 
 @compute @workgroup_size(256)
 fn relu_backward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, nwg, lid);
-    if (i < p.n) { store4(i, select(vec4<f32>(0.0), a4[i], b4[i] > vec4<f32>(0.0))); }
+    if (i < p.n) { store4(i, select(vec4<f32>(0.0), vec4<f32>(a4[i]), vec4<f32>(b4[i]) > vec4<f32>(0.0))); }
 }

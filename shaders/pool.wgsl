@@ -3,6 +3,8 @@
 // backward gathers instead of scattering: each input element sums the upstream gradients of the
 // outputs whose window contains it and chose it, so overlapping windows need no float atomics
 // and the result is deterministic.
+// Activations are read as I and written as O (f32 or f16, src/shaders.rs); the max and the
+// gradient sums are f32.
 
 struct Params {
     batch: u32, channels: u32, h: u32, w: u32,
@@ -10,8 +12,8 @@ struct Params {
     pad: u32, beta: f32, _p0: u32, _p1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<I>;
+@group(0) @binding(1) var<storage, read_write> y: array<O>;
 @group(0) @binding(2) var<storage, read_write> argmax: array<u32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
@@ -32,17 +34,17 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             let iw = i32(ow * p.stride + kw) - i32(p.pad);
             if (iw < 0 || iw >= i32(p.w)) { continue; }
             let idx = (plane * p.h + u32(ih)) * p.w + u32(iw);
-            let v = x[idx];
+            let v = f32(x[idx]);
             if (v > best) { best = v; best_i = idx; }
         }
     }
-    y[i] = best;
+    y[i] = O(best);
     argmax[i] = best_i;
 }
 
-@group(0) @binding(0) var<storage, read> dy: array<f32>;
+@group(0) @binding(0) var<storage, read> dy: array<I>;
 @group(0) @binding(1) var<storage, read> bargmax: array<u32>;
-@group(0) @binding(2) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dx: array<O>;
 @group(0) @binding(3) var<uniform> bp: Params;
 
 @compute @workgroup_size(256)
@@ -64,8 +66,8 @@ fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     for (var oh = oh_lo; oh <= oh_hi; oh++) {
         for (var ow = ow_lo; ow <= ow_hi; ow++) {
             let o = (plane * bp.oh + oh) * bp.ow + ow;
-            if (bargmax[o] == i) { g += dy[o]; }
+            if (bargmax[o] == i) { g += f32(dy[o]); }
         }
     }
-    if (bp.beta != 0.0) { dx[i] = dx[i] + g; } else { dx[i] = g; }
+    if (bp.beta != 0.0) { dx[i] = O(f32(dx[i]) + g); } else { dx[i] = O(g); }
 }

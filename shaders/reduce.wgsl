@@ -6,6 +6,8 @@
 // and no assumption about subgroup size. `sum_short`: one invocation per output element, a
 // sequential loop over `len` (for short sums over many outputs, e.g. split-K partials, where a
 // workgroup per output would be mostly idle lanes).
+// x is read as I, out read and written as O (f32 or f16, src/shaders.rs; e.g. the global
+// average pool of f16 activations into f32 features); sums are f32.
 
 struct Params {
     outer: u32,
@@ -18,8 +20,8 @@ struct Params {
     _p2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<I>;
+@group(0) @binding(1) var<storage, read_write> out: array<O>;
 @group(0) @binding(2) var<uniform> p: Params;
 
 const WG: u32 = 256u;
@@ -36,7 +38,7 @@ fn sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
         let ii = o % p.inner;
         let base = oi * p.len * p.inner + ii;
         for (var k = lid; k < p.len; k += WG) {
-            acc += x[base + k * p.inner];
+            acc += f32(x[base + k * p.inner]);
         }
     }
     partial[lid] = acc;
@@ -50,9 +52,9 @@ fn sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
     if (valid && lid == 0u) {
         let v = p.alpha * partial[0];
         if (p.beta != 0.0) {
-            out[o] = p.beta * out[o] + v;
+            out[o] = O(p.beta * f32(out[o]) + v);
         } else {
-            out[o] = v;
+            out[o] = O(v);
         }
     }
 }
@@ -64,11 +66,11 @@ fn broadcast(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     if (i < p.outer * p.len * p.inner) {
         let oi = i / (p.len * p.inner);
         let ii = i % p.inner;
-        let v = p.alpha * x[oi * p.inner + ii];
+        let v = p.alpha * f32(x[oi * p.inner + ii]);
         if (p.beta != 0.0) {
-            out[i] = p.beta * out[i] + v;
+            out[i] = O(p.beta * f32(out[i]) + v);
         } else {
-            out[i] = v;
+            out[i] = O(v);
         }
     }
 }
@@ -83,12 +85,12 @@ fn sum_short(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let base = oi * p.len * p.inner + ii;
     var acc = 0.0;
     for (var k = 0u; k < p.len; k++) {
-        acc += x[base + k * p.inner];
+        acc += f32(x[base + k * p.inner]);
     }
     let v = p.alpha * acc;
     if (p.beta != 0.0) {
-        out[o] = p.beta * out[o] + v;
+        out[o] = O(p.beta * f32(out[o]) + v);
     } else {
-        out[o] = v;
+        out[o] = O(v);
     }
 }

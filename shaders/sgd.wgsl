@@ -30,3 +30,31 @@ fn step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (p.nesterov != 0u) { upd = d + p.momentum * vn; }
     w[i] = w[i] - p.lr * upd;
 }
+
+// The step under dynamic loss scaling (loss_scale.wgsl): g holds scale x the gradient; a step
+// whose gradients overflowed changes nothing (weights and momentum as before).
+struct ScaleState {
+    scale: f32,
+    clean: u32,
+    found: u32,
+    skipped: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> sw: array<f32>;
+@group(0) @binding(1) var<storage, read> sg: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sv: array<f32>;
+@group(0) @binding(3) var<storage, read> sstate: ScaleState;
+@group(0) @binding(4) var<uniform> sp: Params;
+
+@compute @workgroup_size(256)
+fn step_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (i >= sp.n || sstate.found != 0u) { return; }
+    let d = sg[i] / sstate.scale + sp.weight_decay * sw[i];
+    let vn = sp.momentum * sv[i] + d;
+    sv[i] = vn;
+    var upd = vn;
+    if (sp.nesterov != 0u) { upd = d + sp.momentum * vn; }
+    sw[i] = sw[i] - sp.lr * upd;
+}

@@ -2,6 +2,7 @@
 //   y = pad_channels(x[:, :, ::2, ::2], pad_lo = (cout - cin) / 2 before, the rest after)
 // forward gathers from x (zeros in the padded channels); backward gathers from dy (zeros at the
 // dropped odd pixels).
+// Read as I, written as O (f32 or f16, src/shaders.rs).
 
 struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
@@ -9,12 +10,12 @@ struct Params {
     stride: u32, beta: f32, _p0: u32, _p1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(0) var<storage, read> src: array<I>;
+@group(0) @binding(1) var<storage, read_write> dst: array<O>;
 @group(0) @binding(2) var<uniform> p: Params;
 
 fn put(i: u32, v: f32) {
-    if (p.beta != 0.0) { dst[i] = dst[i] + v; } else { dst[i] = v; }
+    if (p.beta != 0.0) { dst[i] = O(f32(dst[i]) + v); } else { dst[i] = O(v); }
 }
 
 @compute @workgroup_size(256)
@@ -29,7 +30,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     var v = 0.0;
     if (co >= p.pad_lo && co < p.pad_lo + p.cin) {
         let ci = co - p.pad_lo;
-        v = src[((b * p.cin + ci) * p.h + oh * p.stride) * p.w + ow * p.stride];
+        v = f32(src[((b * p.cin + ci) * p.h + oh * p.stride) * p.w + ow * p.stride]);
     }
     put(i, v);
 }
@@ -48,7 +49,7 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         let oh = ih / p.stride;
         let ow = iw / p.stride;
         if (oh < p.oh && ow < p.ow) {
-            v = src[((b * p.cout + ci + p.pad_lo) * p.oh + oh) * p.ow + ow];
+            v = f32(src[((b * p.cout + ci + p.pad_lo) * p.oh + oh) * p.ow + ow]);
         }
     }
     put(i, v);

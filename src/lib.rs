@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod distributed;
 pub mod gpu;
+pub mod loss_scale;
 pub mod losses;
 pub mod models;
 pub mod ops;

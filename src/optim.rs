@@ -5,6 +5,7 @@ use anyhow::Result;
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{Dispatch, Gpu, grid_1d};
+use crate::loss_scale::{LossScaleConfig, LossScaler};
 use crate::params::Params;
 use crate::tensor::{DType, Tensor};
 
@@ -35,29 +36,62 @@ pub struct Sgd {
     /// The momentum buffer (saved with checkpoints for exact resume).
     pub momentum: Tensor,
     dispatch: Dispatch,
+    /// Dynamic loss scaling (`--precision f16`): the gradients hold scale x the true ones.
+    pub scaler: Option<LossScaler>,
 }
 
 impl Sgd {
     /// Record the update of all of `params`.
     pub fn new(gpu: &Gpu, params: &Params, cfg: SgdConfig) -> Result<Self> {
+        Self::with_scaling(gpu, params, cfg, None)
+    }
+
+    /// [`Sgd::new`] under dynamic loss scaling with `scaling` (None: plain SGD). The backward
+    /// pass must be seeded with the scaler's [`LossScaler::seed`].
+    pub fn with_scaling(
+        gpu: &Gpu,
+        params: &Params,
+        cfg: SgdConfig,
+        scaling: Option<LossScaleConfig>,
+    ) -> Result<Self> {
         let values = params.flat_values()?;
         let grads = params.flat_grads()?;
         let n = values.numel() as u32;
         let momentum = Tensor::zeros(gpu, &[n as usize], DType::F32)?;
         let u = Self::uniform(n, &cfg);
-        let dispatch = Dispatch::build(
-            gpu,
-            "sgd",
-            "step",
-            &[values.write(), grads.read(), momentum.write()],
-            bytemuck::bytes_of(&u),
-            grid_1d(gpu, n.div_ceil(256)),
-        )?;
+        let scaler = match scaling {
+            Some(c) => Some(LossScaler::new(gpu, &grads, c)?),
+            None => None,
+        };
+        let dispatch = match &scaler {
+            Some(sc) => Dispatch::build(
+                gpu,
+                "sgd",
+                "step_scaled",
+                &[
+                    values.write(),
+                    grads.read(),
+                    momentum.write(),
+                    sc.state.read(),
+                ],
+                bytemuck::bytes_of(&u),
+                grid_1d(gpu, n.div_ceil(256)),
+            )?,
+            None => Dispatch::build(
+                gpu,
+                "sgd",
+                "step",
+                &[values.write(), grads.read(), momentum.write()],
+                bytemuck::bytes_of(&u),
+                grid_1d(gpu, n.div_ceil(256)),
+            )?,
+        };
         Ok(Self {
             cfg,
             n,
             momentum,
             dispatch,
+            scaler,
         })
     }
 
@@ -94,9 +128,16 @@ impl Sgd {
         self.dispatch
     }
 
-    /// Encode the update.
+    /// Encode the update (under loss scaling: the overflow check, the update, the new scale).
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
-        self.dispatch.encode(pass);
+        match &self.scaler {
+            Some(sc) => {
+                sc.check().encode(pass);
+                self.dispatch.encode(pass);
+                sc.update().encode(pass);
+            }
+            None => self.dispatch.encode(pass),
+        }
     }
 }
 

@@ -162,6 +162,7 @@ pub fn cases(gpu: &Gpu) -> Result<Vec<Case>> {
             buffer: &ub,
             offset: 0,
             size: 65536,
+            half: false,
         };
         out.push(one(
             gpu,

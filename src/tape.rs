@@ -205,7 +205,12 @@ impl Tape {
 
     /// Allocate an op's output: f32, needing a gradient when any input does.
     pub fn output(&self, shape: &[usize], inputs: &[&Tensor]) -> Result<Tensor> {
-        let t = Tensor::zeros(&self.gpu, shape, DType::F32)?;
+        self.output_as(shape, DType::F32, inputs)
+    }
+
+    /// [`Tape::output`] of element type `dtype` (f16 activations, `--precision f16`).
+    pub fn output_as(&self, shape: &[usize], dtype: DType, inputs: &[&Tensor]) -> Result<Tensor> {
+        let t = Tensor::zeros(&self.gpu, shape, dtype)?;
         Ok(if inputs.iter().any(|t| t.requires_grad()) {
             t.requiring_grad()
         } else {
@@ -336,7 +341,9 @@ impl Tape {
                     None => {
                         let g = match self.preset.get(&input.id()) {
                             Some(g) => g.clone(),
-                            None => Tensor::zeros(&gpu, input.shape(), DType::F32)?,
+                            // A gradient has its tensor's element type (f16 activations get
+                            // f16 gradients, as under PyTorch's autocast).
+                            None => Tensor::zeros(&gpu, input.shape(), input.dtype())?,
                         };
                         self.grads.insert(input.id(), g.clone());
                         (g, false)

@@ -12,8 +12,27 @@ use crate::gpu::{Gpu, GpuBuffer};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
+    /// Half precision (`--precision f16`): activations and their gradients in storage; kernels
+    /// widen to f32 on load and accumulate in f32.
+    F16,
     /// Labels and indices.
     U32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F16 => 2,
+            DType::F32 | DType::U32 => 4,
+        }
+    }
+}
+
+/// Bytes of `n` elements of `dtype`, rounded up to whole 4-byte words (copies and storage
+/// bindings are sized in words).
+pub fn byte_len(n: usize, dtype: DType) -> u64 {
+    (n as u64 * dtype.size()).div_ceil(4) * 4
 }
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
@@ -49,7 +68,7 @@ impl Tensor {
         dtype: DType,
         requires_grad: bool,
     ) -> Result<Self> {
-        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        let bytes = byte_len(shape.iter().product::<usize>(), dtype);
         if offset + bytes > buf.size() {
             bail!(
                 "view of {shape:?} at byte {offset} overruns a buffer of {} bytes",
@@ -70,11 +89,11 @@ impl Tensor {
 
     /// A zero-filled tensor in its own buffer.
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
-        let n = shape.iter().product::<usize>() as u64;
+        let n = shape.iter().product::<usize>();
         let buf = Arc::new(GpuBuffer::new(
             gpu,
             "tensor",
-            n * 4,
+            byte_len(n, dtype),
             wgpu::BufferUsages::empty(),
         )?);
         Self::view(buf, 0, shape, dtype, false)
@@ -108,8 +127,25 @@ impl Tensor {
         }
     }
 
-    /// Overwrite the contents (queued; takes effect before the next submission).
+    /// Overwrite the contents (queued; takes effect before the next submission). An f16 tensor
+    /// takes f32 values rounded to nearest.
     pub fn write_f32(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        if self.inner.dtype == DType::F16 {
+            self.check_len(data.len(), DType::F16)?;
+            let mut bits: Vec<u16> = data
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect();
+            if bits.len() % 2 == 1 {
+                bits.push(0); // whole words
+            }
+            gpu.queue.write_buffer(
+                &self.inner.buf.buffer,
+                self.inner.offset,
+                bytemuck::cast_slice(&bits),
+            );
+            return Ok(());
+        }
         self.check_len(data.len(), DType::F32)?;
         gpu.queue.write_buffer(
             &self.inner.buf.buffer,
@@ -117,6 +153,13 @@ impl Tensor {
             bytemuck::cast_slice(data),
         );
         Ok(())
+    }
+
+    /// An f16 tensor holding `data` rounded to nearest.
+    pub fn from_f32_as_f16(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Self> {
+        let t = Self::zeros(gpu, shape, DType::F16)?;
+        t.write_f32(gpu, data)?;
+        Ok(t)
     }
 
     /// Overwrite the contents of a u32 tensor.
@@ -143,15 +186,22 @@ impl Tensor {
         Ok(())
     }
 
-    /// Read the values back (blocks on the GPU).
+    /// Read the values back (blocks on the GPU); f16 values are widened exactly.
     pub fn to_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         let bytes = crate::gpu::read_bytes(
             gpu,
             &self.inner.buf.buffer,
             self.inner.offset,
-            self.numel() as u64 * 4,
+            self.byte_len(),
         )?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        if self.inner.dtype == DType::F16 {
+            return Ok(bytes
+                .chunks_exact(2)
+                .take(self.numel())
+                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect());
+        }
+        Ok(bytemuck::cast_slice(&bytes[..self.numel() * 4]).to_vec())
     }
 
     /// Read a u32 tensor back (blocks on the GPU).
@@ -177,6 +227,10 @@ impl Tensor {
     }
     pub fn numel(&self) -> usize {
         self.inner.shape.iter().product()
+    }
+    /// Bytes of storage the values take (whole 4-byte words).
+    pub fn byte_len(&self) -> u64 {
+        byte_len(self.numel(), self.inner.dtype)
     }
     pub fn requires_grad(&self) -> bool {
         self.inner.requires_grad
@@ -207,7 +261,8 @@ impl Tensor {
             access,
             buffer: &self.inner.buf,
             offset: self.inner.offset,
-            size: (self.numel() as u64 * 4).max(4),
+            size: self.byte_len().max(4),
+            half: self.inner.dtype == DType::F16,
         }
     }
 }

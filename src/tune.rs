@@ -383,11 +383,22 @@ pub fn recorded(dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
 /// Deterministic values in [-1, 1) of `shape`: the inputs candidates are timed on (timing does
 /// not depend on the values, only NaN/denormal-free data matters).
 pub fn scratch(gpu: &crate::gpu::Gpu, shape: &[usize]) -> Result<crate::tensor::Tensor> {
+    scratch_as(gpu, shape, crate::tensor::DType::F32)
+}
+
+/// [`scratch`] of element type `dtype` (f32 or f16).
+pub fn scratch_as(
+    gpu: &crate::gpu::Gpu,
+    shape: &[usize],
+    dtype: crate::tensor::DType,
+) -> Result<crate::tensor::Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n)
         .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
         .collect();
-    crate::tensor::Tensor::from_f32(gpu, shape, &v)
+    let t = crate::tensor::Tensor::zeros(gpu, shape, dtype)?;
+    t.write_f32(gpu, &v)?;
+    Ok(t)
 }
 
 /// Time one candidate's launches: compile and warm up, then stop early when one run is already

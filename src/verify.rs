@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use crate::gpu::Gpu;
 use crate::rng::Rng64;
 use crate::tape::Tape;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// A pass/fail band: element `x` matches `r` when `|x - r| <= abs + rel * |r|`.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +40,18 @@ pub fn sum_of(terms: usize) -> Tolerance {
     Tolerance {
         abs: t.max(eps * n / 2.0).max(ELEMENTWISE.abs),
         rel: t.max(ELEMENTWISE.rel),
+    }
+}
+
+/// A kernel with f16 inputs and output (`--precision f16`) summing `terms` products in f32:
+/// the reference sees the f16-rounded inputs, so what remains is the f32 sum ([`sum_of`]) and
+/// one rounding of the result to f16, half an ulp: 2^-11 relative (2x margin: 2^-10), or
+/// 3e-8 absolute in f16's subnormal range (f16's smallest subnormal is 6e-8).
+pub fn f16_sum_of(terms: usize) -> Tolerance {
+    let t = sum_of(terms);
+    Tolerance {
+        abs: t.abs.max(6e-8),
+        rel: t.rel.max(1.0 / 1024.0),
     }
 }
 
@@ -73,6 +85,12 @@ pub enum Input {
         data: Vec<f32>,
         grad: bool,
     },
+    /// An f16 tensor holding `data` rounded to f16 (the reference sees the rounded values).
+    F16 {
+        shape: Vec<usize>,
+        data: Vec<f32>,
+        grad: bool,
+    },
     /// A u32 tensor (labels); never differentiated.
     U32 { shape: Vec<usize>, data: Vec<u32> },
 }
@@ -88,15 +106,53 @@ impl Input {
         }
     }
 
+    /// Uniform random f16 input in [lo, hi).
+    pub fn uniform_f16(rng: &mut Rng64, shape: &[usize], lo: f64, hi: f64, grad: bool) -> Self {
+        let n = shape.iter().product();
+        Input::F16 {
+            shape: shape.to_vec(),
+            data: rng.vec_f32(n, lo, hi),
+            grad,
+        }
+    }
+
+    /// An f32 input whose values are exactly representable in f16 (e.g. master weights that an
+    /// f16 op copies to f16: the copy is then exact).
+    pub fn uniform_f16_exact(
+        rng: &mut Rng64,
+        shape: &[usize],
+        lo: f64,
+        hi: f64,
+        grad: bool,
+    ) -> Self {
+        let n = shape.iter().product();
+        Input::F32 {
+            shape: shape.to_vec(),
+            data: rng
+                .vec_f32(n, lo, hi)
+                .into_iter()
+                .map(|v| half::f16::from_f32(v).to_f32())
+                .collect(),
+            grad,
+        }
+    }
+
     fn as_f64(&self) -> Vec<f64> {
         match self {
             Input::F32 { data, .. } => data.iter().map(|&v| v as f64).collect(),
+            Input::F16 { data, .. } => data
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_f64())
+                .collect(),
             Input::U32 { data, .. } => data.iter().map(|&v| v as f64).collect(),
         }
     }
 
     fn wants_grad(&self) -> bool {
-        matches!(self, Input::F32 { grad: true, .. })
+        matches!(
+            self,
+            Input::F32 { grad: true, .. } | Input::F16 { grad: true, .. }
+        )
     }
 }
 
@@ -193,6 +249,10 @@ pub fn check(
                 let t = Tensor::from_f32(gpu, shape, data)?;
                 if *grad { t.requiring_grad() } else { t }
             }
+            Input::F16 { shape, data, grad } => {
+                let t = Tensor::from_f32_as_f16(gpu, shape, data)?;
+                if *grad { t.requiring_grad() } else { t }
+            }
             Input::U32 { shape, data } => Tensor::from_u32(gpu, shape, data)?,
         });
     }
@@ -202,10 +262,17 @@ pub fn check(
     // 1. forward
     let want = reference(&xs);
     let mut rng = Rng64::new(case.seed ^ 0x9e37_79b9_7f4a_7c15);
-    let seed_vals = rng.vec_f32(out.numel(), -1.0, 1.0);
+    let mut seed_vals = rng.vec_f32(out.numel(), -1.0, 1.0);
+    if out.dtype() == DType::F16 {
+        // An f16 output takes an f16 upstream gradient: the reference sees it rounded.
+        for v in &mut seed_vals {
+            *v = half::f16::from_f32(*v).to_f32();
+        }
+    }
     let any_grad = case.inputs.iter().any(Input::wants_grad);
     if any_grad {
-        let seed = Tensor::from_f32(gpu, out.shape(), &seed_vals)?;
+        let seed = Tensor::zeros(gpu, out.shape(), out.dtype())?;
+        seed.write_f32(gpu, &seed_vals)?;
         tape.backward_with(&out, seed)?;
     }
     tape.run(any_grad);

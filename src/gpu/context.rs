@@ -282,9 +282,12 @@ impl Gpu {
         let (index, adapter) = pick_adapter(opts)?;
         let summary = AdapterSummary::new(index, &adapter);
         let limits = adapter.limits();
-        // Subgroups where offered: the subgroup batch-norm variant is then a tuning candidate.
-        let features =
-            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        // Subgroups where offered: the subgroup batch-norm variant is then a tuning candidate;
+        // shader-f16 for `--precision f16`.
+        let features = adapter.features()
+            & (wgpu::Features::TIMESTAMP_QUERY
+                | wgpu::Features::SUBGROUP
+                | wgpu::Features::SHADER_F16);
         let desc = wgpu::DeviceDescriptor {
             label: Some("longtail"),
             required_features: features,
@@ -358,6 +361,11 @@ impl Gpu {
     /// Whether subgroup operations are enabled on this device.
     pub fn has_subgroups(&self) -> bool {
         self.features.contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// Whether f16 shaders (`shader-f16`) are enabled on this device: `--precision f16`.
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
     }
 
     /// Whether GPU timestamp queries are enabled on this device.

@@ -23,6 +23,9 @@ pub struct Binding<'a> {
     pub buffer: &'a Arc<GpuBuffer>,
     pub offset: u64,
     pub size: u64,
+    /// The range holds f16 values: only the half-precision variants of typed shaders may bind
+    /// it (a guard against an f32 kernel reading f16 bytes).
+    pub half: bool,
 }
 
 /// A compiled kernel: pipeline plus its explicit bind group layout.
@@ -192,6 +195,13 @@ impl Dispatch {
                 kernel.entry
             );
         }
+        if bindings.iter().any(|b| b.half) && !kernel.shader.contains("f16") {
+            bail!(
+                "kernel {}::{} takes f32 tensors and was given an f16 one",
+                kernel.shader,
+                kernel.entry
+            );
+        }
         let max_bind = gpu.limits.max_storage_buffer_binding_size;
         let mut entries = Vec::with_capacity(bindings.len() + 1);
         for (i, b) in bindings.iter().enumerate() {
@@ -265,6 +275,7 @@ impl Dispatch {
                 buffer: b.buffer,
                 offset: b.offset,
                 size: b.size,
+                half: b.half,
             })
             .collect();
         all.push(Binding {
@@ -272,6 +283,7 @@ impl Dispatch {
             buffer: &pbuf,
             offset: 0,
             size: pbuf.size(),
+            half: false,
         });
         Self::new(gpu, kernel, &all, Some(pbuf.clone()), workgroups)
     }

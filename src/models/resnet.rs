@@ -20,7 +20,7 @@ use crate::ops::{conv2d, linear, pool, shortcut};
 use crate::params::{Params, ParamsBuilder};
 use crate::rng::Rng64;
 use crate::tape::Tape;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// Which network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +171,9 @@ pub struct ResNet {
     /// The whitening layer (checkpoint names `whiten.*`).
     pub whiten: Option<crate::ops::whiten::Whitening>,
     blocks: Vec<Block>,
+    /// Element type of the backbone's activations: f32, or f16 (`--precision f16`, see
+    /// [`ResNet::set_precision`]).
+    activations: DType,
 }
 
 fn kaiming(rng: &mut Rng64, fan_in: usize, n: usize) -> Vec<f32> {
@@ -313,7 +316,31 @@ impl ResNet {
             bn,
             whiten,
             blocks,
+            activations: DType::F32,
         })
+    }
+
+    /// Run the backbone with activations of `dtype` (f16: mixed precision; the convolutions read
+    /// f16 copies of the f32 master weights, batch norm, the shortcut and pooling keep f16
+    /// activations with f32 statistics and sums; the pooled features, whitening, classifier
+    /// and loss stay f32; training steps use dynamic loss scaling).
+    pub fn set_precision(&mut self, gpu: &Gpu, dtype: DType) -> Result<()> {
+        match dtype {
+            DType::F32 => {}
+            DType::F16 if gpu.has_f16() => {}
+            DType::F16 => bail!(
+                "--precision f16 needs an adapter with shader-f16; {} has none (use f32)",
+                gpu.describe()
+            ),
+            DType::U32 => bail!("activations are f32 or f16"),
+        }
+        self.activations = dtype;
+        Ok(())
+    }
+
+    /// The backbone's activation type.
+    pub fn precision(&self) -> DType {
+        self.activations
     }
 
     /// Name of the classifier layer: `linear` (CIFAR) or `fc` (ImageNet).
@@ -372,6 +399,7 @@ impl ResNet {
             ),
         }
         let imagenet = self.cfg.arch.imagenet();
+        let x = &crate::ops::cast::cast(tape, x, self.activations)?;
         let mut h = self.conv(tape, "conv1", x, if imagenet { 2 } else { 1 })?;
         h = self.bn_layer(tape, "bn1", &h, mode, true)?;
         if imagenet {
@@ -491,12 +519,18 @@ impl ResNet {
             &mut tape, &logits, &y, &loss.cls, loss.scale,
         )?;
         self.params.attach(&mut tape)?;
-        tape.backward(&loss)?;
+        // f16 activations: dynamic loss scaling (the backward is seeded with the scale).
+        let scaling =
+            (self.activations == DType::F16).then(crate::loss_scale::LossScaleConfig::default);
+        let sgd = crate::optim::Sgd::with_scaling(gpu, &self.params, sgd, scaling)?;
+        match &sgd.scaler {
+            Some(sc) => tape.backward_with(&loss, sc.seed().clone())?,
+            None => tape.backward(&loss)?,
+        }
         tape.push_backward_collective(crate::tape::Collective::sum(
             vec![self.params.flat_grads()?],
             1.0,
         ));
-        let sgd = crate::optim::Sgd::new(gpu, &self.params, sgd)?;
         Ok(ResNetStep {
             step: crate::step::TrainStep::new(gpu, tape, sgd, loss)?,
             x,

@@ -296,7 +296,23 @@ fn bn_impl(
             ((batch * channels * hw) as u32).div_ceil(256)
         }
     };
+    // f16 activations (`--precision f16`) have typed variants of the fused kernels only.
+    let half = x.dtype() == DType::F16;
+    if let Some(r) = residual
+        && r.dtype() != x.dtype()
+    {
+        bail!(
+            "batch_norm: the residual is {:?}, the input {:?}",
+            r.dtype(),
+            x.dtype()
+        );
+    }
+    if half && devices > 1 {
+        bail!("batch_norm: --sync-bn is not available with f16 activations (--precision f16)");
+    }
+    let bn_shader = crate::shaders::typed("batchnorm", x.dtype(), x.dtype())?;
     let algo = match mode {
+        BnMode::Train if half => BnAlgo::Fused,
         // The fused statistics kernel finishes them in one launch, leaving no partial sums
         // to exchange: sync-BN takes the split reductions.
         BnMode::Train => match resolve(&gpu, batch, channels, hw, algo)? {
@@ -389,7 +405,7 @@ fn bn_impl(
             "batchnorm",
             Dispatch::build(
                 &gpu,
-                "batchnorm",
+                bn_shader,
                 entry("batch_stats", "batch_stats4"),
                 &stat_bindings,
                 bytemuck::bytes_of(&p),
@@ -400,7 +416,7 @@ fn bn_impl(
             "batchnorm",
             Dispatch::build(
                 &gpu,
-                "batchnorm",
+                bn_shader,
                 "eval_stats",
                 &stat_bindings,
                 bytemuck::bytes_of(&p),
@@ -410,7 +426,7 @@ fn bn_impl(
     }
     let mut inputs = vec![x, gamma, beta];
     inputs.extend(residual);
-    let y = tape.output(x.shape(), &inputs)?;
+    let y = tape.output_as(x.shape(), x.dtype(), &inputs)?;
     let v4 = v4 && y.offset() % 16 == 0;
     let mut bindings = vec![x.read(), gamma.read(), beta.read(), stats.read(), y.write()];
     let entry = match residual {
@@ -427,7 +443,7 @@ fn bn_impl(
     };
     let apply = Dispatch::build(
         &gpu,
-        "batchnorm",
+        bn_shader,
         entry,
         &bindings,
         bytemuck::bytes_of(&p),
@@ -491,7 +507,7 @@ fn bn_impl(
                 None => vec![
                     Dispatch::build(
                         gpu,
-                        "batchnorm",
+                        bn_shader,
                         if v4 {
                             "backward_sums4"
                         } else {
@@ -548,7 +564,7 @@ fn bn_impl(
                 v.push(
                     Dispatch::build(
                         gpu,
-                        "batchnorm",
+                        bn_shader,
                         entry,
                         &[
                             sx.read(),

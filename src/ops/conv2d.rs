@@ -259,9 +259,12 @@ fn launch(
         Mode::Dgrad => "conv_dgrad",
         Mode::Wgrad => "conv_wgrad",
     };
+    if a.dtype() != b.dtype() {
+        bail!("conv2d: operands of two element types, {a:?} and {b:?}");
+    }
     Dispatch::build_with(
         gpu,
-        "conv2d",
+        crate::shaders::typed("conv2d", a.dtype(), dst.dtype())?,
         entry,
         &[a.read(), b.read(), tab.read(), dst.write()],
         bytemuck::bytes_of(&p),
@@ -349,8 +352,14 @@ impl ConvGeom {
 /// The variants that can run the `mode` product of `g` here, heuristic favourite first: the
 /// direct kernels where they apply (they won every measurement on llvmpipe), then the GEMMs.
 pub fn candidates(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Vec<Algo> {
+    candidates_for(gpu, g, mode, DType::F32)
+}
+
+/// [`candidates`] for activations of `dtype`: f16 runs the GEMMs only (the direct kernels are
+/// f32, shaped for CPU adapters, where f16 storage buys nothing).
+pub fn candidates_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, dtype: DType) -> Vec<Algo> {
     let mut v = Vec::new();
-    if g.groups == 1 && conv_direct::applies(gpu, g, mode) {
+    if g.groups == 1 && dtype == DType::F32 && conv_direct::applies(gpu, g, mode) {
         v.push(Algo::Direct);
     }
     v.push(Algo::Gemm);
@@ -362,18 +371,37 @@ pub fn candidates(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Vec<Algo> {
 
 /// The launches of `algo` for `mode` on scratch tensors of `g`'s shapes, ready to time.
 pub fn scratch_case(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo) -> Result<crate::bench::Case> {
+    scratch_case_for(gpu, g, mode, algo, DType::F32)
+}
+
+/// [`scratch_case`] with activations (and the weight copy) of `dtype`; wgrad writes f32 (the
+/// master gradient).
+pub fn scratch_case_for(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    mode: Mode,
+    algo: Algo,
+    dtype: DType,
+) -> Result<crate::bench::Case> {
     let xs = [g.batch, g.cin, g.h, g.w];
     let ws = g.weight_shape();
-    let scratch = crate::tune::scratch;
-    let x = scratch(gpu, &xs)?;
-    let w = scratch(gpu, &ws)?;
-    let y = scratch(gpu, &g.out_shape())?;
+    let scratch = |shape: &[usize], dt: DType| crate::tune::scratch_as(gpu, shape, dt);
+    let x = scratch(&xs, dtype)?;
+    let w = scratch(
+        &ws,
+        if mode == Mode::Wgrad {
+            DType::F32
+        } else {
+            dtype
+        },
+    )?;
+    let y = scratch(&g.out_shape(), dtype)?;
     let d = match mode {
         Mode::Forward => forward_dispatches(gpu, g, &x, &w, &y, 0.0, algo)?,
         Mode::Dgrad => dgrad_dispatches(gpu, g, &y, &w, &x, 0.0, algo)?,
         Mode::Wgrad => wgrad_dispatches(gpu, g, &y, &x, &w, 0.0, algo)?,
     };
-    let bytes = 4.0 * (x.numel() + w.numel() + y.numel()) as f64;
+    let bytes = (x.byte_len() + w.byte_len() + y.byte_len()) as f64;
     Ok(crate::bench::Case::new(
         mode.op_name(),
         &g.key(),
@@ -386,20 +414,28 @@ pub fn scratch_case(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo) -> Result<c
 
 /// `algo`, or for [`Algo::Auto`] the tuner's choice among [`candidates`].
 pub fn resolve(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo) -> Result<Algo> {
+    resolve_for(gpu, g, mode, algo, DType::F32)
+}
+
+/// [`resolve`] for activations of `dtype` (f16 tunes under its own key, among the GEMMs).
+pub fn resolve_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo, dtype: DType) -> Result<Algo> {
+    let direct_ok = g.groups == 1 && dtype == DType::F32 && conv_direct::applies(gpu, g, mode);
     match algo {
         // An explicit choice of a family: the GEMM where the direct kernel cannot run.
-        Algo::Direct if g.groups > 1 || !conv_direct::applies(gpu, g, mode) => {
-            return Ok(Algo::Gemm);
-        }
+        Algo::Direct if !direct_ok => return Ok(Algo::Gemm),
         Algo::Auto => {}
         _ => return Ok(algo),
     }
-    let cands = candidates(gpu, g, mode);
+    let cands = candidates_for(gpu, g, mode, dtype);
     let names: Vec<&str> = cands.iter().map(|a| a.name()).collect();
+    let key = match dtype {
+        DType::F16 => format!("{} f16", g.key()),
+        _ => g.key(),
+    };
     let v = gpu
         .tuner
-        .choose(mode.op_name(), &g.key(), &names, &mut |v, best| {
-            let case = scratch_case(gpu, g, mode, Algo::from_name(v)?)?;
+        .choose(mode.op_name(), &key, &names, &mut |v, best| {
+            let case = scratch_case_for(gpu, g, mode, Algo::from_name(v)?, dtype)?;
             Ok(Some(crate::tune::time_launches(gpu, &case, best)?))
         })?;
     Algo::from_name(&v)
@@ -415,7 +451,7 @@ pub fn forward_dispatches(
     beta: f32,
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
-    if resolve(gpu, g, Mode::Forward, algo)? == Algo::Direct {
+    if resolve_for(gpu, g, Mode::Forward, algo, x.dtype())? == Algo::Direct {
         return conv_direct::forward(gpu, g, x, w, y, beta)?
             .ok_or_else(|| anyhow::anyhow!("conv forward {}: no direct kernel fits", g.key()));
     }
@@ -443,7 +479,7 @@ pub fn dgrad_dispatches(
     beta: f32,
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
-    if resolve(gpu, g, Mode::Dgrad, algo)? == Algo::Direct {
+    if resolve_for(gpu, g, Mode::Dgrad, algo, dy.dtype())? == Algo::Direct {
         return conv_direct::dgrad(gpu, g, dy, w, dx, beta)?
             .ok_or_else(|| anyhow::anyhow!("conv dgrad {}: no direct kernel fits", g.key()));
     }
@@ -490,7 +526,7 @@ pub fn wgrad_dispatches(
     beta: f32,
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
-    let algo = resolve(gpu, g, Mode::Wgrad, algo)?;
+    let algo = resolve_for(gpu, g, Mode::Wgrad, algo, x.dtype())?;
     if algo == Algo::Direct {
         return conv_direct::wgrad(gpu, g, dy, x, dw, beta)?
             .ok_or_else(|| anyhow::anyhow!("conv wgrad {}: no direct kernel fits", g.key()));
@@ -569,10 +605,20 @@ pub fn conv2d_grouped_with(
     algo: Algo,
 ) -> Result<Tensor> {
     let g = ConvGeom::new_grouped(x.shape(), w.shape(), stride, pad, groups)?;
-    let y = tape.output(&g.out_shape(), &[x, w])?;
-    let mut fwd = forward_dispatches(tape.gpu(), &g, x, w, &y, 0.0, algo)?;
+    // f16 activations (`--precision f16`): forward and dgrad read an f16 copy of the weights,
+    // made from the f32 master each step; wgrad writes the f32 master gradient.
+    let wr = if x.dtype() != w.dtype() {
+        let w16 = Tensor::zeros(tape.gpu(), w.shape(), x.dtype())?;
+        let d = crate::ops::cast::dispatch(tape.gpu(), w, &w16, 0.0)?;
+        tape.push_forward("conv", d);
+        w16
+    } else {
+        w.clone()
+    };
+    let y = tape.output_as(&g.out_shape(), x.dtype(), &[x, w])?;
+    let mut fwd = forward_dispatches(tape.gpu(), &g, x, &wr, &y, 0.0, algo)?;
     spread_flops(&mut fwd, g.flops());
-    let (sx, sw) = (x.clone(), w.clone());
+    let (sx, sw) = (x.clone(), wr);
     tape.push(
         "conv",
         vec![x.clone(), w.clone()],

@@ -31,6 +31,7 @@ pub fn dispatch(
     cols: u32,
 ) -> Result<Dispatch> {
     let n = out.numel() as u32;
+    // f16 tensors: offsets of vec4<f16> need 8 bytes; 16 (the f32 rule) covers it.
     // Four elements per invocation when every operand splits into aligned vec4 (one storage
     // access per four elements: on llvmpipe each access is a loop over the SIMD lanes).
     let vec4 = VEC4_ENTRIES
@@ -48,9 +49,12 @@ pub fn dispatch(
         alpha,
         beta,
     };
+    if a.dtype() != b.dtype() {
+        bail!("{entry}: operands of two element types, {a:?} and {b:?}");
+    }
     Dispatch::build(
         gpu,
-        "elementwise",
+        crate::shaders::typed("elementwise", a.dtype(), out.dtype())?,
         entry,
         &[a.read(), b.read(), out.write()],
         bytemuck::bytes_of(&p),

@@ -4,6 +4,7 @@
 
 pub mod all_reduce;
 pub mod batchnorm;
+pub mod cast;
 pub mod conv2d;
 pub mod conv_direct;
 pub mod cross_entropy;

@@ -9,7 +9,7 @@ use crate::ops::reduce;
 use crate::tape::Tape;
 use crate::tensor::{DType, Tensor};
 
-/// `[B, C, H, W] -> [B, C]`, the mean over H x W.
+/// `[B, C, H, W] -> [B, C]`, the mean over H x W (f32 features also from f16 activations).
 pub fn global_avg_pool(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
     let &[b, c, h, w] = x.shape() else {
         bail!(
@@ -78,12 +78,14 @@ pub fn max_pool2d(
         _p: [0; 2],
     };
     let gpu = tape.gpu().clone();
-    let y = tape.output(&[b, c, oh, ow], &[x])?;
+    // f32 or f16 activations (`--precision f16`).
+    let shader = crate::shaders::typed("pool", x.dtype(), x.dtype())?;
+    let y = tape.output_as(&[b, c, oh, ow], x.dtype(), &[x])?;
     let argmax = Tensor::zeros(&gpu, &[b, c, oh, ow], DType::U32)?;
     let n_out = (b * c * oh * ow) as u32;
     let fwd = Dispatch::build(
         &gpu,
-        "pool",
+        shader,
         "max_forward",
         &[x.read(), y.write(), argmax.write()],
         bytemuck::bytes_of(&p),
@@ -97,7 +99,7 @@ pub fn max_pool2d(
         };
         Dispatch::build(
             gpu,
-            "pool",
+            shader,
             "max_backward",
             &[g.read(), argmax.read(), t.tensor.write()],
             bytemuck::bytes_of(&bp),

@@ -51,7 +51,7 @@ pub fn sum_dispatch(
     if dims[1] <= SHORT_MAX_LEN && outputs >= SHORT_MIN_OUTPUTS {
         return Dispatch::build(
             gpu,
-            "reduce",
+            crate::shaders::typed("reduce", x.dtype(), out.dtype())?,
             "sum_short",
             &[x.read(), out.write()],
             bytemuck::bytes_of(&p),
@@ -60,7 +60,7 @@ pub fn sum_dispatch(
     }
     Dispatch::build(
         gpu,
-        "reduce",
+        crate::shaders::typed("reduce", x.dtype(), out.dtype())?,
         "sum",
         &[x.read(), out.write()],
         bytemuck::bytes_of(&p),
@@ -81,7 +81,7 @@ pub fn broadcast_dispatch(
     let n = (dims[0] * dims[1] * dims[2]) as u32;
     Dispatch::build(
         gpu,
-        "reduce",
+        crate::shaders::typed("reduce", x.dtype(), out.dtype())?,
         "broadcast",
         &[x.read(), out.write()],
         bytemuck::bytes_of(&p),

@@ -48,10 +48,12 @@ pub fn option_a(tape: &mut Tape, x: &Tensor, cout: usize, stride: usize) -> Resu
         _p: [0; 2],
     };
     let gpu = tape.gpu().clone();
-    let y = tape.output(&[b, cout, oh, ow], &[x])?;
+    // f32 or f16 activations (`--precision f16`).
+    let shader = crate::shaders::typed("shortcut", x.dtype(), x.dtype())?;
+    let y = tape.output_as(&[b, cout, oh, ow], x.dtype(), &[x])?;
     let fwd = Dispatch::build(
         &gpu,
-        "shortcut",
+        shader,
         "forward",
         &[x.read(), y.write()],
         bytemuck::bytes_of(&p),
@@ -65,7 +67,7 @@ pub fn option_a(tape: &mut Tape, x: &Tensor, cout: usize, stride: usize) -> Resu
         };
         Dispatch::build(
             gpu,
-            "shortcut",
+            shader,
             "backward",
             &[g.read(), t.tensor.write()],
             bytemuck::bytes_of(&bp),
