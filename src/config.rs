@@ -104,6 +104,30 @@ pub struct TrainConfig {
     /// Several processes (machines): `mpi` joins the MPI job the process was started in
     /// (`mpirun -n N longtail train --distributed mpi`), one device per process.
     pub distributed: Distributed,
+    /// Element type of the backbone's activations: `f32`, or `f16` (adapters with shader-f16:
+    /// f16 activations and weight copies in storage, f32 accumulation, f32 master weights and
+    /// optimizer state, dynamic loss scaling).
+    pub precision: Precision,
+}
+
+/// The backbone's activation precision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// Mixed precision (see [`crate::models::resnet::ResNet::set_precision`]).
+    F16,
+}
+
+impl Precision {
+    /// The activations' element type.
+    pub fn dtype(self) -> crate::tensor::DType {
+        match self {
+            Precision::F32 => crate::tensor::DType::F32,
+            Precision::F16 => crate::tensor::DType::F16,
+        }
+    }
 }
 
 /// How the processes of a run are joined.
@@ -183,6 +207,7 @@ impl Default for TrainConfig {
             devices: String::new(),
             sync_bn: false,
             distributed: Distributed::None,
+            precision: Precision::F32,
         }
     }
 }

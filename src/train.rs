@@ -159,7 +159,7 @@ pub fn build_model(
         track: cfg.whiten_track,
         momentum: 0.1,
     });
-    ResNet::new(
+    let mut model = ResNet::new(
         gpu,
         ResNetConfig {
             arch: Arch::parse(&cfg.model)?,
@@ -174,7 +174,9 @@ pub fn build_model(
             seed: cfg.seed,
             whiten,
         },
-    )
+    )?;
+    model.set_precision(gpu, cfg.precision.dtype())?;
+    Ok(model)
 }
 
 /// Accuracy figures of one evaluation.

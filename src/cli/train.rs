@@ -191,6 +191,11 @@ pub struct ConfigFlags {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     distributed: Option<longtail::config::Distributed>,
+    /// Activations in `f16` (adapters with shader-f16; f32 master weights, dynamic loss
+    /// scaling) or `f32`.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<longtail::config::Precision>,
 }
 
 #[derive(Args)]
