@@ -303,6 +303,34 @@ impl Runner {
         }
     }
 
+    /// Device 0's dynamic loss-scale state (`--precision f16`; None without scaling). Blocks on
+    /// the GPU: for checkpoints.
+    pub fn loss_scale(&self) -> Result<Option<crate::loss_scale::ScaleState>> {
+        let step = match self {
+            Runner::One(st) => &st.step,
+            Runner::Many { dp, .. } => &dp.replicas()[0],
+        };
+        match &step.sgd.scaler {
+            Some(sc) => Ok(Some(sc.read(step.gpu())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Set the loss-scale state on every device (a resumed run's); an error without scaling.
+    pub fn set_loss_scale(&self, s: crate::loss_scale::ScaleState) -> Result<()> {
+        let steps: Vec<&crate::step::TrainStep> = match self {
+            Runner::One(st) => vec![&st.step],
+            Runner::Many { dp, .. } => dp.replicas().iter().collect(),
+        };
+        for st in steps {
+            match &st.sgd.scaler {
+                Some(sc) => sc.set(st.gpu(), s)?,
+                None => anyhow::bail!("this run has no loss scaling (precision f32)"),
+            }
+        }
+        Ok(())
+    }
+
     /// Set the optimizer momentum on every device.
     pub fn set_momentum(&self, v: &[f32]) -> Result<()> {
         match self {

@@ -634,6 +634,14 @@ pub fn train_with_init(
                     &set.optimizer,
                     &what("optimizer.safetensors"),
                 )?)?;
+                if let Some(ls) = loss_scale_from(&set.optimizer, &what("optimizer.safetensors"))? {
+                    st.set_loss_scale(ls)?;
+                } else if st.loss_scale()?.is_some() {
+                    bail!(
+                        "{}: no loss_scale tensor, but the run trains in f16 (precision changed?)",
+                        what("optimizer.safetensors")
+                    );
+                }
                 history = parse_metrics(&set.metrics, &what("metrics.jsonl"))?;
                 history.truncate(state.epochs_done);
                 println!(
@@ -691,6 +699,8 @@ pub fn train_with_init(
         eprintln!("note: --sync-bn has no effect on one device");
     }
     let (mut xbuf, mut ybuf) = (Vec::new(), Vec::new());
+    let fp16 = cfg.precision == crate::config::Precision::F16;
+    let mut nonfinite_run = 0usize;
     let mut step = state.steps_done;
     let mut images = 0usize;
     let mut train_secs = 0.0;
@@ -725,6 +735,7 @@ pub fn train_with_init(
         };
         bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
         let mut loss_sum = 0.0;
+        let mut nonfinite_losses = 0usize;
         let mut lr = cfg.lr;
         // A process of a distributed run decodes and uploads its share of each batch only.
         let keep = st.part(batch);
@@ -763,6 +774,15 @@ pub fn train_with_init(
                 st.finish()?
             };
             step += 1;
+            // f16: an overflow in the forward makes the loss inf / NaN and the step is skipped
+            // (the loss scale halves); only a long run of them stops training.
+            if !l.is_finite() && fp16 && nonfinite_run < MAX_NONFINITE_STEPS {
+                nonfinite_run += 1;
+                nonfinite_losses += 1;
+                bar.inc(1);
+                continue;
+            }
+            nonfinite_run = 0;
             if !l.is_finite() {
                 bar.abandon();
                 bail!(
@@ -775,7 +795,7 @@ pub fn train_with_init(
             let secs = t0.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "loss {:.4} {:.1} img/s",
-                loss_sum / (i + 1) as f64,
+                loss_sum / (i + 1 - nonfinite_losses) as f64,
                 ((i + 1) * batch) as f64 / secs
             ));
             bar.inc(1);
@@ -791,6 +811,18 @@ pub fn train_with_init(
                 per(ex, exchange_before.1)
             );
             exchange_before = (wait, ex);
+        }
+        if let Some(ls) = st.loss_scale()?.filter(|_| root) {
+            println!(
+                "loss scale: {} ({} steps skipped so far{})",
+                ls.scale,
+                ls.skipped,
+                if nonfinite_losses > 0 {
+                    format!("; {nonfinite_losses} losses this epoch were inf/NaN")
+                } else {
+                    String::new()
+                }
+            );
         }
         if let Some(p) = feed.prefetch().filter(|_| root) {
             println!(
@@ -813,7 +845,7 @@ pub fn train_with_init(
         let m = EpochMetrics {
             epoch: epoch + 1,
             lr,
-            loss: loss_sum / steps_here.max(1) as f64,
+            loss: loss_sum / (steps_here - nonfinite_losses).max(1) as f64,
             acc: eval.as_ref().map(|e| e.acc),
             many: eval.as_ref().and_then(|e| e.many),
             medium: eval.as_ref().and_then(|e| e.medium),
@@ -852,6 +884,11 @@ pub fn train_with_init(
         let mom = st.momentum().to_f32(gpu)?;
         let mut opt = BTreeMap::new();
         opt.insert("momentum".to_string(), HostTensor::f32(&[mom.len()], &mom));
+        if let Some(ls) = st.loss_scale()? {
+            // f32 holds the counters exactly up to 2^24 steps.
+            let v = [ls.scale, ls.clean as f32, ls.skipped as f32];
+            opt.insert("loss_scale".to_string(), HostTensor::f32(&[3], &v));
+        }
         let mut lines = Vec::new();
         for h in &history {
             writeln!(lines, "{}", serde_json::to_string(h)?)?;
@@ -953,6 +990,10 @@ fn refresh_report(out: &Path) {
     }
 }
 
+/// f16 training stops after this many inf / NaN losses in a row: each halves the loss scale, so
+/// by then the scale is tiny and the forward pass itself overflows f16 (weights diverged).
+const MAX_NONFINITE_STEPS: usize = 50;
+
 /// The momentum buffer stored in an optimizer file, checked against the step's size.
 fn momentum_from(st: &Runner, bytes: &[u8], what: &str) -> Result<Vec<f32>> {
     let ost = safetensors::SafeTensors::deserialize(bytes)
@@ -970,6 +1011,32 @@ fn momentum_from(st: &Runner, bytes: &[u8], what: &str) -> Result<Vec<f32>> {
         );
     }
     Ok(bytemuck::pod_collect_to_vec(m.data()))
+}
+
+/// The dynamic loss-scale state stored in an optimizer file (`--precision f16` runs), if any.
+fn loss_scale_from(bytes: &[u8], what: &str) -> Result<Option<crate::loss_scale::ScaleState>> {
+    let ost = safetensors::SafeTensors::deserialize(bytes)
+        .with_context(|| format!("{what}: not a valid safetensors file"))?;
+    let Ok(t) = ost.tensor("loss_scale") else {
+        return Ok(None);
+    };
+    if t.dtype() != safetensors::Dtype::F32 || t.data().len() != 12 {
+        bail!(
+            "{what}: tensor loss_scale is {:?} x {} bytes, expected F32 x 3 (scale, clean steps, \
+             skipped steps)",
+            t.dtype(),
+            t.data().len()
+        );
+    }
+    let v: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+    if !(v[0].is_finite() && v[0] > 0.0) || v[1] < 0.0 || v[2] < 0.0 {
+        bail!("{what}: tensor loss_scale holds {v:?}: expected a positive scale and counts >= 0");
+    }
+    Ok(Some(crate::loss_scale::ScaleState {
+        scale: v[0],
+        clean: v[1] as u32,
+        skipped: v[2] as u32,
+    }))
 }
 
 fn parse_metrics(bytes: &[u8], what: &str) -> Result<Vec<EpochMetrics>> {
