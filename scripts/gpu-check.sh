@@ -16,10 +16,11 @@ cd "$(dirname "$0")/.."
 mode="${1:-run}"
 # The harness tests of every kernel and variant (GEMM and direct convolutions, vec4 and scalar
 # batch norm, whitening methods, eigen up to 512, losses, optimizer, long-K launches), and data
-# parallel on the adapter opened twice (its library-level tests: the CLI ones need the build tree).
+# parallel on the adapter opened twice, and the f16 kernels and steps (their library-level tests:
+# the CLI ones need the build tree).
 # GPU_CHECK_TESTS / GPU_CHECK_SMOKE=1 (a tiny bench selection) are for checking this script itself
 # on a slow adapter.
-read -r -a tests <<< "${GPU_CHECK_TESTS:-ops_basic ops_conv ops_norm ops_layers losses whiten eigen_large loop_cap optim harness resnet parallel}"
+read -r -a tests <<< "${GPU_CHECK_TESTS:-ops_basic ops_conv ops_norm ops_layers losses whiten eigen_large loop_cap optim harness resnet parallel f16}"
 
 case "$mode" in
 prepare)
@@ -64,6 +65,7 @@ run)
     s=$(date +%s)
     skip=()
     [ "$t" = parallel ] && skip=(--skip train_on --skip bad_device)
+    [ "$t" = f16 ] && skip=(--skip f16_run --skip f16_with)
     timeout 150 "$exe/$t" "${skip[@]}" > "$out/test-$t.log" 2>&1
     rc=$?
     line=$(grep -E '^test result' "$out/test-$t.log" | tail -1)
@@ -78,11 +80,13 @@ run)
   # run with those choices.
   export LONGTAIL_TUNE_CACHE="$out/tune-cache"
   if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then tune=(--model resnet8 --batch 8); else tune=(--model resnet32 --batch 128); fi
-  timeout 120 $bin --tune full tune "${tune[@]}" --json > "$out/tune.json" 2> "$out/tune.err"
+  timeout 120 $bin --tune full tune "${tune[@]}" --precision f32,f16 --json > "$out/tune.json" 2> "$out/tune.err"
   timeout 120 $bin bench --peak --json > "$out/peak.jsonl" 2> "$out/peak.err"
   timeout 180 $bin bench "${kern[@]}" --json --samples 5 > "$out/kernels.jsonl" 2> "$out/kernels.err"
   timeout 60 $bin bench "${model[@]}" --json > "$out/resnet32.json" 2>&1
   timeout 60 $bin bench "${model[@]}" --whiten ns --json > "$out/resnet32-whiten.json" 2>&1
+  # Half precision (f16 activations, f32 master weights, loss scaling).
+  timeout 60 $bin bench "${model[@]}" --precision f16 --json > "$out/resnet32-f16.json" 2>&1
   # Data parallel over the one GPU opened twice: what the collectives' host round trips cost.
   timeout 60 $bin bench "${model[@]}" --devices 0,0 --json > "$out/resnet32-2dev.json" 2>&1
   timeout 60 $bin bench "${model[@]}" --devices 0,0 --sync-bn --json > "$out/resnet32-2dev-syncbn.json" 2>&1
@@ -112,7 +116,7 @@ def load(name, lines=False):
 s = {"seconds": int(time.time()) - t0, "devices": load("devices.json"),
      "tests": load("tests.jsonl", True), "tune": load("tune.json"), "peak": load("peak.jsonl", True),
      "kernels": load("kernels.jsonl", True), "resnet32": load("resnet32.json"),
-     "resnet32_whiten": load("resnet32-whiten.json"),
+     "resnet32_whiten": load("resnet32-whiten.json"), "resnet32_f16": load("resnet32-f16.json"),
      "resnet32_2dev": load("resnet32-2dev.json"), "resnet32_2dev_syncbn": load("resnet32-2dev-syncbn.json"), "resnet10": load("resnet10.json"), "resnet50": load("resnet50.json"),
      "pytorch_cuda": load("pytorch-cuda.json")}
 with open(os.path.join(out, "gpu-check.json"), "w") as f:

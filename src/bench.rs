@@ -568,6 +568,8 @@ pub fn time_case(gpu: &Gpu, case: &Case, samples: usize) -> Result<Measurement> 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelMeasurement {
     pub model: String,
+    /// Activations: "f32" or "f16" (`--precision`).
+    pub precision: &'static str,
     pub batch: usize,
     pub size: usize,
     /// Median milliseconds per training step (forward, loss, backward, SGD; loss read back).
@@ -601,21 +603,44 @@ pub struct ModelMeasurement {
 /// asks the tuner for every op's variant.
 pub fn model_step(
     gpu: &Gpu,
-    arch: &str,
-    batch: usize,
-    size: usize,
-    channels: usize,
-    whiten: Option<crate::ops::whiten::WhitenConfig>,
+    spec: &StepSpec<'_>,
 ) -> Result<(
     crate::models::resnet::ResNet,
     crate::models::resnet::ResNetStep,
 )> {
+    let StepSpec {
+        arch,
+        batch,
+        size,
+        channels,
+        whiten,
+        precision,
+    } = *spec;
     if batch < 2 || size == 0 || channels == 0 {
         bail!("--batch must be >= 2 (batch norm) and --size, --channels >= 1");
     }
-    let (model, loss) = bench_model_on(gpu, arch, channels, whiten)?;
+    let (model, loss) = bench_model_on(gpu, arch, channels, whiten, precision)?;
     let st = model.train_step(gpu, [batch, channels, size, size], BENCH_SGD, &loss)?;
     Ok((model, st))
+}
+
+/// The training step a model benchmark records: model, input shape `[batch, channels, size,
+/// size]`, whitening and activation precision.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSpec<'a> {
+    pub arch: &'a str,
+    pub batch: usize,
+    pub size: usize,
+    pub channels: usize,
+    pub whiten: Option<crate::ops::whiten::WhitenConfig>,
+    pub precision: crate::tensor::DType,
+}
+
+fn precision_name(p: crate::tensor::DType) -> &'static str {
+    match p {
+        crate::tensor::DType::F16 => "f16",
+        _ => "f32",
+    }
 }
 
 /// The optimizer of benchmarked steps.
@@ -637,9 +662,10 @@ fn bench_model_on(
     arch: &str,
     channels: usize,
     whiten: Option<crate::ops::whiten::WhitenConfig>,
+    precision: crate::tensor::DType,
 ) -> Result<(crate::models::resnet::ResNet, crate::losses::LossSetup)> {
     use crate::models::resnet::{Arch, Classifier, ResNet, ResNetConfig};
-    let model = ResNet::new(
+    let mut model = ResNet::new(
         gpu,
         ResNetConfig {
             arch: Arch::parse(arch)?,
@@ -650,22 +676,23 @@ fn bench_model_on(
             whiten,
         },
     )?;
+    model.set_precision(gpu, precision)?;
     let loss = crate::losses::LossSetup::new(gpu, Default::default(), &bench_counts())?;
     Ok((model, loss))
 }
 
 /// Time training steps of `arch` at `[batch, channels, size, size]` with random data.
-pub fn bench_model(
-    gpu: &Gpu,
-    arch: &str,
-    batch: usize,
-    size: usize,
-    channels: usize,
-    samples: usize,
-    whiten: Option<crate::ops::whiten::WhitenConfig>,
-) -> Result<ModelMeasurement> {
+pub fn bench_model(gpu: &Gpu, spec: &StepSpec<'_>, samples: usize) -> Result<ModelMeasurement> {
+    let StepSpec {
+        arch,
+        batch,
+        size,
+        channels,
+        precision,
+        ..
+    } = *spec;
     let t_first = Instant::now();
-    let (_model, st) = model_step(gpu, arch, batch, size, channels, whiten)?;
+    let (_model, st) = model_step(gpu, spec)?;
     let mut rng = Rng64::new(1);
     st.x.write_f32(gpu, &rng.vec_f32(batch * channels * size * size, -1.0, 1.0))?;
     let labels: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
@@ -685,7 +712,7 @@ pub fn bench_model(
         .tape
         .launches()
         .map(|l| (l.family, &l.dispatch))
-        .chain(std::iter::once(("sgd", st.step.sgd.dispatch())))
+        .chain(st.step.sgd.dispatches().into_iter().map(|d| ("sgd", d)))
         .collect();
     let (breakdown, per_entry) = if gpu.has_timestamps() {
         profile(gpu, &launches)?
@@ -723,6 +750,7 @@ pub fn bench_model(
     }
     Ok(ModelMeasurement {
         model: arch.to_string(),
+        precision: precision_name(precision),
         batch,
         size,
         ms: med * 1e3,
@@ -748,6 +776,8 @@ pub struct ParallelMeasurement {
     pub size: usize,
     pub devices: Vec<String>,
     pub sync_bn: bool,
+    /// Activations: "f32" or "f16".
+    pub precision: &'static str,
     /// Median milliseconds per step.
     pub ms: f64,
     pub images_per_s: f64,
@@ -763,18 +793,21 @@ pub struct ParallelMeasurement {
 
 /// Time data-parallel training steps of `arch` on `devices` (adapter indices or name parts;
 /// the same adapter may repeat) for the whole batch `[batch, channels, size, size]`.
-#[allow(clippy::too_many_arguments)] // the step's shape, the devices and the sampling
 pub fn bench_model_parallel(
     gpu: &Gpu,
-    arch: &str,
-    batch: usize,
-    size: usize,
-    channels: usize,
+    spec: &StepSpec<'_>,
     samples: usize,
-    whiten: Option<crate::ops::whiten::WhitenConfig>,
     devices: &[String],
     sync_bn: bool,
 ) -> Result<ParallelMeasurement> {
+    let StepSpec {
+        arch,
+        batch,
+        size,
+        channels,
+        whiten,
+        precision,
+    } = *spec;
     if devices.len() < 2 {
         bail!("--devices needs at least two entries to measure data parallel");
     }
@@ -785,10 +818,10 @@ pub fn bench_model_parallel(
         );
     }
     let gpus = crate::replicas::open_list(gpu, devices)?;
-    let (model, loss) = bench_model_on(&gpus[0], arch, channels, whiten)?;
+    let (model, loss) = bench_model_on(&gpus[0], arch, channels, whiten, precision)?;
     let replicas = crate::replicas::Replicas::build(
         &gpus,
-        |g| Ok(bench_model_on(g, arch, channels, whiten)?.0),
+        |g| Ok(bench_model_on(g, arch, channels, whiten, precision)?.0),
         Default::default(),
         &bench_counts(),
     )?;
@@ -828,6 +861,7 @@ pub fn bench_model_parallel(
         size,
         devices: devices.to_vec(),
         sync_bn,
+        precision: precision_name(precision),
         ms: med * 1e3,
         images_per_s: batch as f64 / med,
         samples: times.len(),

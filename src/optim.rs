@@ -123,6 +123,14 @@ impl Sgd {
         &self.dispatch
     }
 
+    /// Every launch of an update, in order (with loss scaling: check, update, new scale).
+    pub fn dispatches(&self) -> Vec<&Dispatch> {
+        match &self.scaler {
+            Some(sc) => vec![sc.check(), &self.dispatch, sc.update()],
+            None => vec![&self.dispatch],
+        }
+    }
+
     /// The recorded launch (benchmarks replay it alone).
     pub fn into_dispatch(self) -> Dispatch {
         self.dispatch

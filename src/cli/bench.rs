@@ -60,95 +60,104 @@ fn print_peaks(gpu: &Gpu, p: &longtail::peak::Peaks) {
 pub fn run(gpu: &Gpu, a: BenchArgs) -> Result<()> {
     if let (Some(model), Some(devices)) = (&a.model, &a.devices) {
         let st = &a.step;
-        let m = longtail::bench::bench_model_parallel(
-            gpu,
-            model,
-            st.batch,
-            st.size,
-            st.channels,
-            a.samples,
-            st.whiten_config(),
-            devices,
-            a.sync_bn,
-        )?;
-        if a.json {
-            println!("{}", serde_json::to_string(&m)?);
-        } else {
-            println!(
-                "{} batch {} at {}x{} on {} devices ({}), batch norm {}: {:.1} ms/step, {:.2} \
-                 images/s (median of {})",
-                m.model,
-                m.batch,
-                m.size,
-                m.size,
-                m.devices.len(),
-                m.devices.join(","),
-                if m.sync_bn {
-                    "synchronised"
-                } else {
-                    "per device"
-                },
-                m.ms,
-                m.images_per_s,
-                m.samples
-            );
-            println!(
-                "{} collectives per step, {:.2} MB per device; per step {:.1} ms waiting for the \
+        for p in &st.precision {
+            let m = longtail::bench::bench_model_parallel(
+                gpu,
+                &st.spec(model, *p),
+                a.samples,
+                devices,
+                a.sync_bn,
+            )?;
+            if a.json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                println!(
+                    "{} ({}) batch {} at {}x{} on {} devices ({}), batch norm {}: {:.1} ms/step, \
+                 {:.2} images/s (median of {})",
+                    m.model,
+                    m.precision,
+                    m.batch,
+                    m.size,
+                    m.size,
+                    m.devices.len(),
+                    m.devices.join(","),
+                    if m.sync_bn {
+                        "synchronised"
+                    } else {
+                        "per device"
+                    },
+                    m.ms,
+                    m.images_per_s,
+                    m.samples
+                );
+                println!(
+                    "{} collectives per step, {:.2} MB per device; per step {:.1} ms waiting for the \
                  devices' compute, {:.2} ms exchanging",
-                m.collectives,
-                m.bytes_per_device as f64 / 1e6,
-                m.wait_ms,
-                m.exchange_ms
-            );
+                    m.collectives,
+                    m.bytes_per_device as f64 / 1e6,
+                    m.wait_ms,
+                    m.exchange_ms
+                );
+            }
         }
         return Ok(());
     }
     if let Some(model) = &a.model {
         let st = &a.step;
-        let whiten = st.whiten_config();
-        let m = bench_model(
-            gpu,
-            model,
-            st.batch,
-            st.size,
-            st.channels,
-            a.samples,
-            whiten,
-        )?;
-        if a.json {
-            println!("{}", serde_json::to_string(&m)?);
-        } else {
+        let mut done: Vec<(&'static str, f64)> = Vec::new();
+        if !a.json {
             println!("adapter: {}", gpu.describe());
-            println!(
-                "{} batch {} at {}x{}: {:.1} ms/step, {:.2} images/s (median of {}, {} launches per step)",
-                m.model, m.batch, m.size, m.size, m.ms, m.images_per_s, m.samples, m.launches
-            );
-            println!(
-                "first step {:.1} s (recording, tuning as --tune {} says, pipeline compilation)",
-                m.first_step_s,
-                gpu.tuner.mode()
-            );
-            for (fam, share) in &m.breakdown {
-                println!("  {fam:<12} {:>5.1} %", 100.0 * share);
-            }
-            if !m.kernels.is_empty() {
-                println!("by kernel (share of GPU time, launches per step):");
-                for (entry, share, n) in m.kernels.iter().take(12) {
-                    println!("  {entry:<16} {:>5.1} %  {n:>5}", 100.0 * share);
-                }
-            }
-            if let (Some(g), Some(r)) = (m.gpu_ms, m.roofline_ms) {
+        }
+        for p in &st.precision {
+            let m = bench_model(gpu, &st.spec(model, *p), a.samples)?;
+            done.push((m.precision, m.ms));
+            if a.json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
                 println!(
-                    "GPU time {g:.1} ms per step against a roofline step of {r:.1} ms ({:.1} % of peak)",
-                    100.0 * r / g.max(1e-9)
+                    "{} ({}) batch {} at {}x{}: {:.1} ms/step, {:.2} images/s (median of {}, {} launches per step)",
+                    m.model,
+                    m.precision,
+                    m.batch,
+                    m.size,
+                    m.size,
+                    m.ms,
+                    m.images_per_s,
+                    m.samples,
+                    m.launches
                 );
                 println!(
-                    "losing the most time against their bound (measured / bound ms, launches):"
+                    "first step {:.1} s (recording, tuning as --tune {} says, pipeline compilation)",
+                    m.first_step_s,
+                    gpu.tuner.mode()
                 );
-                for (e, t, b, n) in &m.losses {
-                    println!("  {e:<16} {t:>9.2} / {b:>8.3}  {n:>5}");
+                for (fam, share) in &m.breakdown {
+                    println!("  {fam:<12} {:>5.1} %", 100.0 * share);
+                }
+                if !m.kernels.is_empty() {
+                    println!("by kernel (share of GPU time, launches per step):");
+                    for (entry, share, n) in m.kernels.iter().take(12) {
+                        println!("  {entry:<16} {:>5.1} %  {n:>5}", 100.0 * share);
+                    }
+                }
+                if let (Some(g), Some(r)) = (m.gpu_ms, m.roofline_ms) {
+                    println!(
+                        "GPU time {g:.1} ms per step against a roofline step of {r:.1} ms ({:.1} % of peak)",
+                        100.0 * r / g.max(1e-9)
+                    );
+                    println!(
+                        "losing the most time against their bound (measured / bound ms, launches):"
+                    );
+                    for (e, t, b, n) in &m.losses {
+                        println!("  {e:<16} {t:>9.2} / {b:>8.3}  {n:>5}");
+                    }
                 }
             }
+        }
+        if let [(pa, ta), (pb, tb)] = done[..]
+            && !a.json
+        {
+            println!("step time {pb} / {pa}: {:.2}", tb / ta);
         }
         return Ok(());
     }

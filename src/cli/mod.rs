@@ -27,9 +27,28 @@ pub struct StepShape {
     /// Whitening group size (0: all channels).
     #[arg(long, default_value_t = 0)]
     pub whiten_group: usize,
+    /// Activation precision(s): f32, f16 or both ("f32,f16": one after the other).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+    pub precision: Vec<longtail::config::Precision>,
 }
 
 impl StepShape {
+    /// The benchmarked step of `model` at this shape in `precision`.
+    pub fn spec<'a>(
+        &self,
+        model: &'a str,
+        precision: longtail::config::Precision,
+    ) -> longtail::bench::StepSpec<'a> {
+        longtail::bench::StepSpec {
+            arch: model,
+            batch: self.batch,
+            size: self.size,
+            channels: self.channels,
+            whiten: self.whiten_config(),
+            precision: precision.dtype(),
+        }
+    }
+
     /// The whitening layer asked for, with its method's default iteration count.
     pub fn whiten_config(&self) -> Option<WhitenConfig> {
         self.whiten.map(|method| WhitenConfig {

@@ -24,8 +24,9 @@ pub fn run(gpu: &Gpu, a: TuneArgs) -> Result<()> {
     }
     let st = &a.step;
     let t0 = std::time::Instant::now();
-    let whiten = st.whiten_config();
-    longtail::bench::model_step(gpu, &a.model, st.batch, st.size, st.channels, whiten)?;
+    for p in &st.precision {
+        longtail::bench::model_step(gpu, &st.spec(&a.model, *p))?;
+    }
     let used = gpu.tuner.used();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&used)?);
