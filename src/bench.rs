@@ -107,6 +107,10 @@ pub const KERNELS: &[(&str, &[&str])] = &[
     ("conv_fwd_gemm", CONV_SHAPES),
     ("conv_dgrad_gemm", CONV_SHAPES),
     ("conv_wgrad_gemm", CONV_SHAPES),
+    // f16 activations (and weight copy; wgrad writes f32), the GEMM kernels.
+    ("conv_fwd_f16", CONV_SHAPES),
+    ("conv_dgrad_f16", CONV_SHAPES),
+    ("conv_wgrad_f16", CONV_SHAPES),
     ("batchnorm", &["128x16x32x32", "128x32x16x16", "128x64x8x8"]),
     ("batchnorm_relu", &["128x16x32x32"]),
     ("avgpool", &["128x64x8x8"]),
@@ -147,13 +151,19 @@ fn dims(shape: &str, n: usize) -> Result<Vec<usize>> {
 }
 
 fn random(gpu: &Gpu, rng: &mut Rng64, shape: &[usize]) -> Result<Tensor> {
+    random_as(gpu, rng, shape, DType::F32)
+}
+
+fn random_as(gpu: &Gpu, rng: &mut Rng64, shape: &[usize], dtype: DType) -> Result<Tensor> {
     let n = shape.iter().product();
-    Tensor::from_f32(gpu, shape, &rng.vec_f32(n, -1.0, 1.0))
+    let t = Tensor::zeros(gpu, shape, dtype)?;
+    t.write_f32(gpu, &rng.vec_f32(n, -1.0, 1.0))?;
+    Ok(t)
 }
 
 /// `kernel@variant` pins one variant of a tuned kernel (the tuner's choice otherwise):
 /// `conv_*@direct|gemm|gemm-wide`, `matmul@b8|t16`, `batchnorm*@fused|split|subgroup`.
-pub const VARIANTS_HELP: &str = "conv_fwd|conv_dgrad|conv_wgrad@direct|gemm|gemm-wide, matmul@b8|t16, batchnorm|batchnorm_relu@fused|split|subgroup";
+pub const VARIANTS_HELP: &str = "conv_fwd|conv_dgrad|conv_wgrad@direct|gemm|gemm-wide, conv_*_f16@gemm|gemm-wide, matmul@b8|t16, batchnorm|batchnorm_relu@fused|split|subgroup";
 
 /// Build the case `kernel` (optionally `kernel@variant`) at `shape`.
 pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
@@ -186,38 +196,50 @@ pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {
             mk(disp, f, by, vec![a, b, c])
         }
         "conv_fwd" | "conv_dgrad" | "conv_wgrad" | "conv_fwd_gemm" | "conv_dgrad_gemm"
-        | "conv_wgrad_gemm" => {
+        | "conv_wgrad_gemm" | "conv_fwd_f16" | "conv_dgrad_f16" | "conv_wgrad_f16" => {
             use crate::ops::conv2d;
             let d = dims(shape, 7)?;
             let xs = [d[0], d[1], d[2], d[3]];
             let ws = [d[4], d[1], d[5], d[5]];
             let g = conv2d::ConvGeom::new(&xs, &ws, d[6], d[5] / 2)?;
-            let x = random(gpu, &mut rng, &xs)?;
-            let w = random(gpu, &mut rng, &ws)?;
-            let y = random(gpu, &mut rng, &g.out_shape())?;
-            let dx = Tensor::zeros(gpu, &xs, DType::F32)?;
+            let act = if base.ends_with("_f16") {
+                DType::F16
+            } else {
+                DType::F32
+            };
+            let x = random_as(gpu, &mut rng, &xs, act)?;
+            let w = random_as(gpu, &mut rng, &ws, act)?;
+            let y = random_as(gpu, &mut rng, &g.out_shape(), act)?;
+            let dx = Tensor::zeros(gpu, &xs, act)?;
+            // The weight gradient is the f32 master's.
             let dw = Tensor::zeros(gpu, &ws, DType::F32)?;
-            let (xn, wn, yn) = (x.numel() as f64, w.numel() as f64, y.numel() as f64);
+            let (xb, wb, yb) = (
+                x.byte_len() as f64,
+                w.byte_len() as f64,
+                y.byte_len() as f64,
+            );
             let algo = match variant {
                 Some(v) => conv2d::Algo::from_name(v)?,
                 None if base.ends_with("_gemm") => conv2d::Algo::Gemm,
                 None => conv2d::Algo::Auto,
             };
-            let (disp, bytes) = match base {
-                "conv_fwd" | "conv_fwd_gemm" => (
+            let (disp, bytes) = if base.starts_with("conv_fwd") {
+                (
                     conv2d::forward_dispatches(gpu, &g, &x, &w, &y, 0.0, algo)?,
-                    xn + wn + yn,
-                ),
-                "conv_dgrad" | "conv_dgrad_gemm" => (
+                    xb + wb + yb,
+                )
+            } else if base.starts_with("conv_dgrad") {
+                (
                     conv2d::dgrad_dispatches(gpu, &g, &y, &w, &dx, 0.0, algo)?,
-                    xn + wn + yn,
-                ),
-                _ => (
+                    xb + wb + yb,
+                )
+            } else {
+                (
                     conv2d::wgrad_dispatches(gpu, &g, &y, &x, &dw, 0.0, algo)?,
-                    xn + wn + yn,
-                ),
+                    xb + dw.byte_len() as f64 + yb,
+                )
             };
-            mk(disp, g.flops(), 4.0 * bytes, vec![x, w, y, dx, dw])
+            mk(disp, g.flops(), bytes, vec![x, w, y, dx, dw])
         }
         "batchnorm" | "batchnorm_relu" | "avgpool" | "maxpool" | "shortcut" | "linear"
         | "normed_linear" => {
