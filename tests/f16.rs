@@ -378,21 +378,6 @@ fn run_steps(st: &ResNetStep, steps: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Largest |a - b| over the largest |b - base|.
-fn rel_change_diff(a: &[f32], b: &[f32], base: &[f32]) -> f64 {
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() as f64)
-        .fold(0.0, f64::max);
-    let change = b
-        .iter()
-        .zip(base)
-        .map(|(x, y)| (x - y).abs() as f64)
-        .fold(0.0, f64::max);
-    diff / change
-}
-
 /// One step from the same weights, per parameter tensor: (largest |f16 - f32| of the updated
 /// weights) / (largest f32 update). f16 storage rounds every activation and activation gradient
 /// to 11 bits (4.9e-4 relative); batch norm's backward subtracts per-channel means of those
@@ -437,10 +422,10 @@ fn f16_vs_f32(steps: usize) -> Compared {
         .map(|(name, w0)| {
             let a = m16.params.get(name).unwrap().to_f32(g).unwrap();
             let b = m32.params.get(name).unwrap().to_f32(g).unwrap();
-            (name.clone(), rel_change_diff(&a, &b, w0))
+            (name.clone(), common::rel_change_diff(&a, &b, w0))
         })
         .collect();
-    let all = rel_change_diff(
+    let all = common::rel_change_diff(
         &m16.params.flat_values().unwrap().to_f32(g).unwrap(),
         &m32.params.flat_values().unwrap().to_f32(g).unwrap(),
         &init.iter().flat_map(|(_, v)| v.clone()).collect::<Vec<_>>(),

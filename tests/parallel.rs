@@ -207,21 +207,6 @@ fn data_parallel(devices: usize, sync_bn: bool) -> Vec<Outcome> {
         .collect()
 }
 
-/// Largest |a - b| over the largest |b - base| (the size of what the steps changed).
-fn rel_change_diff(a: &[f32], b: &[f32], base: &[f32]) -> f64 {
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() as f64)
-        .fold(0.0, f64::max);
-    let change = b
-        .iter()
-        .zip(base)
-        .map(|(x, y)| (x - y).abs() as f64)
-        .fold(0.0, f64::max);
-    diff / change
-}
-
 /// Two devices reduce batch norm's sums in another order (split partials added across
 /// devices, then on the host) than one device (one workgroup per channel), and three steps of
 /// training at batch 8 amplify f32 rounding through 7 train-mode BN layers and the whitening
@@ -242,7 +227,7 @@ fn two_devices_with_sync_bn_match_one_device_with_the_whole_batch() {
         two[0].running, two[1].running,
         "replicas' statistics diverged"
     );
-    let d = rel_change_diff(&two[0].params, &one.params, &init);
+    let d = common::rel_change_diff(&two[0].params, &one.params, &init);
     println!("2 devices vs 1: weight updates differ by {d:.2e} of the largest update");
     assert!(d <= DP_UPDATE_TOL, "weights differ by {d:.2e}");
     let worst = two[0]
@@ -273,7 +258,7 @@ fn per_device_batch_norm_is_not_the_whole_batch() {
     let (one, init) = one_device();
     let two = data_parallel(2, false);
     assert_eq!(two[0].params, two[1].params, "replicas diverged");
-    let d = rel_change_diff(&two[0].params, &one.params, &init);
+    let d = common::rel_change_diff(&two[0].params, &one.params, &init);
     println!("per-device BN vs 1 device: {d:.2e}");
     assert!(
         d > 10.0 * DP_UPDATE_TOL,

@@ -146,3 +146,19 @@ pub fn assert_logits_match(
         );
     }
 }
+
+/// Largest |a - b| over the largest |b - base|: how far two runs' weights `a` and `b` are apart,
+/// relative to how far `b` moved from `base` (the size of what the steps changed).
+pub fn rel_change_diff(a: &[f32], b: &[f32], base: &[f32]) -> f64 {
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max);
+    let change = b
+        .iter()
+        .zip(base)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max);
+    diff / change
+}
