@@ -647,3 +647,147 @@ fn f16_with_sync_bn_is_a_clear_error() {
     assert!(se.contains("--sync-bn is not available with f16"), "{se}");
     assert!(!se.contains("panicked"), "{se}");
 }
+
+/// Batch norm in eval mode on f16 activations: the running statistics (f32) after two training
+/// passes over f16 data, then normalisation with them (vec4 and scalar kernels).
+#[test]
+fn batch_norm_f16_running_statistics_and_eval_mode() {
+    let g = f16_gpu();
+    for (b, c, h, w) in [(5, 3, 4, 3), (4, 3, 4, 4)] {
+        let mut rng = Rng64::new(6);
+        let data = rng.vec_f32(b * c * h * w, -2.0, 3.0);
+        let x = Tensor::from_f32_as_f16(g, &[b, c, h, w], &data).unwrap();
+        let xd: Vec<f64> =
+            cast::reference::to_f16(&data.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let (gm, bt) = ([1.0f32, 2.0, 0.5], [0.0f32, 0.1, -0.2]);
+        let gamma = Tensor::from_f32(g, &[c], &gm).unwrap();
+        let beta = Tensor::from_f32(g, &[c], &bt).unwrap();
+        let st = BnState::new(g, c).unwrap();
+        let mut tape = Tape::new(g);
+        batchnorm::batch_norm(&mut tape, &x, &gamma, &beta, &st, BnMode::Train, false).unwrap();
+        tape.run(false);
+        tape.run(false);
+        let mv = batchnorm::reference::moments(&xd, (b, c, h * w));
+        let count = (b * h * w) as f64;
+        let m = batchnorm::MOMENTUM as f64;
+        let rm = st.running_mean.to_f32(g).unwrap();
+        let rv = st.running_var.to_f32(g).unwrap();
+        for ch in 0..c {
+            let want_m = (1.0 - (1.0 - m).powi(2)) * mv[ch].0;
+            let unb = mv[ch].1 * count / (count - 1.0);
+            let want_v = (1.0 - m).powi(2) + (1.0 - (1.0 - m).powi(2)) * unb;
+            // f32 statistics of exact f16 inputs: the f32 band of ops_norm.rs.
+            assert!((rm[ch] as f64 - want_m).abs() < 1e-5, "running mean {ch}");
+            assert!((rv[ch] as f64 - want_v).abs() < 1e-5, "running var {ch}");
+        }
+        let mut eval = Tape::new(g);
+        let y =
+            batchnorm::batch_norm(&mut eval, &x, &gamma, &beta, &st, BnMode::Eval, true).unwrap();
+        eval.run(false);
+        assert_eq!(y.dtype(), DType::F16);
+        let got: Vec<f64> = y.to_f32(g).unwrap().iter().map(|&v| v as f64).collect();
+        let want: Vec<f64> = (0..xd.len())
+            .map(|i| {
+                let ch = (i / (h * w)) % c;
+                ((xd[i] - rm[ch] as f64) / (rv[ch] as f64 + EPS as f64).sqrt() * gm[ch] as f64
+                    + bt[ch] as f64)
+                    .max(0.0)
+            })
+            .collect();
+        verify::compare_values("batch_norm f16 eval", &got, &want, f16_sum_of(1)).unwrap();
+    }
+}
+
+/// The global average pool of ResNet-32 at batch 32 (2,048 outputs of 64 values) takes the
+/// one-invocation-per-output reduction (`sum_short`), f16 in and f32 out.
+#[test]
+fn average_pool_f16_short_sums() {
+    let g = f16_gpu();
+    let mut rng = Rng64::new(31);
+    let sh = [32, 64, 8, 8];
+    let case = Case {
+        name: format!("global_avg_pool f16 -> f32 {sh:?}"),
+        seed: 31,
+        inputs: vec![Input::uniform_f16(&mut rng, &sh, -1.0, 1.0, true)],
+        fwd: verify::sum_of(64),
+        bwd: f16_sum_of(1),
+    };
+    verify::check(
+        g,
+        &case,
+        &|t, v| pool::global_avg_pool(t, &v[0]),
+        &|v| {
+            v[0].chunks(64)
+                .map(|c| c.iter().sum::<f64>() / 64.0)
+                .collect()
+        },
+        &|_, dy| {
+            vec![Some(
+                dy.iter()
+                    .flat_map(|&d| std::iter::repeat_n(d / 64.0, 64))
+                    .collect(),
+            )]
+        },
+    )
+    .unwrap();
+}
+
+/// The ImageNet-layout networks in f16 (7x7 stem, max pool, option-B 1x1 shortcuts, bottleneck
+/// blocks, ResNeXt's grouped convolutions): train-mode logits (batch statistics), then eval-mode
+/// logits (running statistics moved by that step), against f32's, relative to the largest
+/// logit. Measured on llvmpipe at batch 4, 64 px: ResNet-10 2.0e-3 (train) / 7.5e-4 (eval);
+/// ResNet-50 7.0e-2 / 4.9e-3; ResNeXt-50 0.107 / 1.4e-2. The deep train-mode networks are that
+/// sensitive in f32 too: rounding only the *input* to f16 moves ResNet-50's f32 logits by 3.0e-2
+/// and ResNeXt's by 1.8e-2 (fifty layers of batch norm over 16 values per channel at the last
+/// stage); f16 rounds at every layer. The bands leave ~2x; a broken kernel is off by O(1).
+const IMAGENET_F16_TOL: [(&str, f64, f64); 3] = [
+    ("resnet10", 5e-3, 2e-3),
+    ("resnet50", 0.15, 1e-2),
+    ("resnext50_32x4d", 0.2, 3e-2),
+];
+
+#[test]
+fn imagenet_layouts_f16_logits_follow_f32() {
+    let g = f16_gpu();
+    for (arch, train_tol, eval_tol) in IMAGENET_F16_TOL {
+        // (train logits, eval logits) per precision
+        let mut logits = Vec::new();
+        for dtype in [DType::F32, DType::F16] {
+            let mut m = ResNet::new(
+                g,
+                ResNetConfig {
+                    arch: Arch::parse(arch).unwrap(),
+                    in_channels: 3,
+                    classes: 5,
+                    classifier: Classifier::Linear,
+                    seed: 9,
+                    whiten: None,
+                },
+            )
+            .unwrap();
+            m.set_precision(g, dtype).unwrap();
+            let shape = [4, 3, 64, 64];
+            let mut rng = Rng64::new(5);
+            let x = Tensor::from_f32(g, &shape, &rng.vec_f32(4 * 3 * 64 * 64, -1.0, 1.0)).unwrap();
+            let mut t = Tape::new(g);
+            let yt = m.forward(&mut t, &x, BnMode::Train).unwrap();
+            t.run(false);
+            let mut e = Tape::new(g);
+            let ye = m.forward(&mut e, &x, BnMode::Eval).unwrap();
+            e.run(false);
+            logits.push((yt.to_f32(g).unwrap(), ye.to_f32(g).unwrap()));
+        }
+        let rel = |a: &[f32], b: &[f32]| {
+            let scale = a.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+            a.iter()
+                .zip(b)
+                .fold(0f64, |m, (x, y)| m.max((x - y).abs() as f64))
+                / scale
+        };
+        let dt = rel(&logits[0].0, &logits[1].0);
+        let de = rel(&logits[0].1, &logits[1].1);
+        eprintln!("{arch}: f16 vs f32 logits differ by {dt:.2e} (train) / {de:.2e} (eval)");
+        assert!(dt < train_tol, "{arch}: f16 train logits off by {dt:.3e}");
+        assert!(de < eval_tol, "{arch}: f16 eval logits off by {de:.3e}");
+    }
+}
