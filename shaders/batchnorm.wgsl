@@ -53,6 +53,10 @@ fn finish_stats(c: u32, mean: f32, var_b: f32, count: u32) {
     stats[c] = mean;
     stats[p.channels + c] = inverseSqrt(var_b + p.eps);
     let unbiased = select(var_b, var_b * f32(count) / f32(count - 1u), count > 1u);
+    // An f16 forward that overflowed (inf / NaN statistics) is a step loss scaling skips: it
+    // must not poison the running statistics either.
+    let bad = 0x7f800000u;
+    if ((bitcast<u32>(mean) & bad) == bad || (bitcast<u32>(unbiased) & bad) == bad) { return; }
     running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
     running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
 }

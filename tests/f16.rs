@@ -791,3 +791,31 @@ fn imagenet_layouts_f16_logits_follow_f32() {
         assert!(de < eval_tol, "{arch}: f16 eval logits off by {de:.3e}");
     }
 }
+
+/// An f16 forward that overflowed (inf in the activations) is a step loss scaling skips; its
+/// batch statistics must not reach the running statistics.
+#[test]
+fn overflowing_batch_leaves_running_statistics_alone() {
+    let g = f16_gpu();
+    for (b, c, h, w) in [(2, 3, 3, 3), (2, 3, 4, 4)] {
+        let mut data = vec![0.5f32; b * c * h * w];
+        data[1] = 1.0e6; // inf in f16, channel 0
+        let x = Tensor::from_f32_as_f16(g, &[b, c, h, w], &data).unwrap();
+        let gamma = Tensor::from_f32(g, &[c], &vec![1.0; c]).unwrap();
+        let beta = Tensor::from_f32(g, &[c], &vec![0.0; c]).unwrap();
+        let st = BnState::new(g, c).unwrap();
+        let mut tape = Tape::new(g);
+        batchnorm::batch_norm(&mut tape, &x, &gamma, &beta, &st, BnMode::Train, false).unwrap();
+        tape.run(false);
+        let (rm, rv) = (
+            st.running_mean.to_f32(g).unwrap(),
+            st.running_var.to_f32(g).unwrap(),
+        );
+        assert_eq!((rm[0], rv[0]), (0.0, 1.0), "channel 0 took the overflow");
+        // The other channels update as usual (constant 0.5: mean 0.05, variance 0.9).
+        assert!(
+            (rm[1] - 0.05).abs() < 1e-6 && (rv[1] - 0.9).abs() < 1e-6,
+            "{rm:?} {rv:?}"
+        );
+    }
+}
