@@ -186,7 +186,7 @@ fn batch_norm_f16_past_2_17_values_per_channel() {
 }
 
 #[test]
-fn shortcut_pools_and_cast_f16() {
+fn shortcut_max_pool_and_cast_f16() {
     let g = f16_gpu();
     let mut rng = Rng64::new(21);
     let sh = [2, 4, 7, 6];
@@ -223,39 +223,6 @@ fn shortcut_pools_and_cast_f16() {
             vec![Some(pool::reference::max_pool2d_grad(
                 &v[0], sh, 3, 2, 1, dy,
             ))]
-        },
-    )
-    .unwrap();
-
-    // f16 activations to f32 features (sum in f32: the output is not rounded to f16), and the
-    // f32 gradient back to f16 (rounded once).
-    let sh = [3, 5, 8, 8];
-    let case = Case {
-        name: format!("global_avg_pool f16 -> f32 {sh:?}"),
-        seed: 23,
-        inputs: vec![Input::uniform_f16(&mut rng, &sh, -1.0, 1.0, true)],
-        fwd: verify::sum_of(64),
-        bwd: f16_sum_of(1),
-    };
-    verify::check(
-        g,
-        &case,
-        &|t, v| {
-            let y = pool::global_avg_pool(t, &v[0])?;
-            assert_eq!(y.dtype(), DType::F32);
-            Ok(y)
-        },
-        &|v| {
-            v[0].chunks(64)
-                .map(|c| c.iter().sum::<f64>() / 64.0)
-                .collect()
-        },
-        &|_, dy| {
-            vec![Some(
-                dy.iter()
-                    .flat_map(|&d| std::iter::repeat_n(d / 64.0, 64))
-                    .collect(),
-            )]
         },
     )
     .unwrap();
@@ -698,38 +665,48 @@ fn batch_norm_f16_running_statistics_and_eval_mode() {
     }
 }
 
-/// The global average pool of ResNet-32 at batch 32 (2,048 outputs of 64 values) takes the
-/// one-invocation-per-output reduction (`sum_short`), f16 in and f32 out.
-#[test]
-fn average_pool_f16_short_sums() {
-    let g = f16_gpu();
-    let mut rng = Rng64::new(31);
-    let sh = [32, 64, 8, 8];
+/// The global average pool, f16 activations in, f32 features out (summed in f32: the output
+/// is not rounded to f16), and the f32 gradient back to f16 (rounded once).
+fn check_avg_pool(seed: u64, sh: [usize; 4]) {
+    let mut rng = Rng64::new(seed);
+    let hw = sh[2] * sh[3];
     let case = Case {
         name: format!("global_avg_pool f16 -> f32 {sh:?}"),
-        seed: 31,
+        seed,
         inputs: vec![Input::uniform_f16(&mut rng, &sh, -1.0, 1.0, true)],
-        fwd: verify::sum_of(64),
+        fwd: verify::sum_of(hw),
         bwd: f16_sum_of(1),
     };
     verify::check(
-        g,
+        f16_gpu(),
         &case,
-        &|t, v| pool::global_avg_pool(t, &v[0]),
+        &|t, v| {
+            let y = pool::global_avg_pool(t, &v[0])?;
+            assert_eq!(y.dtype(), DType::F32);
+            Ok(y)
+        },
         &|v| {
-            v[0].chunks(64)
-                .map(|c| c.iter().sum::<f64>() / 64.0)
+            v[0].chunks(hw)
+                .map(|c| c.iter().sum::<f64>() / hw as f64)
                 .collect()
         },
         &|_, dy| {
             vec![Some(
                 dy.iter()
-                    .flat_map(|&d| std::iter::repeat_n(d / 64.0, 64))
+                    .flat_map(|&d| std::iter::repeat_n(d / hw as f64, hw))
                     .collect(),
             )]
         },
     )
     .unwrap();
+}
+
+/// Both reductions: one workgroup per output (few outputs), and one invocation per output
+/// (`sum_short`: ResNet-32's pool at batch 32, 2,048 outputs of 64 values).
+#[test]
+fn average_pool_f16_both_reductions() {
+    check_avg_pool(23, [3, 5, 8, 8]);
+    check_avg_pool(31, [32, 64, 8, 8]);
 }
 
 /// The ImageNet-layout networks in f16 (7x7 stem, max pool, option-B 1x1 shortcuts, bottleneck
