@@ -72,6 +72,18 @@ fn relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     if (i < p.n) { store(i, select(0.0, f32(a[i]), f32(b[i]) > 0.0)); }
 }
 
+// A running average, r = (1 - m) r + m x with alpha = m, beta = 1 - m, that skips inf / NaN
+// values of x (statistics of an f16 forward that overflowed: a step loss scaling skips).
+@compute @workgroup_size(256)
+fn ema(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) {
+        let v = f32(a[i]);
+        if ((bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u) { store(i, p.alpha * v); }
+    }
+}
+
 // vec4 twins (n counts vec4 here): one storage access per four elements.
 @group(0) @binding(0) var<storage, read> a4: array<vec4<I>>;
 @group(0) @binding(1) var<storage, read> b4: array<vec4<I>>;

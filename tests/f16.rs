@@ -796,3 +796,24 @@ fn overflowing_batch_leaves_running_statistics_alone() {
         );
     }
 }
+
+/// Whitening's running mean and covariance skip inf / NaN batch statistics the same way (the
+/// pooled features of an overflowed f16 forward are inf).
+#[test]
+fn overflowing_features_leave_whitening_statistics_finite() {
+    let g = f16_gpu();
+    let (b, d) = (8, 4);
+    let w = longtail::ops::whiten::Whitening::new(g, d, WhitenConfig::default()).unwrap();
+    let mut rng = Rng64::new(3);
+    let mut f = rng.vec_f32(b * d, -1.0, 1.0);
+    f[d] = f32::INFINITY; // feature 0 of image 1
+    let ft = Tensor::from_f32(g, &[b, d], &f).unwrap();
+    let mut tape = Tape::new(g);
+    w.forward_train(&mut tape, &ft).unwrap();
+    tape.run(false);
+    let rm = w.running_mean.to_f32(g).unwrap();
+    let rc = w.running_cov.to_f32(g).unwrap();
+    assert!(rm.iter().chain(&rc).all(|v| v.is_finite()), "{rm:?} {rc:?}");
+    assert_eq!(rm[0], 0.0, "feature 0's mean took the inf");
+    assert!(rm[1] != 0.0, "the finite features update as usual");
+}

@@ -220,11 +220,11 @@ impl Whitening {
     fn forward_train_inner(&self, tape: &mut Tape, f: &Tensor) -> Result<Tensor> {
         let (sigma, w, xt, mu) = self.statistics(tape, f)?;
         let out = matmul::matmul(tape, &xt, &w, false, false)?;
-        // EMAs: r = (1 - m) r + m x.
+        // EMAs: r = (1 - m) r + m x, skipping inf / NaN statistics (an overflowed f16 step).
         let gpu = tape.gpu().clone();
         let m = self.cfg.momentum;
         let ema =
-            |x: &Tensor, r: &Tensor| elementwise::dispatch(&gpu, "scale", x, x, r, m, 1.0 - m, 0);
+            |x: &Tensor, r: &Tensor| elementwise::dispatch(&gpu, "ema", x, x, r, m, 1.0 - m, 0);
         tape.push_forward("whiten", ema(&mu, &self.running_mean)?);
         match &self.running_wm {
             Some(rw) => tape.push_forward("whiten", ema(&w, rw)?),
