@@ -156,9 +156,7 @@ fn random(gpu: &Gpu, rng: &mut Rng64, shape: &[usize]) -> Result<Tensor> {
 
 fn random_as(gpu: &Gpu, rng: &mut Rng64, shape: &[usize], dtype: DType) -> Result<Tensor> {
     let n = shape.iter().product();
-    let t = Tensor::zeros(gpu, shape, dtype)?;
-    t.write_f32(gpu, &rng.vec_f32(n, -1.0, 1.0))?;
-    Ok(t)
+    Tensor::from_f32_as(gpu, shape, &rng.vec_f32(n, -1.0, 1.0), dtype)
 }
 
 /// `kernel@variant` pins one variant of a tuned kernel (the tuner's choice otherwise):

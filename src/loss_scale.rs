@@ -2,7 +2,8 @@
 //! `GradScaler` semantics): the backward pass is seeded with the scale instead of 1, the
 //! optimizer divides it back out, a step whose gradients hold inf or NaN is skipped and halves
 //! the scale, and `growth_interval` clean steps in a row double it. The state lives on the GPU
-//! and is updated there, so a step needs no host decision; it is read back with the loss.
+//! and is updated there, so a step needs no host decision; the host reads it only at epoch ends
+//! (the scale report, checkpoints).
 
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
@@ -40,16 +41,15 @@ pub struct ScaleState {
 }
 
 impl ScaleState {
-    /// From the 16 bytes of the GPU state (scale, clean, found, skipped).
-    pub fn from_bytes(b: &[u8]) -> Result<Self> {
-        if b.len() < 16 {
-            bail!("loss-scale state: {} bytes, expected 16", b.len());
-        }
-        let w = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+    /// From the GPU state's words (scale bits, clean, found, skipped).
+    fn from_words(w: &[u32]) -> Result<Self> {
+        let &[scale, clean, _found, skipped] = w else {
+            bail!("loss-scale state: {} words, expected 4", w.len());
+        };
         Ok(Self {
-            scale: f32::from_bits(w(0)),
-            clean: w(1),
-            skipped: w(3),
+            scale: f32::from_bits(scale),
+            clean,
+            skipped,
         })
     }
 
@@ -144,8 +144,7 @@ impl LossScaler {
 
     /// Read the state back (blocks on the GPU).
     pub fn read(&self, gpu: &Gpu) -> Result<ScaleState> {
-        let w = self.state.to_u32(gpu)?;
-        ScaleState::from_bytes(bytemuck::cast_slice(&w))
+        ScaleState::from_words(&self.state.to_u32(gpu)?)
     }
 
     /// The overflow check (after the gradients are complete, before the optimizer).

@@ -17,9 +17,6 @@ pub struct TrainStep {
     pub sgd: Sgd,
     loss: Tensor,
     staging: wgpu::Buffer,
-    /// Bytes read back per step: the loss, then the loss-scale state when there is one.
-    readback: u64,
-    scale: std::sync::Mutex<Option<crate::loss_scale::ScaleState>>,
 }
 
 impl TrainStep {
@@ -28,10 +25,9 @@ impl TrainStep {
         if loss.numel() != 1 {
             bail!("the loss must be a scalar, got {:?}", loss.shape());
         }
-        let readback = if sgd.scaler.is_some() { 20 } else { 4 };
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("loss readback"),
-            size: readback,
+            size: 4,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -41,23 +37,7 @@ impl TrainStep {
             sgd,
             loss,
             staging,
-            readback,
-            scale: std::sync::Mutex::new(None),
         })
-    }
-
-    /// Copy what the host reads after a step: the loss (and the loss-scale state).
-    fn encode_readback(&self, enc: &mut wgpu::CommandEncoder) {
-        enc.copy_buffer_to_buffer(self.loss.buffer(), self.loss.offset(), &self.staging, 0, 4);
-        if let Some(sc) = &self.sgd.scaler {
-            enc.copy_buffer_to_buffer(sc.state.buffer(), sc.state.offset(), &self.staging, 4, 16);
-        }
-    }
-
-    /// The loss-scale state after the last step read ([`TrainStep::read_loss`]); None without
-    /// loss scaling or before the first read.
-    pub fn loss_scale(&self) -> Option<crate::loss_scale::ScaleState> {
-        *self.scale.lock().unwrap()
     }
 
     /// Encode and submit one step (the caller has queued this step's inputs); do not wait.
@@ -69,7 +49,7 @@ impl TrainStep {
             self.tape.encode_backward(&mut pass);
             self.sgd.encode(&mut pass);
         }
-        self.encode_readback(&mut enc);
+        enc.copy_buffer_to_buffer(self.loss.buffer(), self.loss.offset(), &self.staging, 0, 4);
         self.gpu.queue.submit([enc.finish()])
     }
 
@@ -85,7 +65,7 @@ impl TrainStep {
             let mut pass = enc.begin_compute_pass(&Default::default());
             self.sgd.encode(&mut pass);
         }
-        self.encode_readback(enc);
+        enc.copy_buffer_to_buffer(self.loss.buffer(), self.loss.offset(), &self.staging, 0, 4);
     }
 
     /// Run one step and return its loss (the one host sync of the step).
@@ -96,11 +76,7 @@ impl TrainStep {
 
     /// Wait for the last submitted step and read its loss.
     pub fn read_loss(&self) -> Result<f32> {
-        let bytes = map_read(&self.gpu, &self.staging, self.readback)?;
-        if self.readback > 4 {
-            *self.scale.lock().unwrap() =
-                Some(crate::loss_scale::ScaleState::from_bytes(&bytes[4..])?);
-        }
+        let bytes = map_read(&self.gpu, &self.staging, 4)?;
         Ok(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 }

@@ -101,9 +101,7 @@ impl Tensor {
 
     /// An f32 tensor holding `data`.
     pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Self> {
-        let t = Self::zeros(gpu, shape, DType::F32)?;
-        t.write_f32(gpu, data)?;
-        Ok(t)
+        Self::from_f32_as(gpu, shape, data, DType::F32)
     }
 
     /// A u32 tensor holding `data` (labels).
@@ -155,9 +153,9 @@ impl Tensor {
         Ok(())
     }
 
-    /// An f16 tensor holding `data` rounded to nearest.
-    pub fn from_f32_as_f16(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Self> {
-        let t = Self::zeros(gpu, shape, DType::F16)?;
+    /// A tensor of `dtype` (f32 or f16: rounded to nearest) holding `data`.
+    pub fn from_f32_as(gpu: &Gpu, shape: &[usize], data: &[f32], dtype: DType) -> Result<Self> {
+        let t = Self::zeros(gpu, shape, dtype)?;
         t.write_f32(gpu, data)?;
         Ok(t)
     }

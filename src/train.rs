@@ -636,7 +636,7 @@ pub fn train_with_init(
                 )?)?;
                 if let Some(ls) = loss_scale_from(&set.optimizer, &what("optimizer.safetensors"))? {
                     st.set_loss_scale(ls)?;
-                } else if st.loss_scale()?.is_some() {
+                } else if cfg.precision == crate::config::Precision::F16 {
                     bail!(
                         "{}: no loss_scale tensor, but the run trains in f16 (precision changed?)",
                         what("optimizer.safetensors")

@@ -396,9 +396,7 @@ pub fn scratch_as(
     let v: Vec<f32> = (0..n)
         .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
         .collect();
-    let t = crate::tensor::Tensor::zeros(gpu, shape, dtype)?;
-    t.write_f32(gpu, &v)?;
-    Ok(t)
+    crate::tensor::Tensor::from_f32_as(gpu, shape, &v, dtype)
 }
 
 /// Time one candidate's launches: compile and warm up, then stop early when one run is already

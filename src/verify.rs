@@ -250,7 +250,7 @@ pub fn check(
                 if *grad { t.requiring_grad() } else { t }
             }
             Input::F16 { shape, data, grad } => {
-                let t = Tensor::from_f32_as_f16(gpu, shape, data)?;
+                let t = Tensor::from_f32_as(gpu, shape, data, DType::F16)?;
                 if *grad { t.requiring_grad() } else { t }
             }
             Input::U32 { shape, data } => Tensor::from_u32(gpu, shape, data)?,
@@ -271,8 +271,7 @@ pub fn check(
     }
     let any_grad = case.inputs.iter().any(Input::wants_grad);
     if any_grad {
-        let seed = Tensor::zeros(gpu, out.shape(), out.dtype())?;
-        seed.write_f32(gpu, &seed_vals)?;
+        let seed = Tensor::from_f32_as(gpu, out.shape(), &seed_vals, out.dtype())?;
         tape.backward_with(&out, seed)?;
     }
     tape.run(any_grad);

@@ -338,11 +338,6 @@ impl ResNet {
         Ok(())
     }
 
-    /// The backbone's activation type.
-    pub fn precision(&self) -> DType {
-        self.activations
-    }
-
     /// Name of the classifier layer: `linear` (CIFAR) or `fc` (ImageNet).
     pub fn head_name(arch: Arch) -> &'static str {
         if arch.imagenet() { "fc" } else { "linear" }
