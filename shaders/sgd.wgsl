@@ -18,17 +18,23 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> v: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
+// Update element i with gradient `grad` under the parameters `q` (the two entries bind their
+// parameter blocks at different slots).
+fn update(i: u32, grad: f32, q: Params) {
+    let d = grad + q.weight_decay * w[i];
+    let vn = q.momentum * v[i] + d;
+    v[i] = vn;
+    var upd = vn;
+    if (q.nesterov != 0u) { upd = d + q.momentum * vn; }
+    w[i] = w[i] - q.lr * upd;
+}
+
 @compute @workgroup_size(256)
 fn step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (i >= p.n) { return; }
-    let d = g[i] + p.weight_decay * w[i];
-    let vn = p.momentum * v[i] + d;
-    v[i] = vn;
-    var upd = vn;
-    if (p.nesterov != 0u) { upd = d + p.momentum * vn; }
-    w[i] = w[i] - p.lr * upd;
+    update(i, g[i], p);
 }
 
 // The step under dynamic loss scaling (loss_scale.wgsl): g holds scale x the gradient; a step
@@ -40,9 +46,6 @@ struct ScaleState {
     skipped: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> sw: array<f32>;
-@group(0) @binding(1) var<storage, read> sg: array<f32>;
-@group(0) @binding(2) var<storage, read_write> sv: array<f32>;
 @group(0) @binding(3) var<storage, read> sstate: ScaleState;
 @group(0) @binding(4) var<uniform> sp: Params;
 
@@ -51,10 +54,5 @@ fn step_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                @builtin(local_invocation_index) lid: u32) {
     let i = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (i >= sp.n || sstate.found != 0u) { return; }
-    let d = sg[i] / sstate.scale + sp.weight_decay * sw[i];
-    let vn = sp.momentum * sv[i] + d;
-    sv[i] = vn;
-    var upd = vn;
-    if (sp.nesterov != 0u) { upd = d + sp.momentum * vn; }
-    sw[i] = sw[i] - sp.lr * upd;
+    update(i, g[i] / sstate.scale, sp);
 }
