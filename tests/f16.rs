@@ -573,16 +573,13 @@ fn f16_run_resumes_exactly() {
     );
     let cfg = std::fs::read_to_string(a.join("config.toml")).unwrap();
     assert!(cfg.contains("precision = \"f16\""), "{cfg}");
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(a.join("state.json")).unwrap()).unwrap();
-    let half = (state["steps_done"].as_u64().unwrap() / 2).to_string();
-    run(&["--max-steps", &half, "--out", b.to_str().unwrap()]);
-    let cfg = std::fs::read_to_string(b.join("config.toml")).unwrap();
-    let cfg: Vec<&str> = cfg
-        .lines()
-        .filter(|l| !l.starts_with("max_steps"))
-        .collect();
-    std::fs::write(b.join("config.toml"), cfg.join("\n")).unwrap();
+    run(&[
+        "--max-steps",
+        &common::half_steps(&a),
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    common::forget_max_steps(&b);
     let (ok, so, se) = longtail(&["train", "--resume", b.to_str().unwrap(), "--quiet"]);
     assert!(ok, "{so}\n{se}");
     for f in [

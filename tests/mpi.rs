@@ -62,9 +62,7 @@ fn mpirun_two_processes_match_two_devices_in_one() {
     assert!(ok, "{so}\n{se}");
     // The MPI run stops after its first epoch (its steps), then resumes from the run directory
     // that process 0 wrote.
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(one.join("state.json")).unwrap()).unwrap();
-    let half = (state["steps_done"].as_u64().unwrap() / 2).to_string();
+    let half = common::half_steps(&one);
     let b = with(&[
         "--distributed",
         "mpi",
@@ -80,12 +78,7 @@ fn mpirun_two_processes_match_two_devices_in_one() {
     assert_eq!(so.matches("run directory").count(), 1, "{so}");
     let cfg = std::fs::read_to_string(mpi.join("config.toml")).unwrap();
     assert!(cfg.contains("distributed = \"mpi\""), "{cfg}");
-    let cfg: String = cfg
-        .lines()
-        .filter(|l| !l.starts_with("max_steps"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(mpi.join("config.toml"), cfg).unwrap();
+    common::forget_max_steps(&mpi);
     let (ok, so, se) = run(
         true,
         &["train", "--resume", mpi.to_str().unwrap(), "--quiet"],

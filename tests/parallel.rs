@@ -403,16 +403,13 @@ fn a_multi_device_run_resumes_exactly() {
         assert!(ok, "{so}\n{se}");
     };
     run(&["--out", a.to_str().unwrap()]);
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(a.join("state.json")).unwrap()).unwrap();
-    let half = (state["steps_done"].as_u64().unwrap() / 2).to_string();
-    run(&["--max-steps", &half, "--out", b.to_str().unwrap()]);
-    let cfg = std::fs::read_to_string(b.join("config.toml")).unwrap();
-    let cfg: Vec<&str> = cfg
-        .lines()
-        .filter(|l| !l.starts_with("max_steps"))
-        .collect();
-    std::fs::write(b.join("config.toml"), cfg.join("\n")).unwrap();
+    run(&[
+        "--max-steps",
+        &common::half_steps(&a),
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    common::forget_max_steps(&b);
     let (ok, so, se) = longtail(&["train", "--resume", b.to_str().unwrap(), "--quiet"]);
     assert!(ok, "{so}\n{se}");
     let (x, y) = (

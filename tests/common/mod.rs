@@ -162,3 +162,22 @@ pub fn rel_change_diff(a: &[f32], b: &[f32], base: &[f32]) -> f64 {
         .fold(0.0, f64::max);
     diff / change
 }
+
+/// Half the steps a finished run directory `dir` did (`state.json`), as a `--max-steps` value:
+/// where the stop-and-resume tests stop their second run.
+pub fn half_steps(dir: &std::path::Path) -> String {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    (state["steps_done"].as_u64().unwrap() / 2).to_string()
+}
+
+/// Drop `max_steps` from a stopped run's `config.toml`, so that `--resume` trains to the end.
+pub fn forget_max_steps(dir: &std::path::Path) {
+    let path = dir.join("config.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = cfg
+        .lines()
+        .filter(|l| !l.starts_with("max_steps"))
+        .collect();
+    std::fs::write(path, kept.join("\n")).unwrap();
+}
