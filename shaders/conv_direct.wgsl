@@ -77,12 +77,12 @@ struct Win { v: array<f32, 24> }
 
 // Tap k (a constant after inlining) of a row: pixel px reads window value px * IS + k; the 16
 // weights of the tap's slot are 4 vec4 of the uniform block.
-fn tap(c: ptr<function, Acc>, w: Win, k: u32, slot: i32) {
-    let wb = u32(slot) * 4u;
-    let w0 = wu[wb];
-    let w1 = wu[wb + 1u];
-    let w2 = wu[wb + 2u];
-    let w3 = wu[wb + 3u];
+fn tap(c: ptr<function, Acc>, w: Win, k: u32, slot: i32, lane: u32) {
+    let q = wblock(u32(slot) * 4u, lane);
+    let w0 = q.w0;
+    let w1 = q.w1;
+    let w2 = q.w2;
+    let w3 = q.w3;
     let v = vec4<f32>(w.v[k], w.v[IS + k], w.v[2u * IS + k], w.v[3u * IS + k]);
     (*c).a0 = fma(vec4<f32>(v.x), w0, (*c).a0);
     (*c).a1 = fma(vec4<f32>(v.x), w1, (*c).a1);
@@ -121,11 +121,16 @@ fn tap(c: ptr<function, Acc>, w: Win, k: u32, slot: i32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn conv_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-    let idx = (wg.y * nwg.x + wg.x) * 64u + lid;
-    if (idx >= p.batch * p.ni * p.jgroups) { return; }
+// The 16 weights (4 vec4) of one tap: `wblock` of the variant file (conv_direct_gather.wgsli
+// or conv_direct_subgroup.wgsli).
+struct W4 { w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32> }
+
+// The forward / input-gradient kernel for invocation `idx0` (`lane`: its subgroup lane, for the
+// subgroup variant). Invocations past the grid run on a clamped index and store nothing: every
+// invocation of a subgroup takes the same path through the loops, as subgroup operations need.
+fn direct_main(idx0: u32, lane: u32) {
+    let live = idx0 < p.batch * p.ni * p.jgroups;
+    let idx = select(0u, idx0, live);
     let jg = idx % p.jgroups;
     let bi = idx / p.jgroups;
     let i = bi % p.ni;
@@ -172,16 +177,17 @@ fn conv_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             if (wn > 19u) { w.v[19] = ld(row_ok, row, ix + 19); }
             if (wn > 20u) { w.v[20] = ld(row_ok, row, ix + 20); }
             let wb = i32(ch * p.khw) + tr.z;
-            tap(&c, w, 0u, wb);
-            if (KR > 1u) { tap(&c, w, 1u, wb + tr.w); }
-            if (KR > 2u) { tap(&c, w, 2u, wb + 2 * tr.w); }
-            if (KR > 3u) { tap(&c, w, 3u, wb + 3 * tr.w); }
-            if (KR > 4u) { tap(&c, w, 4u, wb + 4 * tr.w); }
-            if (KR > 5u) { tap(&c, w, 5u, wb + 5 * tr.w); }
-            if (KR > 6u) { tap(&c, w, 6u, wb + 6 * tr.w); }
+            tap(&c, w, 0u, wb, lane);
+            if (KR > 1u) { tap(&c, w, 1u, wb + tr.w, lane); }
+            if (KR > 2u) { tap(&c, w, 2u, wb + 2 * tr.w, lane); }
+            if (KR > 3u) { tap(&c, w, 3u, wb + 3 * tr.w, lane); }
+            if (KR > 4u) { tap(&c, w, 4u, wb + 4 * tr.w, lane); }
+            if (KR > 5u) { tap(&c, w, 5u, wb + 5 * tr.w, lane); }
+            if (KR > 6u) { tap(&c, w, 6u, wb + 6 * tr.w, lane); }
         }
         cbase += plane;
     }
+    if (!live) { return; }
     put4(b, i, j0, 0u, c.a0); put4(b, i, j0, 1u, c.a1);
     put4(b, i, j0, 2u, c.a2); put4(b, i, j0, 3u, c.a3);
     put4(b, i, j0, 4u, c.a4); put4(b, i, j0, 5u, c.a5);
@@ -345,13 +351,16 @@ fn wstore4(rg: u32, q: u32, ci: u32, ky: u32, kx: u32, v: vec4<f32>) {
     wstore(rg, co + 3u, ci, ky, kx, v.w);
 }
 
-@compute @workgroup_size(64)
-fn conv_wgrad3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-    let idx = (wg.y * nwg.x + wg.x) * 64u + lid;
-    if (idx >= wq.nrg * wq.cin) { return; }
-    let ci = idx % wq.cin;
-    let rg = idx / wq.cin;
+// The 16 vec4 of dY for 4 pixels (vec4 d + m * qs, m < 16) of one block row: `dy16` of the
+// variant file.
+struct D16 { m: array<vec4<f32>, 16> }
+
+// The weight-gradient kernel for input channel ci0 and row run rg0 (`live` false: past the
+// grid, computes on clamped indices and stores nothing). The row run is clamped on its own:
+// in the subgroup variant it is the workgroup's, shared by live and idle lanes alike.
+fn wgrad_main(ci0: u32, rg0: u32, live: bool, lane: u32) {
+    let ci = select(0u, ci0, live);
+    let rg = min(rg0, wq.nrg - 1u);
     let ohw = wq.oh * wq.owp;
     let qs = ohw / 4u;   // vec4 from one output channel to the next in the block
     let z = vec4<f32>(0.0);
@@ -373,21 +382,14 @@ fn conv_wgrad3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             let x0 = window(ci_base, iy, ix);
             let x1 = window(ci_base, iy + 1, ix);
             let x2 = window(ci_base, iy + 2, ix);
-            let d = dbase + ox / 4u;
-            let b0 = d;
-            n0 = quad(wg_dy[b0], wg_dy[b0 + qs], wg_dy[b0 + 2u * qs], wg_dy[b0 + 3u * qs],
-                        x0, x1, x2, n0);
-            let b1 = d + 4u * qs;
-            n1 = quad(wg_dy[b1], wg_dy[b1 + qs], wg_dy[b1 + 2u * qs], wg_dy[b1 + 3u * qs],
-                        x0, x1, x2, n1);
-            let b2 = d + 8u * qs;
-            n2 = quad(wg_dy[b2], wg_dy[b2 + qs], wg_dy[b2 + 2u * qs], wg_dy[b2 + 3u * qs],
-                        x0, x1, x2, n2);
-            let b3 = d + 12u * qs;
-            n3 = quad(wg_dy[b3], wg_dy[b3 + qs], wg_dy[b3 + 2u * qs], wg_dy[b3 + 3u * qs],
-                        x0, x1, x2, n3);
+            let e = dy16(dbase + ox / 4u, qs, lane);
+            n0 = quad(e.m[0], e.m[1], e.m[2], e.m[3], x0, x1, x2, n0);
+            n1 = quad(e.m[4], e.m[5], e.m[6], e.m[7], x0, x1, x2, n1);
+            n2 = quad(e.m[8], e.m[9], e.m[10], e.m[11], x0, x1, x2, n2);
+            n3 = quad(e.m[12], e.m[13], e.m[14], e.m[15], x0, x1, x2, n3);
         }
     }
+    if (!live) { return; }
     wstore4(rg, 0u, ci, 0u, 0u, n0.k00);
     wstore4(rg, 0u, ci, 0u, 1u, n0.k01);
     wstore4(rg, 0u, ci, 0u, 2u, n0.k02);

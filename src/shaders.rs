@@ -41,7 +41,16 @@ shader_table! {
     ],
     plain: [
         ("matmul", include_str!("../shaders/matmul.wgsl")),
-        ("conv_direct", include_str!("../shaders/conv_direct.wgsl")),
+        (
+            "conv_direct",
+            include_str!("../shaders/conv_direct_gather.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_subgroup",
+            include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
         (
             "batchnorm_split",
             include_str!("../shaders/batchnorm_split_common.wgsli"),
@@ -98,7 +107,7 @@ pub fn validate(name: &str, src: &str) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{name}.wgsl: {}", e.emit_to_string(src)))?;
     // Shaders that enable subgroups are only built on adapters with the feature.
     let mut caps = naga::valid::Capabilities::empty();
-    if src.contains("subgroupAdd") {
+    if src.contains("subgroupAdd") || src.contains("subgroupBroadcast") {
         caps |= naga::valid::Capabilities::SUBGROUP;
     }
     // Half-precision variants are only built on adapters with shader-f16.

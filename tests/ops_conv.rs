@@ -7,10 +7,12 @@ use longtail::ops::conv2d::{self, ConvGeom};
 use longtail::rng::Rng64;
 use longtail::verify::{self, Case, Input, sum_of};
 
-/// Every variant the tuner can pick: the direct kernels (where they apply; the GEMM otherwise),
-/// the GEMMs, and the GEMM wgrad split for large GPUs.
-const VARIANTS: [conv2d::Algo; 3] = [
+/// Every variant the tuner can pick: the direct kernels (where they apply; the GEMM otherwise)
+/// and their subgroup variant (where the adapter has subgroups of >= 8 lanes; the plain direct
+/// kernels otherwise), the GEMMs, and the GEMM wgrad split for large GPUs.
+const VARIANTS: [conv2d::Algo; 4] = [
     conv2d::Algo::Direct,
+    conv2d::Algo::DirectSubgroup,
     conv2d::Algo::Gemm,
     conv2d::Algo::GemmWide,
 ];
@@ -242,4 +244,27 @@ fn grouped_conv_odd_and_resnext_shapes() {
         y,
         [[2., 4., 6., 8., 10., 12., 14., 16., 18.], [-1.0; 9]].concat()
     );
+}
+
+#[test]
+fn direct_subgroup_variant_runs_on_llvmpipe() {
+    // The variant tests above fall back to the plain direct kernels where an adapter has no
+    // subgroups of >= 8 lanes; on CI's adapter (llvmpipe: 8 lanes) they must run it.
+    let gpu = gpu();
+    let name = gpu.summary.name.to_lowercase();
+    let ok = longtail::ops::conv_direct::subgroups_ok(gpu);
+    if name.contains("llvmpipe") {
+        assert!(ok, "llvmpipe without subgroups of 8 lanes: {}", gpu.summary);
+        let g = ConvGeom::new(&[2, 16, 8, 8], &[16, 16, 3, 3], 1, 1).unwrap();
+        for mode in [
+            conv2d::Mode::Forward,
+            conv2d::Mode::Dgrad,
+            conv2d::Mode::Wgrad,
+        ] {
+            let algo = conv2d::Algo::DirectSubgroup;
+            assert_eq!(conv2d::resolve(gpu, &g, mode, algo).unwrap(), algo);
+        }
+    } else if !ok {
+        eprintln!("note: {name} has no subgroups of >= 8 lanes; direct-sg was not tested");
+    }
 }

@@ -89,6 +89,10 @@ pub struct AdapterSummary {
     pub timestamp_query: bool,
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// Fewest and most lanes a subgroup may have on this adapter (wgpu's bounds, 4 and 128,
+    /// where the driver does not say).
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
 }
 
 impl AdapterSummary {
@@ -117,6 +121,8 @@ impl AdapterSummary {
             timestamp_query: f.contains(wgpu::Features::TIMESTAMP_QUERY),
             shader_f16: f.contains(wgpu::Features::SHADER_F16),
             subgroups: f.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
         }
     }
 }
@@ -145,8 +151,12 @@ impl fmt::Display for AdapterSummary {
         )?;
         write!(
             f,
-            "    features: timestamp-query={} shader-f16={} subgroups={}",
-            self.timestamp_query, self.shader_f16, self.subgroups
+            "    features: timestamp-query={} shader-f16={} subgroups={} (size {}..{})",
+            self.timestamp_query,
+            self.shader_f16,
+            self.subgroups,
+            self.subgroup_min_size,
+            self.subgroup_max_size
         )
     }
 }

@@ -287,6 +287,10 @@ pub enum Algo {
     /// for CPU adapters, where uniform loads are the cheap ones. Products they cannot run
     /// (kernel sizes, adapters without 64 KiB uniform bindings) take [`Algo::Gemm`].
     Direct,
+    /// [`Algo::Direct`] with the operand a subgroup shares (weights, dY) read once per
+    /// subgroup and broadcast (`shaders/conv_direct_subgroup.wgsli`): adapters with subgroups
+    /// of >= 8 lanes ([`conv_direct::subgroups_ok`]).
+    DirectSubgroup,
     /// The workgroup-tiled implicit GEMMs (64 invocations, 8 x RM register blocks); wgrad
     /// splits K for >= [`WGRAD_MIN_WORKGROUPS`] workgroups, plus one reduction.
     Gemm,
@@ -304,8 +308,18 @@ impl Algo {
         match self {
             Algo::Auto => "auto",
             Algo::Direct => "direct",
+            Algo::DirectSubgroup => "direct-sg",
             Algo::Gemm => "gemm",
             Algo::GemmWide => "gemm-wide",
+        }
+    }
+
+    /// For the direct kernels, whether the subgroup variant; `None` for the others.
+    pub fn direct(self) -> Option<bool> {
+        match self {
+            Algo::Direct => Some(false),
+            Algo::DirectSubgroup => Some(true),
+            _ => None,
         }
     }
 
@@ -313,6 +327,7 @@ impl Algo {
     pub fn from_name(s: &str) -> Result<Self> {
         Ok(match s {
             "direct" => Algo::Direct,
+            "direct-sg" => Algo::DirectSubgroup,
             "gemm" => Algo::Gemm,
             "gemm-wide" => Algo::GemmWide,
             _ => bail!("unknown convolution variant {s:?}"),
@@ -360,6 +375,9 @@ pub fn candidates(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Vec<Algo> {
 pub fn candidates_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, dtype: DType) -> Vec<Algo> {
     let mut v = Vec::new();
     if g.groups == 1 && dtype == DType::F32 && conv_direct::applies(gpu, g, mode) {
+        if conv_direct::subgroups_ok(gpu) {
+            v.push(Algo::DirectSubgroup);
+        }
         v.push(Algo::Direct);
     }
     v.push(Algo::Gemm);
@@ -422,7 +440,8 @@ pub fn resolve_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo, dtype: DType
     let direct_ok = g.groups == 1 && dtype == DType::F32 && conv_direct::applies(gpu, g, mode);
     match algo {
         // An explicit choice of a family: the GEMM where the direct kernel cannot run.
-        Algo::Direct if !direct_ok => return Ok(Algo::Gemm),
+        Algo::Direct | Algo::DirectSubgroup if !direct_ok => return Ok(Algo::Gemm),
+        Algo::DirectSubgroup if !conv_direct::subgroups_ok(gpu) => return Ok(Algo::Direct),
         Algo::Auto => {}
         _ => return Ok(algo),
     }
@@ -451,8 +470,9 @@ pub fn forward_dispatches(
     beta: f32,
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
-    if resolve_for(gpu, g, Mode::Forward, algo, x.dtype())? == Algo::Direct {
-        return conv_direct::forward(gpu, g, x, w, y, beta)?
+    let algo = resolve_for(gpu, g, Mode::Forward, algo, x.dtype())?;
+    if let Some(sg) = algo.direct() {
+        return conv_direct::forward(gpu, g, x, w, y, beta, sg)?
             .ok_or_else(|| anyhow::anyhow!("conv forward {}: no direct kernel fits", g.key()));
     }
     let (_, _, k) = g.gemm(Mode::Forward);
@@ -479,8 +499,9 @@ pub fn dgrad_dispatches(
     beta: f32,
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
-    if resolve_for(gpu, g, Mode::Dgrad, algo, dy.dtype())? == Algo::Direct {
-        return conv_direct::dgrad(gpu, g, dy, w, dx, beta)?
+    let algo = resolve_for(gpu, g, Mode::Dgrad, algo, dy.dtype())?;
+    if let Some(sg) = algo.direct() {
+        return conv_direct::dgrad(gpu, g, dy, w, dx, beta, sg)?
             .ok_or_else(|| anyhow::anyhow!("conv dgrad {}: no direct kernel fits", g.key()));
     }
     let (_, _, k) = g.gemm(Mode::Dgrad);
@@ -527,8 +548,8 @@ pub fn wgrad_dispatches(
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
     let algo = resolve_for(gpu, g, Mode::Wgrad, algo, x.dtype())?;
-    if algo == Algo::Direct {
-        return conv_direct::wgrad(gpu, g, dy, x, dw, beta)?
+    if let Some(sg) = algo.direct() {
+        return conv_direct::wgrad(gpu, g, dy, x, dw, beta, sg)?
             .ok_or_else(|| anyhow::anyhow!("conv wgrad {}: no direct kernel fits", g.key()));
     }
     let (splits, chunk) = if algo == Algo::GemmWide {

@@ -190,6 +190,8 @@ struct Grid<'a> {
     dst_chw: [usize; 3],
     istride: usize,
     ostride: usize,
+    /// The subgroup variant of the kernel ([`subgroups_ok`]).
+    sg: bool,
 }
 
 /// The block plan of a launch set, or `None` when the direct kernel cannot run it.
@@ -296,7 +298,7 @@ fn record(
                 let block = (group * plan.chunks + chunk) as u64 * BLOCK_BYTES;
                 out.push(Dispatch::build_with(
                     gpu,
-                    "conv_direct",
+                    shader(grid.sg),
                     "conv_direct",
                     &[
                         grid.src.read(),
@@ -381,8 +383,24 @@ fn dgrad_classes(g: &ConvGeom) -> Vec<Class> {
     classes
 }
 
-/// Record `y (+)= conv(x, w)` with the direct kernel, or `None` when [`Plan`] says it does not
-/// fit.
+/// Whether this adapter runs the subgroup variant (`shaders/conv_direct_subgroup.wgsli`): it
+/// needs the `subgroups` feature and subgroups of at least 8 lanes (its weight-gradient kernel
+/// broadcasts from lanes 0 to 7).
+pub fn subgroups_ok(gpu: &Gpu) -> bool {
+    gpu.has_subgroups() && gpu.summary.subgroup_min_size >= 8
+}
+
+/// The shader of the plain (`sg` false) or the subgroup variant.
+fn shader(sg: bool) -> &'static str {
+    if sg {
+        "conv_direct_subgroup"
+    } else {
+        "conv_direct"
+    }
+}
+
+/// Record `y (+)= conv(x, w)` with the direct kernel (`sg`: its subgroup variant, see
+/// [`subgroups_ok`]), or `None` when [`Plan`] says it does not fit.
 pub fn forward(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -390,6 +408,7 @@ pub fn forward(
     w: &crate::tensor::Tensor,
     y: &crate::tensor::Tensor,
     beta: f32,
+    sg: bool,
 ) -> Result<Option<Vec<Dispatch>>> {
     let class = forward_class(g);
     let grid = Grid {
@@ -399,12 +418,13 @@ pub fn forward(
         dst_chw: [g.cout, g.oh, g.ow],
         istride: g.stride,
         ostride: 1,
+        sg,
     };
     record(gpu, g, w, false, &grid, &[class], beta)
 }
 
-/// Record `dx (+)= conv_transpose(dy, w)` with the direct kernel, one launch set per phase
-/// class, or `None` when [`Plan`] says it does not fit.
+/// Record `dx (+)= conv_transpose(dy, w)` with the direct kernel (`sg`: its subgroup variant),
+/// one launch set per phase class, or `None` when [`Plan`] says it does not fit.
 pub fn dgrad(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -412,6 +432,7 @@ pub fn dgrad(
     w: &crate::tensor::Tensor,
     dx: &crate::tensor::Tensor,
     beta: f32,
+    sg: bool,
 ) -> Result<Option<Vec<Dispatch>>> {
     let classes = dgrad_classes(g);
     let grid = Grid {
@@ -421,6 +442,7 @@ pub fn dgrad(
         dst_chw: [g.cin, g.h, g.w],
         istride: 1,
         ostride: g.stride,
+        sg,
     };
     record(gpu, g, w, true, &grid, &classes, beta)
 }
@@ -530,7 +552,8 @@ impl WgradPlan {
 }
 
 /// Record `dw (+)= wgrad(dy, x)` with the direct kernel (pack dY, one launch per block, sum of
-/// the row-run partials), or `None` when [`WgradPlan`] says it does not apply.
+/// the row-run partials; `sg`: its subgroup variant), or `None` when [`WgradPlan`] says it
+/// does not apply.
 pub fn wgrad(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -538,6 +561,7 @@ pub fn wgrad(
     x: &crate::tensor::Tensor,
     dw: &crate::tensor::Tensor,
     beta: f32,
+    sg: bool,
 ) -> Result<Option<Vec<Dispatch>>> {
     let Some(plan) = WgradPlan::new(gpu, g) else {
         return Ok(None);
@@ -591,6 +615,20 @@ pub fn wgrad(
         crate::tensor::DType::F32,
     )?;
     let invocations = plan.nrg * g.cin;
+    // The subgroup variant: a workgroup per (row run, WGS input channels), so that a subgroup
+    // never spans two row runs (the dY it shares).
+    let wgs = g.cin.next_multiple_of(8).min(WG);
+    let (grid, constants) = if sg {
+        (
+            [g.cin.div_ceil(wgs) as u32, plan.nrg as u32, 1],
+            vec![("WSTRIDE", g.stride as f64), ("WGS", wgs as f64)],
+        )
+    } else {
+        (
+            grid_1d(gpu, invocations.div_ceil(WG) as u32),
+            vec![("WSTRIDE", g.stride as f64)],
+        )
+    };
     for ig in 0..plan.igroups {
         let b0 = ig * plan.ipb;
         for cg in 0..plan.cgroups {
@@ -612,7 +650,7 @@ pub fn wgrad(
             };
             out.push(Dispatch::build_with(
                 gpu,
-                "conv_direct",
+                shader(sg),
                 "conv_wgrad3",
                 &[
                     x.read(),
@@ -626,8 +664,8 @@ pub fn wgrad(
                     partial.write(),
                 ],
                 bytemuck::bytes_of(&p),
-                grid_1d(gpu, invocations.div_ceil(WG) as u32),
-                &[("WSTRIDE", g.stride as f64)],
+                grid,
+                &constants,
             )?);
         }
     }
