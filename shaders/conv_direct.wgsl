@@ -277,15 +277,25 @@ fn wld(row_ok: bool, row: i32, ix: i32) -> f32 {
     return select(0.0, wg_x[u32(select(0, row + ix, ok))], ok);
 }
 
-// The window x[s*p + kx] (p < 4, kx < 3) of input row iy for the 4 pixels from column ix.
-fn window(ci_base: i32, iy: i32, ix: i32) -> Win {
-    let row_ok = iy >= 0 && iy < i32(wq.h);
-    let row = ci_base + iy * i32(wq.w);
-    var x: Win;
-    for (var t = 0u; t < 3u * WSTRIDE + 3u; t++) {
-        x.v[t] = wld(row_ok, row, ix + i32(t));
+// Windows x[s*p + kx] (p < 4, kx < 3) of one input row, slid along the row: neighbouring
+// 4-pixel steps share the last 3 - s values of a window (2 at stride 1), which move to its
+// front instead of being read again. `fill` reads values t0..t1-1 of the window at column ix.
+struct Row { ok: bool, base: i32 }
+
+fn row_at(ci_base: i32, iy: i32) -> Row {
+    return Row(iy >= 0 && iy < i32(wq.h), ci_base + iy * i32(wq.w));
+}
+
+fn fill(x: ptr<function, Win>, r: Row, ix: i32, t0: u32, t1: u32) {
+    for (var t = t0; t < t1; t++) {
+        (*x).v[t] = wld(r.ok, r.base, ix + i32(t));
     }
-    return x;
+}
+
+fn slide(x: ptr<function, Win>) {
+    for (var t = 0u; t < 3u - WSTRIDE; t++) {
+        (*x).v[t] = (*x).v[t + 4u * WSTRIDE];
+    }
 }
 
 // One channel quad: d0..d3 hold 4 pixels of output channels 4q..4q+3; the rows of their
@@ -377,11 +387,26 @@ fn wgrad_main(ci0: u32, rg0: u32, live: bool, lane: u32) {
         // vec4 index of (image li, channel 0, row oy) in the block.
         let dbase = (li * 16u * ohw + oy * wq.owp) / 4u;
         // Pixels past ow (row padding) have dY = 0 in the block: they add nothing.
+        let r0 = row_at(ci_base, iy);
+        let r1 = row_at(ci_base, iy + 1);
+        let r2 = row_at(ci_base, iy + 2);
+        let keep = 3u - WSTRIDE;
+        var x0: Win;
+        var x1: Win;
+        var x2: Win;
+        fill(&x0, r0, -i32(wq.pad), 0u, keep);
+        fill(&x1, r1, -i32(wq.pad), 0u, keep);
+        fill(&x2, r2, -i32(wq.pad), 0u, keep);
         for (var ox = 0u; ox < wq.owp; ox += 4u) {
+            if (ox > 0u) {
+                slide(&x0);
+                slide(&x1);
+                slide(&x2);
+            }
             let ix = i32(ox * WSTRIDE) - i32(wq.pad);
-            let x0 = window(ci_base, iy, ix);
-            let x1 = window(ci_base, iy + 1, ix);
-            let x2 = window(ci_base, iy + 2, ix);
+            fill(&x0, r0, ix, keep, 3u * WSTRIDE + 3u);
+            fill(&x1, r1, ix, keep, 3u * WSTRIDE + 3u);
+            fill(&x2, r2, ix, keep, 3u * WSTRIDE + 3u);
             let e = dy16(dbase + ox / 4u, qs, lane);
             n0 = quad(e.m[0], e.m[1], e.m[2], e.m[3], x0, x1, x2, n0);
             n1 = quad(e.m[4], e.m[5], e.m[6], e.m[7], x0, x1, x2, n1);
