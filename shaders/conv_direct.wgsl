@@ -27,7 +27,8 @@ struct Params {
     rows: array<vec4<i32>, 64>,
 }
 
-@group(0) @binding(0) var<storage, read> src: array<f32>;
+// Binding 0, the input `src`, and its reads come from the window file (conv_direct_win1.wgsli:
+// scalars; conv_direct_win4.wgsli: aligned vec4).
 @group(0) @binding(1) var<uniform> wu: array<vec4<f32>, 4096>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
@@ -45,13 +46,6 @@ struct Acc {
     a20: vec4<f32>, a21: vec4<f32>, a22: vec4<f32>, a23: vec4<f32>,
     a24: vec4<f32>, a25: vec4<f32>, a26: vec4<f32>, a27: vec4<f32>,
     a28: vec4<f32>, a29: vec4<f32>, a30: vec4<f32>, a31: vec4<f32>,
-}
-
-// The input value at column ix of the row starting at `row` (zero in the padding). The read is
-// unconditional (from a clamped index) so it adds no branch of its own.
-fn ld(row_ok: bool, row: i32, ix: i32) -> f32 {
-    let ok = row_ok && ix >= 0 && ix < i32(p.src_w);
-    return select(0.0, src[u32(select(0, row + ix, ok))], ok);
 }
 
 fn put(b: u32, i: u32, j: u32, o: u32, v: f32) {
@@ -150,32 +144,7 @@ fn direct_main(idx0: u32, lane: u32) {
             let row_ok = iy >= 0 && iy < i32(p.src_h);
             let row = cbase + iy * i32(p.src_w);
             let ix = ix0 + tr.y;
-            // Written out rather than looped: the conditions fold once KR and IS are fixed,
-            // leaving straight-line code with constant indices (a loop here would leave the
-            // window as a dynamically indexed array in memory).
-            let wn = (PX - 1u) * IS + KR;
-            var w: Win;
-            w.v[0] = ld(row_ok, row, ix);
-            w.v[1] = ld(row_ok, row, ix + 1);
-            w.v[2] = ld(row_ok, row, ix + 2);
-            w.v[3] = ld(row_ok, row, ix + 3);
-            if (wn > 4u) { w.v[4] = ld(row_ok, row, ix + 4); }
-            if (wn > 5u) { w.v[5] = ld(row_ok, row, ix + 5); }
-            if (wn > 6u) { w.v[6] = ld(row_ok, row, ix + 6); }
-            if (wn > 7u) { w.v[7] = ld(row_ok, row, ix + 7); }
-            if (wn > 8u) { w.v[8] = ld(row_ok, row, ix + 8); }
-            if (wn > 9u) { w.v[9] = ld(row_ok, row, ix + 9); }
-            if (wn > 10u) { w.v[10] = ld(row_ok, row, ix + 10); }
-            if (wn > 11u) { w.v[11] = ld(row_ok, row, ix + 11); }
-            if (wn > 12u) { w.v[12] = ld(row_ok, row, ix + 12); }
-            if (wn > 13u) { w.v[13] = ld(row_ok, row, ix + 13); }
-            if (wn > 14u) { w.v[14] = ld(row_ok, row, ix + 14); }
-            if (wn > 15u) { w.v[15] = ld(row_ok, row, ix + 15); }
-            if (wn > 16u) { w.v[16] = ld(row_ok, row, ix + 16); }
-            if (wn > 17u) { w.v[17] = ld(row_ok, row, ix + 17); }
-            if (wn > 18u) { w.v[18] = ld(row_ok, row, ix + 18); }
-            if (wn > 19u) { w.v[19] = ld(row_ok, row, ix + 19); }
-            if (wn > 20u) { w.v[20] = ld(row_ok, row, ix + 20); }
+            let w = window_at(row_ok, row, ix);
             let wb = i32(ch * p.khw) + tr.z;
             tap(&c, w, 0u, wb, lane);
             if (KR > 1u) { tap(&c, w, 1u, wb + tr.w, lane); }

@@ -44,11 +44,25 @@ shader_table! {
         (
             "conv_direct",
             include_str!("../shaders/conv_direct_gather.wgsli"),
+            include_str!("../shaders/conv_direct_win1.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_v4",
+            include_str!("../shaders/conv_direct_gather.wgsli"),
+            include_str!("../shaders/conv_direct_win4.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
             "conv_direct_subgroup",
             include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct_win1.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_subgroup_v4",
+            include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct_win4.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (

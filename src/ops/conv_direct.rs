@@ -266,6 +266,15 @@ fn record(
             PX
         };
         let jgroups = class.nj.div_ceil(px);
+        let v4 = vec4_windows(grid.src, src_chw[2], class);
+        let mut constants = vec![
+            ("KR", class.kr.max(1) as f64),
+            ("IS", istride as f64),
+            ("PX", px as f64),
+        ];
+        if v4 {
+            constants.push(("XA", class.rows[0][1].rem_euclid(4) as f64));
+        }
         let invocations = batch * class.ni * jgroups;
         for group in 0..plan.groups {
             for chunk in 0..plan.chunks {
@@ -298,7 +307,7 @@ fn record(
                 let block = (group * plan.chunks + chunk) as u64 * BLOCK_BYTES;
                 out.push(Dispatch::build_with(
                     gpu,
-                    shader(grid.sg),
+                    shader(grid.sg, v4),
                     "conv_direct",
                     &[
                         grid.src.read(),
@@ -313,11 +322,7 @@ fn record(
                     ],
                     bytemuck::bytes_of(&p),
                     grid_1d(gpu, invocations.div_ceil(WG) as u32),
-                    &[
-                        ("KR", class.kr.max(1) as f64),
-                        ("IS", istride as f64),
-                        ("PX", px as f64),
-                    ],
+                    &constants,
                 )?);
             }
         }
@@ -390,13 +395,25 @@ pub fn subgroups_ok(gpu: &Gpu) -> bool {
     gpu.has_subgroups() && gpu.summary.subgroup_min_size >= 8
 }
 
-/// The shader of the plain (`sg` false) or the subgroup variant.
-fn shader(sg: bool) -> &'static str {
-    if sg {
-        "conv_direct_subgroup"
-    } else {
-        "conv_direct"
+/// The shader of the plain (`sg` false) or the subgroup variant, with scalar or (`v4`) aligned
+/// vec4 reads of the input windows.
+fn shader(sg: bool, v4: bool) -> &'static str {
+    match (sg, v4) {
+        (false, false) => "conv_direct",
+        (false, true) => "conv_direct_v4",
+        (true, false) => "conv_direct_subgroup",
+        (true, true) => "conv_direct_subgroup_v4",
     }
+}
+
+/// Whether a launch of `class` may read its input windows as aligned vec4
+/// (`shaders/conv_direct_win4.wgsli`): rows of a multiple of 4 values in a 16-byte aligned
+/// tensor, and one column offset for all its tap rows (so the window's alignment is a
+/// constant of the launch).
+fn vec4_windows(src: &crate::tensor::Tensor, src_w: usize, class: &Class) -> bool {
+    src_w.is_multiple_of(4)
+        && src.offset().is_multiple_of(16)
+        && class.rows.iter().all(|r| r[1] == class.rows[0][1])
 }
 
 /// Record `y (+)= conv(x, w)` with the direct kernel (`sg`: its subgroup variant, see
@@ -650,7 +667,7 @@ pub fn wgrad(
             };
             out.push(Dispatch::build_with(
                 gpu,
-                shader(sg),
+                shader(sg, false),
                 "conv_wgrad3",
                 &[
                     x.read(),
