@@ -273,7 +273,7 @@ fn record(
             ("PX", px as f64),
         ];
         if v4 {
-            constants.push(("XA", class.rows[0][1].rem_euclid(4) as f64));
+            constants.push(("XA", first_column(class).rem_euclid(4) as f64));
         }
         let invocations = batch * class.ni * jgroups;
         for group in 0..plan.groups {
@@ -416,11 +416,17 @@ fn shader(sg: bool, v4: bool) -> &'static str {
 /// Whether a launch of `class` may read its input windows as aligned vec4
 /// (`shaders/conv_direct_win4.wgsli`): rows of a multiple of 4 values in a 16-byte aligned
 /// tensor, and one column offset for all its tap rows (so the window's alignment is a
-/// constant of the launch).
+/// constant of the launch). A class without taps (a stride-2 1x1 dgrad's odd pixels) reads
+/// nothing and may take either.
 fn vec4_windows(src: &crate::tensor::Tensor, src_w: usize, class: &Class) -> bool {
     src_w.is_multiple_of(4)
         && src.offset().is_multiple_of(16)
-        && class.rows.iter().all(|r| r[1] == class.rows[0][1])
+        && class.rows.iter().all(|r| r[1] == first_column(class))
+}
+
+/// The column offset of a class's first tap row (0 for a class without taps).
+fn first_column(class: &Class) -> i32 {
+    class.rows.first().map_or(0, |r| r[1])
 }
 
 /// Record `y (+)= conv(x, w)` with the direct kernel (`sg`: its subgroup variant, see
