@@ -60,6 +60,10 @@ mod imp {
             self.local_rank
         }
 
+        fn abort(&self) {
+            self.world.abort(1)
+        }
+
         fn sum(&self, v: &mut [f64]) -> Result<()> {
             let send = v.to_vec();
             self.world

@@ -35,6 +35,9 @@ pub trait Processes {
     fn rank(&self) -> usize;
     /// This process's place among those on its machine (which adapter it takes).
     fn local_rank(&self) -> usize;
+    /// End every process of the run after an error in this one, so that the others do not
+    /// wait forever in their next collective (MPI_Abort); the default does nothing.
+    fn abort(&self) {}
     /// Replace `v` by its element-wise sum over the processes (the same on every one).
     fn sum(&self, v: &mut [f64]) -> Result<()>;
 }

@@ -23,7 +23,8 @@ use crate::tensor::Tensor;
 /// This process's devices: `[gpu]`, or those `cfg.devices` names (opened anew, the first with
 /// `gpu`'s tuning settings). In a multi-process run (`procs`) one: the entry of the process's
 /// rank on its machine (cycling through the list), or without a list the adapter of that
-/// index among the machine's GPUs.
+/// index among the machine's GPUs (CPU adapters where it has none; GL adapters only where no
+/// other backend has one).
 pub fn open_devices(
     gpu: &Gpu,
     cfg: &TrainConfig,
@@ -33,7 +34,13 @@ pub fn open_devices(
     if let Some(p) = procs {
         let local = p.local_rank();
         list = vec![if list.is_empty() {
-            let all = crate::gpu::list_adapters(gpu.options().backend);
+            let mut all = crate::gpu::list_adapters(gpu.options().backend);
+            // One device usually shows under several backends (Vulkan and GL): as `auto`
+            // does, GL only where no other backend has an adapter, so that processes do not
+            // land on one device's GL twin (with other features: no subgroups, no f16).
+            if all.iter().any(|a| a.backend != "gl") {
+                all.retain(|a| a.backend != "gl");
+            }
             let gpus: Vec<_> = all.iter().filter(|a| a.device_type != "Cpu").collect();
             let pool = if gpus.is_empty() {
                 all.iter().collect()
