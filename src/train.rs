@@ -500,453 +500,7 @@ pub fn train_with_init(
         Distributed::Mpi => Some(crate::distributed::join()?),
         Distributed::None => None,
     };
-    // Process 0 evaluates, prints and writes the run directory; the others train only.
-    let root = procs.as_ref().is_none_or(|p| p.rank() == 0);
-    let quiet = quiet || !root;
-    let result = (|| -> Result<Summary> {
-        // Before any data is read or an epoch is spent: a run that cannot save is no run.
-        if root {
-            crate::rundir::check_writable(out)?;
-        }
-        let devices = open_devices(gpu, cfg, procs.as_deref())?;
-        let gpu = &devices[0];
-        let splits = load_data(cfg)?;
-        let name = splits.name.clone();
-        let (train, test) = prepare_data(cfg, splits)?;
-        let counts = train.class_counts();
-        let spe = steps_per_epoch(train.len(), cfg.batch_size)?;
-        let model = build_model(gpu, cfg, train.channels, train.classes)?;
-        let config_toml = cfg.to_toml()?;
-        if !resume && root {
-            write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
-        }
-        if root {
-            println!(
-                "{name}-LT: {} training images {:?}, {} test images; {} on {}{}",
-                train.len(),
-                counts,
-                test.len(),
-                cfg.model,
-                describe_devices(&devices, cfg.sync_bn),
-                procs.as_ref().map_or(String::new(), |p| format!(
-                    " x {} processes (MPI)",
-                    p.size()
-                ))
-            );
-        }
-        let loss_cfg = LossConfig {
-            kind: cfg.loss,
-            max_margin: cfg.ldam_max_margin,
-            ldam_scale: cfg.ldam_scale,
-            tau: cfg.tau,
-        };
-        let loss = LossSetup::new(gpu, loss_cfg, &counts)?;
-        let bet = match cfg.bet {
-            Some(k) => Bet {
-                mode: cfg.bet_mode,
-                period: Some(k),
-                size: cfg.bet_size,
-            },
-            None => Bet::OFF,
-        };
-        let extra = if bet.mode == crate::sampler::BetMode::Concat && bet.period.is_some() {
-            bet.size
-        } else {
-            0
-        };
-        let batch = cfg.batch_size + extra;
-        let shape = [batch, train.channels, train.height, train.width];
-        let sgd_cfg = SgdConfig {
-            lr: cfg.lr as f32,
-            momentum: cfg.momentum as f32,
-            weight_decay: cfg.weight_decay as f32,
-            nesterov: cfg.nesterov,
-        };
-        if let (Some(p), false) = (init, resume) {
-            checkpoint::load_init(gpu, p, &model)?;
-        }
-        // A resumed run records the kernel variants it started with (reproducible to the bit on
-        // one adapter), whatever the tune cache says now.
-        if resume && let Some(pinned) = crate::tune::recorded(out)? {
-            gpu.tuner.pin(pinned);
-        }
-        let replicas = Replicas::build(
-            &devices,
-            |g| build_model(g, cfg, train.channels, train.classes),
-            loss_cfg,
-            &counts,
-        )?;
-        let mut st = Runner::record(
-            gpu,
-            &model,
-            &loss,
-            &replicas,
-            shape,
-            sgd_cfg,
-            cfg.sync_bn,
-            procs.clone(),
-        )?;
-        let evaluator = Evaluator::new(gpu, &model, &test, cfg.eval_batch)?;
-        if root {
-            crate::tune::record(out, &gpu.tuner)?;
-        }
-        let schedule = Schedule {
-            lr: cfg.lr,
-            epochs: cfg.epochs,
-            steps_per_epoch: spe,
-            warmup_epochs: cfg.warmup_epochs,
-            decay: cfg.schedule,
-        };
-        let b3rs = B3rsConfig {
-            groups: cfg.b3rs_groups,
-            q: cfg.b3rs_q,
-            r: cfg.b3rs_r,
-        };
-        let aug = if cfg.augment == "none" {
-            Augment::NONE
-        } else {
-            Augment::STANDARD
-        };
-        let drw_weights = class_balanced_weights(&counts, cfg.drw_beta)?;
-        let posthoc = cfg.posthoc_tau.map(|t| (t, counts.as_slice()));
-
-        // Resume: weights, optimizer state, counters, metrics so far.
-        let mut state = RunState {
-            epochs_done: 0,
-            steps_done: 0,
-            best: None,
-            last_eval: None,
-        };
-        let mut history: Vec<EpochMetrics> = Vec::new();
-        if resume {
-            match crate::rundir::load_latest(out)? {
-                Some(set) => {
-                    let what = |f: &str| set.dir.join(f).display().to_string();
-                    state = serde_json::from_slice(&set.state)
-                        .with_context(|| format!("{} is corrupt", what("state.json")))?;
-                    checkpoint::load_model_bytes(
-                        gpu,
-                        &set.model,
-                        &set.dir.join("model.safetensors"),
-                        &model,
-                    )?;
-                    st.set_momentum(&momentum_from(
-                        &st,
-                        &set.optimizer,
-                        &what("optimizer.safetensors"),
-                    )?)?;
-                    if let Some(ls) =
-                        loss_scale_from(&set.optimizer, &what("optimizer.safetensors"))?
-                    {
-                        st.set_loss_scale(ls)?;
-                    } else if cfg.precision == crate::config::Precision::F16 {
-                        bail!(
-                            "{}: no loss_scale tensor, but the run trains in f16 (precision changed?)",
-                            what("optimizer.safetensors")
-                        );
-                    }
-                    history = parse_metrics(&set.metrics, &what("metrics.jsonl"))?;
-                    history.truncate(state.epochs_done);
-                    println!(
-                        "resuming after epoch {} (step {}) from {}",
-                        state.epochs_done,
-                        state.steps_done,
-                        set.dir.display()
-                    );
-                }
-                None if out.join("state.json").exists()
-                    && !out.join(crate::rundir::SETS).exists() =>
-                {
-                    // A run directory from before checkpoint sets: its files are not verified.
-                    eprintln!(
-                        "warning: {} has no checkpoint sets (an older run directory): resuming from \
-                     its top-level files, which cannot be checked for consistency",
-                        out.display()
-                    );
-                    let p = out.join("state.json");
-                    let text = std::fs::read_to_string(&p)
-                        .with_context(|| format!("reading {}", p.display()))?;
-                    state = serde_json::from_str(&text)
-                        .with_context(|| format!("{} is corrupt", p.display()))?;
-                    checkpoint::load_model(gpu, &out.join("last.safetensors"), &model)?;
-                    let p = out.join("optimizer.safetensors");
-                    let opt =
-                        std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-                    st.set_momentum(&momentum_from(&st, &opt, &p.display().to_string())?)?;
-                    if let Ok(b) = std::fs::read(out.join("metrics.jsonl")) {
-                        history = parse_metrics(&b, "metrics.jsonl")?;
-                        history.truncate(state.epochs_done);
-                    }
-                }
-                None => {
-                    if !out.join("config.toml").exists() {
-                        bail!("{}: no run to resume (no config.toml)", out.display());
-                    }
-                    // Stopped before its first epoch was saved: nothing to continue, so start over
-                    // (same seed, same run).
-                    // The config does not record --init: say so rather than guess.
-                    println!(
-                        "{}: no complete checkpoint set yet; starting the run from the beginning \
-                     (if it began from --init weights, pass --init again)",
-                        out.display()
-                    );
-                    if let Some(p) = init {
-                        checkpoint::load_init(gpu, p, &model)?;
-                    }
-                }
-            }
-        }
-
-        // Replicas start from device 0's weights and statistics, whatever was loaded.
-        replicas.copy_state_from(gpu, &model)?;
-        let total_steps = cfg.max_steps.unwrap_or(usize::MAX).min(cfg.epochs * spe);
-        let mut exchange_before = (0.0, 0.0);
-        if cfg.sync_bn && st.exchange_stats().is_none() && root {
-            eprintln!("note: --sync-bn has no effect on one device");
-        }
-        let (mut xbuf, mut ybuf) = (Vec::new(), Vec::new());
-        let fp16 = cfg.precision == crate::config::Precision::F16;
-        let mut nonfinite_run = 0usize;
-        let mut step = state.steps_done;
-        let mut images = 0usize;
-        let mut train_secs = 0.0;
-        for epoch in state.epochs_done..cfg.epochs {
-            if step >= total_steps {
-                break;
-            }
-            let t0 = Instant::now();
-            let drw_on = cfg.drw_start().is_some_and(|e| epoch >= e);
-            loss.set_weights(gpu, drw_on.then_some(drw_weights.as_slice()))?;
-            replicas.set_loss_weights(drw_on.then_some(drw_weights.as_slice()))?;
-            let mut sampler = Sampler::new(
-                cfg.sampler,
-                &train.labels,
-                train.classes,
-                b3rs,
-                epoch_seed(cfg.seed, epoch, 1),
-            );
-            let plan = plan_epoch(&mut sampler, spe, cfg.batch_size, bet)?;
-            let mut arng = Rng64::new(epoch_seed(cfg.seed, epoch, 2));
-            let steps_here = plan.len().min(total_steps - step);
-            let bar = if quiet {
-                indicatif::ProgressBar::hidden()
-            } else {
-                indicatif::ProgressBar::new(steps_here as u64).with_style(
-                    indicatif::ProgressStyle::with_template(
-                        "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
-                    )
-                    .expect("valid template")
-                    .progress_chars("=> "),
-                )
-            };
-            bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
-            let mut loss_sum = 0.0;
-            let mut nonfinite_losses = 0usize;
-            let mut lr = cfg.lr;
-            // A process of a distributed run decodes and uploads its share of each batch only.
-            let keep = st.part(batch);
-            let mut feed = Feed::start(&train, &plan[..steps_here], cfg.prefetch, keep.clone())?;
-            feed.assemble(
-                &train,
-                &plan[0],
-                keep.clone(),
-                Some((aug, &mut arng)),
-                &mut xbuf,
-                &mut ybuf,
-            )?;
-            for i in 0..steps_here {
-                lr = schedule.lr_at(step);
-                st.set_lr(gpu, lr as f32);
-                st.start(gpu, &xbuf, &ybuf)?;
-                let l = if i + 1 < steps_here {
-                    // The next batch is assembled on another thread while this step runs (with
-                    // several devices this thread drives the step's collectives meanwhile).
-                    std::thread::scope(|sc| {
-                        let next = sc.spawn(|| {
-                            feed.assemble(
-                                &train,
-                                &plan[i + 1],
-                                keep.clone(),
-                                Some((aug, &mut arng)),
-                                &mut xbuf,
-                                &mut ybuf,
-                            )
-                        });
-                        let l = st.finish();
-                        let assembled = next.join().expect("the batch assembly thread panicked");
-                        assembled.and(l)
-                    })?
-                } else {
-                    st.finish()?
-                };
-                step += 1;
-                // f16: an overflow in the forward makes the loss inf / NaN and the step is skipped
-                // (the loss scale halves); only a long run of them stops training.
-                if !l.is_finite() && fp16 && nonfinite_run < MAX_NONFINITE_STEPS {
-                    nonfinite_run += 1;
-                    nonfinite_losses += 1;
-                    bar.inc(1);
-                    continue;
-                }
-                nonfinite_run = 0;
-                if !l.is_finite() {
-                    bar.abandon();
-                    bail!(
-                        "the loss became {l} at epoch {} step {step}: training stopped; {}. Try a lower --lr",
-                        epoch + 1,
-                        crate::rundir::describe_latest(out)
-                    );
-                }
-                loss_sum += l as f64;
-                let secs = t0.elapsed().as_secs_f64();
-                bar.set_message(format!(
-                    "loss {:.4} {:.1} img/s",
-                    loss_sum / (i + 1 - nonfinite_losses) as f64,
-                    ((i + 1) * batch) as f64 / secs
-                ));
-                bar.inc(1);
-            }
-            bar.finish_and_clear();
-            if let Some((n, bytes, (wait, ex))) = st.exchange_stats().filter(|_| root) {
-                let per = |now: f64, before: f64| (now - before) / steps_here.max(1) as f64 * 1e3;
-                println!(
-                    "devices: {n} collectives per step ({:.2} MB per device); per step {:.0} ms \
-                 waiting for the devices' compute, {:.1} ms exchanging",
-                    bytes as f64 / 1e6,
-                    per(wait, exchange_before.0),
-                    per(ex, exchange_before.1)
-                );
-                exchange_before = (wait, ex);
-            }
-            if let Some(ls) = st.loss_scale()?.filter(|_| root) {
-                println!(
-                    "loss scale: {} ({} steps skipped so far{})",
-                    ls.scale,
-                    ls.skipped,
-                    if nonfinite_losses > 0 {
-                        format!("; {nonfinite_losses} losses this epoch were inf/NaN")
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-            if let Some(p) = feed.prefetch().filter(|_| root) {
-                println!(
-                    "decoding: {:.0} images/s on {} threads; the GPU waited {:.1} s for images",
-                    p.images_per_s(),
-                    p.workers,
-                    p.wait_secs
-                );
-            }
-            let secs = t0.elapsed().as_secs_f64();
-            train_secs += secs;
-            images += steps_here * batch;
-            let last_epoch = epoch + 1 == cfg.epochs || step >= total_steps;
-            let eval = if root && ((epoch + 1) % cfg.eval_every == 0 || last_epoch) {
-                let z = evaluator.logits(gpu, &test)?;
-                Some(score(&z, &test.labels, test.classes, &counts, posthoc)?)
-            } else {
-                None
-            };
-            let m = EpochMetrics {
-                epoch: epoch + 1,
-                lr,
-                loss: loss_sum / (steps_here - nonfinite_losses).max(1) as f64,
-                acc: eval.as_ref().map(|e| e.acc),
-                many: eval.as_ref().and_then(|e| e.many),
-                medium: eval.as_ref().and_then(|e| e.medium),
-                few: eval.as_ref().and_then(|e| e.few),
-                img_s: (steps_here * batch) as f64 / secs,
-                seconds: secs,
-            };
-            if root {
-                println!(
-                    "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.1} img/s  {:.0} s{}",
-                    epoch + 1,
-                    cfg.epochs,
-                    m.loss,
-                    m.lr,
-                    m.img_s,
-                    secs,
-                    eval.as_ref()
-                        .map_or(String::new(), |e| format!("  | {}", eval_line(e)))
-                );
-            }
-            history.push(m);
-            state.epochs_done = epoch + 1;
-            state.steps_done = step;
-            if !root {
-                continue;
-            }
-            let model_bytes =
-                checkpoint::model_bytes(gpu, &model, step as i64, Some(&config_toml))?;
-            let mut new_best = false;
-            if let Some(e) = &eval {
-                state.last_eval = Some(e.clone());
-                if state.best.as_ref().is_none_or(|(_, b)| e.acc > b.acc) {
-                    state.best = Some((epoch + 1, e.clone()));
-                    new_best = true;
-                }
-            }
-            let mom = st.momentum().to_f32(gpu)?;
-            let mut opt = BTreeMap::new();
-            opt.insert("momentum".to_string(), HostTensor::f32(&[mom.len()], &mom));
-            if let Some(ls) = st.loss_scale()? {
-                // f32 holds the counters exactly up to 2^24 steps.
-                let v = [ls.scale, ls.clean as f32, ls.skipped as f32];
-                opt.insert("loss_scale".to_string(), HostTensor::f32(&[3], &v));
-            }
-            let mut lines = Vec::new();
-            for h in &history {
-                writeln!(lines, "{}", serde_json::to_string(h)?)?;
-            }
-            crate::rundir::save(
-                out,
-                &crate::rundir::SetFiles {
-                    epoch: epoch + 1,
-                    best: new_best.then(|| model_bytes.clone()),
-                    model: model_bytes,
-                    optimizer: checkpoint::to_bytes(&opt, None)?,
-                    state: serde_json::to_string_pretty(&state)?.into_bytes(),
-                    metrics: lines,
-                    best_from: state.best.as_ref().map(|b| b.0),
-                },
-            )?;
-            if eval.is_some() {
-                // The summary so far (final = this evaluation), and the pictures of it.
-                publish_summary(
-                    cfg,
-                    out,
-                    SummaryParts {
-                        name: &name,
-                        state: &state,
-                        counts: &counts,
-                        gpu,
-                        seconds: t_start.elapsed().as_secs_f64(),
-                        images,
-                        train_secs,
-                        finished: false,
-                    },
-                )?;
-            }
-        }
-        let parts = SummaryParts {
-            name: &name,
-            state: &state,
-            counts: &counts,
-            gpu,
-            seconds: t_start.elapsed().as_secs_f64(),
-            images,
-            train_secs,
-            finished: true,
-        };
-        if !root {
-            let mut s = make_summary(parts);
-            s.rank = procs.as_ref().map_or(0, |p| p.rank());
-            return Ok(s);
-        }
-        publish_summary(cfg, out, parts)
-    })();
+    let result = train_in(gpu, cfg, out, resume, quiet, init, procs.clone(), t_start);
     // An error in one process of a multi-process run: say which, then end them all (the
     // others would wait forever in their next collective).
     if let (Err(e), Some(p)) = (&result, &procs)
@@ -956,6 +510,459 @@ pub fn train_with_init(
         p.abort();
     }
     result
+}
+
+/// The run of [`train_with_init`] in this process (`procs`: the processes of an MPI run).
+#[allow(clippy::too_many_arguments)] // train_with_init's arguments plus its process group
+fn train_in(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    quiet: bool,
+    init: Option<&Path>,
+    procs: Option<Rc<dyn Processes>>,
+    t_start: Instant,
+) -> Result<Summary> {
+    // Process 0 evaluates, prints and writes the run directory; the others train only.
+    let root = procs.as_ref().is_none_or(|p| p.rank() == 0);
+    let quiet = quiet || !root;
+    // Before any data is read or an epoch is spent: a run that cannot save is no run.
+    if root {
+        crate::rundir::check_writable(out)?;
+    }
+    let devices = open_devices(gpu, cfg, procs.as_deref())?;
+    let gpu = &devices[0];
+    let splits = load_data(cfg)?;
+    let name = splits.name.clone();
+    let (train, test) = prepare_data(cfg, splits)?;
+    let counts = train.class_counts();
+    let spe = steps_per_epoch(train.len(), cfg.batch_size)?;
+    let model = build_model(gpu, cfg, train.channels, train.classes)?;
+    let config_toml = cfg.to_toml()?;
+    if !resume && root {
+        write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
+    }
+    if root {
+        println!(
+            "{name}-LT: {} training images {:?}, {} test images; {} on {}{}",
+            train.len(),
+            counts,
+            test.len(),
+            cfg.model,
+            describe_devices(&devices, cfg.sync_bn),
+            procs.as_ref().map_or(String::new(), |p| format!(
+                " x {} processes (MPI)",
+                p.size()
+            ))
+        );
+    }
+    let loss_cfg = LossConfig {
+        kind: cfg.loss,
+        max_margin: cfg.ldam_max_margin,
+        ldam_scale: cfg.ldam_scale,
+        tau: cfg.tau,
+    };
+    let loss = LossSetup::new(gpu, loss_cfg, &counts)?;
+    let bet = match cfg.bet {
+        Some(k) => Bet {
+            mode: cfg.bet_mode,
+            period: Some(k),
+            size: cfg.bet_size,
+        },
+        None => Bet::OFF,
+    };
+    let extra = if bet.mode == crate::sampler::BetMode::Concat && bet.period.is_some() {
+        bet.size
+    } else {
+        0
+    };
+    let batch = cfg.batch_size + extra;
+    let shape = [batch, train.channels, train.height, train.width];
+    let sgd_cfg = SgdConfig {
+        lr: cfg.lr as f32,
+        momentum: cfg.momentum as f32,
+        weight_decay: cfg.weight_decay as f32,
+        nesterov: cfg.nesterov,
+    };
+    if let (Some(p), false) = (init, resume) {
+        checkpoint::load_init(gpu, p, &model)?;
+    }
+    // A resumed run records the kernel variants it started with (reproducible to the bit on
+    // one adapter), whatever the tune cache says now.
+    if resume && let Some(pinned) = crate::tune::recorded(out)? {
+        gpu.tuner.pin(pinned);
+    }
+    let replicas = Replicas::build(
+        &devices,
+        |g| build_model(g, cfg, train.channels, train.classes),
+        loss_cfg,
+        &counts,
+    )?;
+    let mut st = Runner::record(
+        gpu,
+        &model,
+        &loss,
+        &replicas,
+        shape,
+        sgd_cfg,
+        cfg.sync_bn,
+        procs.clone(),
+    )?;
+    let evaluator = Evaluator::new(gpu, &model, &test, cfg.eval_batch)?;
+    if root {
+        crate::tune::record(out, &gpu.tuner)?;
+    }
+    let schedule = Schedule {
+        lr: cfg.lr,
+        epochs: cfg.epochs,
+        steps_per_epoch: spe,
+        warmup_epochs: cfg.warmup_epochs,
+        decay: cfg.schedule,
+    };
+    let b3rs = B3rsConfig {
+        groups: cfg.b3rs_groups,
+        q: cfg.b3rs_q,
+        r: cfg.b3rs_r,
+    };
+    let aug = if cfg.augment == "none" {
+        Augment::NONE
+    } else {
+        Augment::STANDARD
+    };
+    let drw_weights = class_balanced_weights(&counts, cfg.drw_beta)?;
+    let posthoc = cfg.posthoc_tau.map(|t| (t, counts.as_slice()));
+
+    // Resume: weights, optimizer state, counters, metrics so far.
+    let mut state = RunState {
+        epochs_done: 0,
+        steps_done: 0,
+        best: None,
+        last_eval: None,
+    };
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    if resume {
+        match crate::rundir::load_latest(out)? {
+            Some(set) => {
+                let what = |f: &str| set.dir.join(f).display().to_string();
+                state = serde_json::from_slice(&set.state)
+                    .with_context(|| format!("{} is corrupt", what("state.json")))?;
+                checkpoint::load_model_bytes(
+                    gpu,
+                    &set.model,
+                    &set.dir.join("model.safetensors"),
+                    &model,
+                )?;
+                st.set_momentum(&momentum_from(
+                    &st,
+                    &set.optimizer,
+                    &what("optimizer.safetensors"),
+                )?)?;
+                if let Some(ls) = loss_scale_from(&set.optimizer, &what("optimizer.safetensors"))? {
+                    st.set_loss_scale(ls)?;
+                } else if cfg.precision == crate::config::Precision::F16 {
+                    bail!(
+                        "{}: no loss_scale tensor, but the run trains in f16 (precision changed?)",
+                        what("optimizer.safetensors")
+                    );
+                }
+                history = parse_metrics(&set.metrics, &what("metrics.jsonl"))?;
+                history.truncate(state.epochs_done);
+                println!(
+                    "resuming after epoch {} (step {}) from {}",
+                    state.epochs_done,
+                    state.steps_done,
+                    set.dir.display()
+                );
+            }
+            None if out.join("state.json").exists() && !out.join(crate::rundir::SETS).exists() => {
+                // A run directory from before checkpoint sets: its files are not verified.
+                eprintln!(
+                    "warning: {} has no checkpoint sets (an older run directory): resuming from \
+                 its top-level files, which cannot be checked for consistency",
+                    out.display()
+                );
+                let p = out.join("state.json");
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                state = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is corrupt", p.display()))?;
+                checkpoint::load_model(gpu, &out.join("last.safetensors"), &model)?;
+                let p = out.join("optimizer.safetensors");
+                let opt = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                st.set_momentum(&momentum_from(&st, &opt, &p.display().to_string())?)?;
+                if let Ok(b) = std::fs::read(out.join("metrics.jsonl")) {
+                    history = parse_metrics(&b, "metrics.jsonl")?;
+                    history.truncate(state.epochs_done);
+                }
+            }
+            None => {
+                if !out.join("config.toml").exists() {
+                    bail!("{}: no run to resume (no config.toml)", out.display());
+                }
+                // Stopped before its first epoch was saved: nothing to continue, so start over
+                // (same seed, same run).
+                // The config does not record --init: say so rather than guess.
+                println!(
+                    "{}: no complete checkpoint set yet; starting the run from the beginning \
+                 (if it began from --init weights, pass --init again)",
+                    out.display()
+                );
+                if let Some(p) = init {
+                    checkpoint::load_init(gpu, p, &model)?;
+                }
+            }
+        }
+    }
+
+    // Replicas start from device 0's weights and statistics, whatever was loaded.
+    replicas.copy_state_from(gpu, &model)?;
+    let total_steps = cfg.max_steps.unwrap_or(usize::MAX).min(cfg.epochs * spe);
+    let mut exchange_before = (0.0, 0.0);
+    if cfg.sync_bn && st.exchange_stats().is_none() && root {
+        eprintln!("note: --sync-bn has no effect on one device");
+    }
+    let (mut xbuf, mut ybuf) = (Vec::new(), Vec::new());
+    let fp16 = cfg.precision == crate::config::Precision::F16;
+    let mut nonfinite_run = 0usize;
+    let mut step = state.steps_done;
+    let mut images = 0usize;
+    let mut train_secs = 0.0;
+    for epoch in state.epochs_done..cfg.epochs {
+        if step >= total_steps {
+            break;
+        }
+        let t0 = Instant::now();
+        let drw_on = cfg.drw_start().is_some_and(|e| epoch >= e);
+        loss.set_weights(gpu, drw_on.then_some(drw_weights.as_slice()))?;
+        replicas.set_loss_weights(drw_on.then_some(drw_weights.as_slice()))?;
+        let mut sampler = Sampler::new(
+            cfg.sampler,
+            &train.labels,
+            train.classes,
+            b3rs,
+            epoch_seed(cfg.seed, epoch, 1),
+        );
+        let plan = plan_epoch(&mut sampler, spe, cfg.batch_size, bet)?;
+        let mut arng = Rng64::new(epoch_seed(cfg.seed, epoch, 2));
+        let steps_here = plan.len().min(total_steps - step);
+        let bar = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(steps_here as u64).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            )
+        };
+        bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+        let mut loss_sum = 0.0;
+        let mut nonfinite_losses = 0usize;
+        let mut lr = cfg.lr;
+        // A process of a distributed run decodes and uploads its share of each batch only.
+        let keep = st.part(batch);
+        let mut feed = Feed::start(&train, &plan[..steps_here], cfg.prefetch, keep.clone())?;
+        feed.assemble(
+            &train,
+            &plan[0],
+            keep.clone(),
+            Some((aug, &mut arng)),
+            &mut xbuf,
+            &mut ybuf,
+        )?;
+        for i in 0..steps_here {
+            lr = schedule.lr_at(step);
+            st.set_lr(gpu, lr as f32);
+            st.start(gpu, &xbuf, &ybuf)?;
+            let l = if i + 1 < steps_here {
+                // The next batch is assembled on another thread while this step runs (with
+                // several devices this thread drives the step's collectives meanwhile).
+                std::thread::scope(|sc| {
+                    let next = sc.spawn(|| {
+                        feed.assemble(
+                            &train,
+                            &plan[i + 1],
+                            keep.clone(),
+                            Some((aug, &mut arng)),
+                            &mut xbuf,
+                            &mut ybuf,
+                        )
+                    });
+                    let l = st.finish();
+                    let assembled = next.join().expect("the batch assembly thread panicked");
+                    assembled.and(l)
+                })?
+            } else {
+                st.finish()?
+            };
+            step += 1;
+            // f16: an overflow in the forward makes the loss inf / NaN and the step is skipped
+            // (the loss scale halves); only a long run of them stops training.
+            if !l.is_finite() && fp16 && nonfinite_run < MAX_NONFINITE_STEPS {
+                nonfinite_run += 1;
+                nonfinite_losses += 1;
+                bar.inc(1);
+                continue;
+            }
+            nonfinite_run = 0;
+            if !l.is_finite() {
+                bar.abandon();
+                bail!(
+                    "the loss became {l} at epoch {} step {step}: training stopped; {}. Try a lower --lr",
+                    epoch + 1,
+                    crate::rundir::describe_latest(out)
+                );
+            }
+            loss_sum += l as f64;
+            let secs = t0.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4} {:.1} img/s",
+                loss_sum / (i + 1 - nonfinite_losses) as f64,
+                ((i + 1) * batch) as f64 / secs
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        if let Some((n, bytes, (wait, ex))) = st.exchange_stats().filter(|_| root) {
+            let per = |now: f64, before: f64| (now - before) / steps_here.max(1) as f64 * 1e3;
+            println!(
+                "devices: {n} collectives per step ({:.2} MB per device); per step {:.0} ms \
+             waiting for the devices' compute, {:.1} ms exchanging",
+                bytes as f64 / 1e6,
+                per(wait, exchange_before.0),
+                per(ex, exchange_before.1)
+            );
+            exchange_before = (wait, ex);
+        }
+        if let Some(ls) = st.loss_scale()?.filter(|_| root) {
+            println!(
+                "loss scale: {} ({} steps skipped so far{})",
+                ls.scale,
+                ls.skipped,
+                if nonfinite_losses > 0 {
+                    format!("; {nonfinite_losses} losses this epoch were inf/NaN")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if let Some(p) = feed.prefetch().filter(|_| root) {
+            println!(
+                "decoding: {:.0} images/s on {} threads; the GPU waited {:.1} s for images",
+                p.images_per_s(),
+                p.workers,
+                p.wait_secs
+            );
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        train_secs += secs;
+        images += steps_here * batch;
+        let last_epoch = epoch + 1 == cfg.epochs || step >= total_steps;
+        let eval = if root && ((epoch + 1) % cfg.eval_every == 0 || last_epoch) {
+            let z = evaluator.logits(gpu, &test)?;
+            Some(score(&z, &test.labels, test.classes, &counts, posthoc)?)
+        } else {
+            None
+        };
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / (steps_here - nonfinite_losses).max(1) as f64,
+            acc: eval.as_ref().map(|e| e.acc),
+            many: eval.as_ref().and_then(|e| e.many),
+            medium: eval.as_ref().and_then(|e| e.medium),
+            few: eval.as_ref().and_then(|e| e.few),
+            img_s: (steps_here * batch) as f64 / secs,
+            seconds: secs,
+        };
+        if root {
+            println!(
+                "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.1} img/s  {:.0} s{}",
+                epoch + 1,
+                cfg.epochs,
+                m.loss,
+                m.lr,
+                m.img_s,
+                secs,
+                eval.as_ref()
+                    .map_or(String::new(), |e| format!("  | {}", eval_line(e)))
+            );
+        }
+        history.push(m);
+        state.epochs_done = epoch + 1;
+        state.steps_done = step;
+        if !root {
+            continue;
+        }
+        let model_bytes = checkpoint::model_bytes(gpu, &model, step as i64, Some(&config_toml))?;
+        let mut new_best = false;
+        if let Some(e) = &eval {
+            state.last_eval = Some(e.clone());
+            if state.best.as_ref().is_none_or(|(_, b)| e.acc > b.acc) {
+                state.best = Some((epoch + 1, e.clone()));
+                new_best = true;
+            }
+        }
+        let mom = st.momentum().to_f32(gpu)?;
+        let mut opt = BTreeMap::new();
+        opt.insert("momentum".to_string(), HostTensor::f32(&[mom.len()], &mom));
+        if let Some(ls) = st.loss_scale()? {
+            // f32 holds the counters exactly up to 2^24 steps.
+            let v = [ls.scale, ls.clean as f32, ls.skipped as f32];
+            opt.insert("loss_scale".to_string(), HostTensor::f32(&[3], &v));
+        }
+        let mut lines = Vec::new();
+        for h in &history {
+            writeln!(lines, "{}", serde_json::to_string(h)?)?;
+        }
+        crate::rundir::save(
+            out,
+            &crate::rundir::SetFiles {
+                epoch: epoch + 1,
+                best: new_best.then(|| model_bytes.clone()),
+                model: model_bytes,
+                optimizer: checkpoint::to_bytes(&opt, None)?,
+                state: serde_json::to_string_pretty(&state)?.into_bytes(),
+                metrics: lines,
+                best_from: state.best.as_ref().map(|b| b.0),
+            },
+        )?;
+        if eval.is_some() {
+            // The summary so far (final = this evaluation), and the pictures of it.
+            publish_summary(
+                cfg,
+                out,
+                SummaryParts {
+                    name: &name,
+                    state: &state,
+                    counts: &counts,
+                    gpu,
+                    seconds: t_start.elapsed().as_secs_f64(),
+                    images,
+                    train_secs,
+                    finished: false,
+                },
+            )?;
+        }
+    }
+    let parts = SummaryParts {
+        name: &name,
+        state: &state,
+        counts: &counts,
+        gpu,
+        seconds: t_start.elapsed().as_secs_f64(),
+        images,
+        train_secs,
+        finished: true,
+    };
+    if !root {
+        let mut s = make_summary(parts);
+        s.rank = procs.as_ref().map_or(0, |p| p.rank());
+        return Ok(s);
+    }
+    publish_summary(cfg, out, parts)
 }
 
 /// Write `summary.json` and, unless `report = false`, redraw the report from it.
