@@ -228,11 +228,17 @@ struct WgParams {
     cin: u32, h: u32, w: u32, oh: u32,
     pad: u32, rpi: u32, nrg: u32, co0: u32,
     cout: u32, nimg: u32, first: u32, b0: u32,
-    owp: u32, _p0: u32, _p1: u32, _p2: u32,   // owp: output width rounded up to 4 (block rows)
+    owp: u32,   // output width rounded up to 4 (block rows)
+    // Where dY's vec4 for (image li of the launch, channel co0 + m, row oy, pixels ox..ox+3)
+    // is: d0 + li * dimg + oy * drow + m * dch + ox / 4 (in the uniform block, or in dY itself
+    // for the subgroup variant).
+    d0: u32, dimg: u32, drow: u32, dch: u32,
+    _p0: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> wg_x: array<f32>;
-@group(0) @binding(1) var<uniform> wg_dy: array<vec4<f32>, 4096>;
+// Binding 1, dY (`wg_dy`), comes from the variant file: 64 KiB uniform blocks in the plain
+// variant, dY itself as storage in the subgroup one.
 @group(0) @binding(2) var<storage, read_write> wg_part: array<f32>;
 @group(0) @binding(3) var<uniform> wq: WgParams;
 
@@ -340,8 +346,6 @@ struct D16 { m: array<vec4<f32>, 16> }
 fn wgrad_main(ci0: u32, rg0: u32, live: bool, lane: u32) {
     let ci = select(0u, ci0, live);
     let rg = min(rg0, wq.nrg - 1u);
-    let ohw = wq.oh * wq.owp;
-    let qs = ohw / 4u;   // vec4 from one output channel to the next in the block
     let z = vec4<f32>(0.0);
     var n0 = Nine(z, z, z, z, z, z, z, z, z);
     var n1 = n0;
@@ -354,7 +358,7 @@ fn wgrad_main(ci0: u32, rg0: u32, live: bool, lane: u32) {
         let iy = i32(oy * WSTRIDE) - i32(wq.pad);
         let ci_base = i32(((wq.b0 + li) * wq.cin + ci) * wq.h * wq.w);
         // vec4 index of (image li, channel 0, row oy) in the block.
-        let dbase = (li * 16u * ohw + oy * wq.owp) / 4u;
+        let dbase = wq.d0 + li * wq.dimg + oy * wq.drow;
         // Pixels past ow (row padding) have dY = 0 in the block: they add nothing.
         let r0 = row_at(ci_base, iy);
         let r1 = row_at(ci_base, iy + 1);
@@ -376,7 +380,7 @@ fn wgrad_main(ci0: u32, rg0: u32, live: bool, lane: u32) {
             fill(&x0, r0, ix, keep, 3u * WSTRIDE + 3u);
             fill(&x1, r1, ix, keep, 3u * WSTRIDE + 3u);
             fill(&x2, r2, ix, keep, 3u * WSTRIDE + 3u);
-            let e = dy16(dbase + ox / 4u, qs, lane);
+            let e = dy16(dbase + ox / 4u, wq.dch, lane);
             n0 = quad(e.m[0], e.m[1], e.m[2], e.m[3], x0, x1, x2, n0);
             n1 = quad(e.m[4], e.m[5], e.m[6], e.m[7], x0, x1, x2, n1);
             n2 = quad(e.m[8], e.m[9], e.m[10], e.m[11], x0, x1, x2, n2);

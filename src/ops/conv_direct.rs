@@ -395,6 +395,13 @@ pub fn subgroups_ok(gpu: &Gpu) -> bool {
     gpu.has_subgroups() && gpu.summary.subgroup_min_size >= 8
 }
 
+/// Whether the subgroup variant runs the `mode` product of `g` here (where [`applies`] holds):
+/// [`subgroups_ok`], and for the weight gradient dY rows and channels it can stream
+/// ([`streams`]).
+pub fn subgroup_applies(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode) -> bool {
+    subgroups_ok(gpu) && (mode != super::conv2d::Mode::Wgrad || streams(g))
+}
+
 /// The shader of the plain (`sg` false) or the subgroup variant, with scalar or (`v4`) aligned
 /// vec4 reads of the input windows.
 fn shader(sg: bool, v4: bool) -> &'static str {
@@ -486,6 +493,10 @@ struct WgParams {
     first: u32,
     b0: u32,
     owp: u32,
+    d0: u32,
+    dimg: u32,
+    drow: u32,
+    dch: u32,
     _p: [u32; 3],
 }
 
@@ -589,6 +600,11 @@ pub fn wgrad(
     let Some(plan) = WgradPlan::new(gpu, g) else {
         return Ok(None);
     };
+    if sg && streams(g) && dy.offset().is_multiple_of(16) {
+        return wgrad_stream(gpu, g, dy, x, dw, beta).map(Some);
+    }
+    // The subgroup variant reads dY from storage only; other shapes take the plain kernel.
+    let sg = false;
     // pack_dy reads dY as vec4 when rows are a multiple of 4 pixels (and dY 16-byte aligned);
     // pack_dy_pad reads scalars and pads the rows.
     let owp = g.ow.next_multiple_of(4);
@@ -669,6 +685,11 @@ pub fn wgrad(
                 first: (ig == 0) as u32,
                 b0: b0 as u32,
                 owp: owp as u32,
+                // Block layout [image][16 channels][oh][owp].
+                d0: 0,
+                dimg: (WG_CO * ohw / 4) as u32,
+                drow: (owp / 4) as u32,
+                dch: (ohw / 4) as u32,
                 _p: [0; 3],
             };
             out.push(Dispatch::build_with(
@@ -702,4 +723,81 @@ pub fn wgrad(
         beta,
     )?);
     Ok(Some(out))
+}
+
+/// Whether the subgroup weight gradient can read dY straight from storage: rows of a multiple
+/// of 4 pixels (whole vec4 per pixel quad) and whole groups of 16 output channels.
+pub fn streams(g: &ConvGeom) -> bool {
+    g.ow.is_multiple_of(4) && g.cout.is_multiple_of(WG_CO)
+}
+
+/// Invocations a streaming weight-gradient launch aims at (input channels x row runs): enough
+/// workgroups for every core of a CPU adapter and more, while each row run stays long
+/// (its 144 partial sums are written once per launch).
+const WG_STREAM_INVOCATIONS: usize = 2048;
+
+/// The subgroup weight gradient with dY read from storage: one launch per 16 output channels
+/// over the whole batch, then the sum of the row-run partials.
+fn wgrad_stream(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    dy: &crate::tensor::Tensor,
+    x: &crate::tensor::Tensor,
+    dw: &crate::tensor::Tensor,
+    beta: f32,
+) -> Result<Vec<Dispatch>> {
+    let rows = g.batch * g.oh;
+    let dw_floats = g.cout * g.cin * 9;
+    let budget = WG_PARTIAL_MAX_BYTES.min(gpu.limits.max_storage_buffer_binding_size) / 4;
+    let most_runs = (budget as usize / dw_floats).max(1);
+    let runs = (WG_STREAM_INVOCATIONS / g.cin.max(1))
+        .clamp(1, rows)
+        .min(most_runs);
+    let rpi = rows.div_ceil(runs);
+    let nrg = rows.div_ceil(rpi);
+    let partial = crate::tensor::Tensor::zeros(gpu, &[nrg, dw_floats], crate::tensor::DType::F32)?;
+    let wgs = g.cin.next_multiple_of(8).min(WG);
+    let plane4 = g.oh * g.ow / 4;
+    let mut out = Vec::new();
+    for cg in 0..g.cout / WG_CO {
+        let p = WgParams {
+            cin: g.cin as u32,
+            h: g.h as u32,
+            w: g.w as u32,
+            oh: g.oh as u32,
+            pad: g.pad as u32,
+            rpi: rpi as u32,
+            nrg: nrg as u32,
+            co0: (cg * WG_CO) as u32,
+            cout: g.cout as u32,
+            nimg: g.batch as u32,
+            first: 1,
+            b0: 0,
+            owp: g.ow as u32,
+            // dY's own layout [batch][cout][oh][ow].
+            d0: (cg * WG_CO * plane4) as u32,
+            dimg: (g.cout * plane4) as u32,
+            drow: (g.ow / 4) as u32,
+            dch: plane4 as u32,
+            _p: [0; 3],
+        };
+        out.push(Dispatch::build_with(
+            gpu,
+            shader(true, false),
+            "conv_wgrad3",
+            &[x.read(), dy.read(), partial.write()],
+            bytemuck::bytes_of(&p),
+            [g.cin.div_ceil(wgs) as u32, nrg as u32, 1],
+            &[("WSTRIDE", g.stride as f64), ("WGS", wgs as f64)],
+        )?);
+    }
+    out.push(super::reduce::sum_dispatch(
+        gpu,
+        &partial,
+        dw,
+        [1, nrg, dw_floats],
+        1.0,
+        beta,
+    )?);
+    Ok(out)
 }
