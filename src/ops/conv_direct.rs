@@ -731,10 +731,15 @@ pub fn streams(g: &ConvGeom) -> bool {
     g.ow.is_multiple_of(4) && g.cout.is_multiple_of(WG_CO)
 }
 
-/// Invocations a streaming weight-gradient launch aims at (input channels x row runs): enough
-/// workgroups for every core of a CPU adapter and more, while each row run stays long
-/// (its 144 partial sums are written once per launch).
-const WG_STREAM_INVOCATIONS: usize = 2048;
+/// Invocations a streaming weight-gradient launch aims at (input channels x row runs) on a
+/// CPU adapter: enough workgroups for its cores, with long row runs (each writes 144 partial
+/// sums, and the reduction reads them all). Measured on llvmpipe (2 cores, `bench --kernel
+/// conv_wgrad@direct-sg`, sum over the ResNet-32 shapes, 3 alternating rounds): 128, 256 and
+/// 512 within noise of each other, 2,048 1.2-1.35x and 8,192 2-2.3x their time.
+const WG_STREAM_INVOCATIONS_CPU: usize = 512;
+/// The same on other adapters: 100+ compute units want hundreds of workgroups (not measured:
+/// no GPU has run it yet; the tuner compares it with the GEMMs there).
+const WG_STREAM_INVOCATIONS_GPU: usize = 32768;
 
 /// The subgroup weight gradient with dY read from storage: one launch per 16 output channels
 /// over the whole batch, then the sum of the row-run partials.
@@ -750,9 +755,12 @@ fn wgrad_stream(
     let dw_floats = g.cout * g.cin * 9;
     let budget = WG_PARTIAL_MAX_BYTES.min(gpu.limits.max_storage_buffer_binding_size) / 4;
     let most_runs = (budget as usize / dw_floats).max(1);
-    let runs = (WG_STREAM_INVOCATIONS / g.cin.max(1))
-        .clamp(1, rows)
-        .min(most_runs);
+    let target = if gpu.summary.device_type == "Cpu" {
+        WG_STREAM_INVOCATIONS_CPU
+    } else {
+        WG_STREAM_INVOCATIONS_GPU
+    };
+    let runs = (target / g.cin.max(1)).clamp(1, rows).min(most_runs);
     let rpi = rows.div_ceil(runs);
     let nrg = rows.div_ceil(rpi);
     let partial = crate::tensor::Tensor::zeros(gpu, &[nrg, dw_floats], crate::tensor::DType::F32)?;
