@@ -524,6 +524,13 @@ const WG_RUN_PIXELS: usize = 256;
 /// Largest buffer of weight-gradient partial sums (row runs x dW).
 const WG_PARTIAL_MAX_BYTES: u64 = 32 << 20;
 
+/// The most row runs whose partial sums (one copy of dW, `dw_floats` values, each) stay
+/// within [`WG_PARTIAL_MAX_BYTES`] and the storage binding limit.
+fn most_row_runs(gpu: &Gpu, dw_floats: usize) -> usize {
+    let budget = WG_PARTIAL_MAX_BYTES.min(gpu.limits.max_storage_buffer_binding_size) / 4;
+    (budget as usize / dw_floats).max(1)
+}
+
 /// How the weight gradient splits into uniform blocks of dY.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WgradPlan {
@@ -566,8 +573,7 @@ impl WgradPlan {
         // The partial sums are nrg copies of dW: wide layers (512 x 512 x 9) take longer row
         // runs so that they stay within WG_PARTIAL_MAX_BYTES and the storage binding limit.
         let dw_floats = g.cout * g.cin * 9;
-        let budget = WG_PARTIAL_MAX_BYTES.min(gpu.limits.max_storage_buffer_binding_size) / 4;
-        let most_runs = (budget as usize / dw_floats).max(1);
+        let most_runs = most_row_runs(gpu, dw_floats);
         if rows.div_ceil(rpi) > most_runs {
             rpi = rows.div_ceil(most_runs);
         }
@@ -753,8 +759,7 @@ fn wgrad_stream(
 ) -> Result<Vec<Dispatch>> {
     let rows = g.batch * g.oh;
     let dw_floats = g.cout * g.cin * 9;
-    let budget = WG_PARTIAL_MAX_BYTES.min(gpu.limits.max_storage_buffer_binding_size) / 4;
-    let most_runs = (budget as usize / dw_floats).max(1);
+    let most_runs = most_row_runs(gpu, dw_floats);
     let target = if gpu.summary.device_type == "Cpu" {
         WG_STREAM_INVOCATIONS_CPU
     } else {
