@@ -203,6 +203,80 @@ fn check_products(seed: u64, x: [usize; 4], cout: usize, k: usize, stride: usize
     }
 }
 
+/// Every variant's forward, dgrad and wgrad on small integers (-2..=2), where f32 sums are
+/// exact in any order: the result must equal the reference bit for bit. A dropped or doubled
+/// term (a row run's last row, a run crossing into the next image, an idle subgroup lane's
+/// store) moves a value by at least 1, where the tolerance of [`check`] at these sizes could
+/// hide one term in ~10^4.
+fn check_exact(seed: u64, x: [usize; 4], cout: usize, stride: usize) {
+    use conv2d::Mode;
+    use longtail::tensor::{DType, Tensor};
+    let gpu = gpu();
+    let mut rng = Rng64::new(seed);
+    let wsh = [cout, x[1], 3, 3];
+    let g = ConvGeom::new(&x, &wsh, stride, 1).unwrap();
+    let mut ints = |n: usize| -> Vec<f32> {
+        let v = rng.vec_f32(n, -2.5, 2.5);
+        v.iter().map(|a| a.round().clamp(-2.0, 2.0)).collect()
+    };
+    let (xv, wv) = (ints(x.iter().product()), ints(wsh.iter().product()));
+    let dyv = ints(g.out_shape().iter().product());
+    let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
+    let want_y = conv2d::reference::conv2d(&f64s(&xv), &f64s(&wv), &g);
+    let (want_dx, want_dw) =
+        conv2d::reference::conv2d_grad(&f64s(&xv), &f64s(&wv), &f64s(&dyv), &g);
+    let xt = Tensor::from_f32(gpu, &x, &xv).unwrap();
+    let wt = Tensor::from_f32(gpu, &wsh, &wv).unwrap();
+    let dyt = Tensor::from_f32(gpu, &g.out_shape(), &dyv).unwrap();
+    for mode in [Mode::Forward, Mode::Dgrad, Mode::Wgrad] {
+        for algo in VARIANTS {
+            let picked = conv2d::resolve(gpu, &g, mode, algo).unwrap();
+            let (shape, want) = match mode {
+                Mode::Forward => (g.out_shape().to_vec(), &want_y),
+                Mode::Dgrad => (x.to_vec(), &want_dx),
+                Mode::Wgrad => (wsh.to_vec(), &want_dw),
+            };
+            let out = Tensor::zeros(gpu, &shape, DType::F32).unwrap();
+            let d = match mode {
+                Mode::Forward => conv2d::forward_dispatches(gpu, &g, &xt, &wt, &out, 0.0, picked),
+                Mode::Dgrad => conv2d::dgrad_dispatches(gpu, &g, &dyt, &wt, &out, 0.0, picked),
+                Mode::Wgrad => conv2d::wgrad_dispatches(gpu, &g, &dyt, &xt, &out, 0.0, picked),
+            }
+            .unwrap();
+            longtail::gpu::submit(gpu, &d.iter().collect::<Vec<_>>());
+            let got = out.to_f32(gpu).unwrap();
+            let wrong: Vec<_> = (0..got.len())
+                .filter(|&i| got[i] as f64 != want[i])
+                .collect();
+            assert!(
+                wrong.is_empty(),
+                "{} {} {}: {} of {} values wrong, first at {}: {} (want {})",
+                mode.op_name(),
+                picked.name(),
+                g.key(),
+                wrong.len(),
+                got.len(),
+                wrong[0],
+                got[wrong[0]],
+                want[wrong[0]]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_variant_is_exact_on_small_integers() {
+    // The 1-channel stem on 28x28 images (rows of 4k pixels: the subgroup wgrad streams dY,
+    // its row runs crossing image boundaries), the 16-channel stage at both strides.
+    check_exact(60, [16, 1, 28, 28], 16, 1);
+    check_exact(61, [8, 16, 28, 28], 16, 1);
+    check_exact(62, [16, 16, 28, 28], 32, 2);
+    // 20 input channels (subgroup workgroups of 24 lanes, 4 idle), odd row count; 14-pixel rows
+    // (padded dY blocks).
+    check_exact(63, [3, 20, 13, 12], 16, 1);
+    check_exact(64, [5, 6, 14, 14], 20, 1);
+}
+
 #[test]
 fn every_variant_at_resnet32_shapes_batch_128() {
     check_products(20, [128, 3, 32, 32], 16, 3, 1, 1);

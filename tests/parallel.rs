@@ -216,6 +216,15 @@ fn data_parallel(devices: usize, sync_bn: bool) -> Vec<Outcome> {
 const DP_UPDATE_TOL: f64 = 1e-4;
 /// Running statistics are EMAs of the same batch statistics.
 const DP_RUNNING_TOL: f64 = 1e-4;
+/// The same comparison after two epochs of `train` (about 20 steps at batch 16, the
+/// running statistics included): that many steps amplify any change in how a sum is grouped
+/// to 1e-4..1e-3 of the largest update. Measured on llvmpipe, one device, same batches:
+/// the weight gradient's row runs 64 instead of 256 pixels long 1.9e-4; the streaming
+/// subgroup wgrad against the block one 3.8e-5; two devices against one with the streaming
+/// wgrad (its row runs follow the per-device batch, so every partial sum groups differently)
+/// 1.2e-3. The band keeps 8x over that and 40x under what a wrong reduction gives (0.4-0.7,
+/// see [`DP_UPDATE_TOL`]; this test's per-device BN run: 0.75).
+const TRAIN_DP_UPDATE_TOL: f64 = 1e-2;
 
 #[test]
 fn two_devices_with_sync_bn_match_one_device_with_the_whole_batch() {
@@ -334,8 +343,8 @@ fn train_on_two_devices_matches_one_device() {
     let d = file_update_diff(&w(&two), &w(&one), &w(&base));
     let dp = file_update_diff(&w(&per), &w(&one), &w(&base));
     println!("train --devices 0,0 --sync-bn vs 1 device: {d:.2e}; per-device BN: {dp:.2e}");
-    assert!(d <= DP_UPDATE_TOL, "2 devices vs 1: {d:.2e}");
-    assert!(dp > 10.0 * DP_UPDATE_TOL, "per-device BN: {dp:.2e}");
+    assert!(d <= TRAIN_DP_UPDATE_TOL, "2 devices vs 1: {d:.2e}");
+    assert!(dp > 10.0 * TRAIN_DP_UPDATE_TOL, "per-device BN: {dp:.2e}");
 }
 
 #[test]
