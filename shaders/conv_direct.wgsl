@@ -233,7 +233,9 @@ struct WgParams {
     // is: d0 + li * dimg + oy * drow + m * dch + ox / 4 (in the uniform block, or in dY itself
     // for the subgroup variant).
     d0: u32, dimg: u32, drow: u32, dch: u32,
-    _p0: u32, _p1: u32, _p2: u32,
+    // dcg: vec4 from one group of 16 output channels to the next in dY (the launch's third
+    // grid dimension runs over the groups where the variant streams dY; else one group).
+    dcg: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> wg_x: array<f32>;
@@ -328,8 +330,11 @@ fn wstore(rg: u32, co: u32, ci: u32, ky: u32, kx: u32, v: f32) {
     if (wq.first != 0u) { wg_part[at] = v; } else { wg_part[at] = wg_part[at] + v; }
 }
 
+// The first output channel of the invocation's group (set by wgrad_main).
+var<private> wco0: u32;
+
 fn wstore4(rg: u32, q: u32, ci: u32, ky: u32, kx: u32, v: vec4<f32>) {
-    let co = wq.co0 + 4u * q;
+    let co = wco0 + 4u * q;
     wstore(rg, co, ci, ky, kx, v.x);
     wstore(rg, co + 1u, ci, ky, kx, v.y);
     wstore(rg, co + 2u, ci, ky, kx, v.z);
@@ -343,7 +348,8 @@ struct D16 { m: array<vec4<f32>, 16> }
 // The weight-gradient kernel for input channel ci0 and row run rg0 (`live` false: past the
 // grid, computes on clamped indices and stores nothing). The row run is clamped on its own:
 // in the subgroup variant it is the workgroup's, shared by live and idle lanes alike.
-fn wgrad_main(ci0: u32, rg0: u32, live: bool, lane: u32) {
+fn wgrad_main(ci0: u32, rg0: u32, cg: u32, live: bool, lane: u32) {
+    wco0 = wq.co0 + 16u * cg;
     let ci = select(0u, ci0, live);
     let rg = min(rg0, wq.nrg - 1u);
     let z = vec4<f32>(0.0);
@@ -357,8 +363,8 @@ fn wgrad_main(ci0: u32, rg0: u32, live: bool, lane: u32) {
         let oy = r % wq.oh;
         let iy = i32(oy * WSTRIDE) - i32(wq.pad);
         let ci_base = i32(((wq.b0 + li) * wq.cin + ci) * wq.h * wq.w);
-        // vec4 index of (image li, channel 0, row oy) in the block.
-        let dbase = wq.d0 + li * wq.dimg + oy * wq.drow;
+        // vec4 index of (image li, channel 16 cg, row oy) in the block or dY.
+        let dbase = wq.d0 + cg * wq.dcg + li * wq.dimg + oy * wq.drow;
         // Pixels past ow (row padding) have dY = 0 in the block: they add nothing.
         let r0 = row_at(ci_base, iy);
         let r1 = row_at(ci_base, iy + 1);

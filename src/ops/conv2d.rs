@@ -289,7 +289,7 @@ pub enum Algo {
     Direct,
     /// [`Algo::Direct`] with the operand a subgroup shares (weights, dY) read once per
     /// subgroup and broadcast (`shaders/conv_direct_subgroup.wgsli`), its wgrad reading dY
-    /// from storage in one launch per 16 output channels: adapters with subgroups of >= 8
+    /// from storage in one launch plus a reduction: adapters with subgroups of >= 8
     /// lanes ([`conv_direct::subgroup_applies`]).
     DirectSubgroup,
     /// The workgroup-tiled implicit GEMMs (64 invocations, 8 x RM register blocks); wgrad

@@ -497,7 +497,8 @@ struct WgParams {
     dimg: u32,
     drow: u32,
     dch: u32,
-    _p: [u32; 3],
+    dcg: u32,
+    _p: [u32; 2],
 }
 
 #[repr(C)]
@@ -696,7 +697,8 @@ pub fn wgrad(
                 dimg: (WG_CO * ohw / 4) as u32,
                 drow: (owp / 4) as u32,
                 dch: (ohw / 4) as u32,
-                _p: [0; 3],
+                dcg: 0,
+                _p: [0; 2],
             };
             out.push(Dispatch::build_with(
                 gpu,
@@ -737,7 +739,8 @@ pub fn streams(g: &ConvGeom) -> bool {
     g.ow.is_multiple_of(4) && g.cout.is_multiple_of(WG_CO)
 }
 
-/// Invocations a streaming weight-gradient launch aims at (input channels x row runs) on a
+/// Invocations a streaming weight-gradient launch aims at per group of 16 output channels
+/// (input channels x row runs) on a
 /// CPU adapter: enough workgroups for its cores, with long row runs (each writes 144 partial
 /// sums, and the reduction reads them all). Measured on llvmpipe (2 cores, `bench --kernel
 /// conv_wgrad@direct-sg`, sum over the ResNet-32 shapes, 3 alternating rounds): 128, 256 and
@@ -747,8 +750,9 @@ const WG_STREAM_INVOCATIONS_CPU: usize = 512;
 /// no GPU has run it yet; the tuner compares it with the GEMMs there).
 const WG_STREAM_INVOCATIONS_GPU: usize = 32768;
 
-/// The subgroup weight gradient with dY read from storage: one launch per 16 output channels
-/// over the whole batch, then the sum of the row-run partials.
+/// The subgroup weight gradient with dY read from storage: one launch over the whole batch and
+/// every group of 16 output channels (the grid's third dimension), then the sum of the row-run
+/// partials: two launches per layer.
 fn wgrad_stream(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -771,39 +775,41 @@ fn wgrad_stream(
     let partial = crate::tensor::Tensor::zeros(gpu, &[nrg, dw_floats], crate::tensor::DType::F32)?;
     let wgs = g.cin.next_multiple_of(8).min(WG);
     let plane4 = g.oh * g.ow / 4;
-    let mut out = Vec::new();
-    for cg in 0..g.cout / WG_CO {
-        let p = WgParams {
-            cin: g.cin as u32,
-            h: g.h as u32,
-            w: g.w as u32,
-            oh: g.oh as u32,
-            pad: g.pad as u32,
-            rpi: rpi as u32,
-            nrg: nrg as u32,
-            co0: (cg * WG_CO) as u32,
-            cout: g.cout as u32,
-            nimg: g.batch as u32,
-            first: 1,
-            b0: 0,
-            owp: g.ow as u32,
-            // dY's own layout [batch][cout][oh][ow].
-            d0: (cg * WG_CO * plane4) as u32,
-            dimg: (g.cout * plane4) as u32,
-            drow: (g.ow / 4) as u32,
-            dch: plane4 as u32,
-            _p: [0; 3],
-        };
-        out.push(Dispatch::build_with(
-            gpu,
-            shader(true, false),
-            "conv_wgrad3",
-            &[x.read(), dy.read(), partial.write()],
-            bytemuck::bytes_of(&p),
-            [g.cin.div_ceil(wgs) as u32, nrg as u32, 1],
-            &[("WSTRIDE", g.stride as f64), ("WGS", wgs as f64)],
-        )?);
-    }
+    let p = WgParams {
+        cin: g.cin as u32,
+        h: g.h as u32,
+        w: g.w as u32,
+        oh: g.oh as u32,
+        pad: g.pad as u32,
+        rpi: rpi as u32,
+        nrg: nrg as u32,
+        co0: 0,
+        cout: g.cout as u32,
+        nimg: g.batch as u32,
+        first: 1,
+        b0: 0,
+        owp: g.ow as u32,
+        // dY's own layout [batch][cout][oh][ow].
+        d0: 0,
+        dimg: (g.cout * plane4) as u32,
+        drow: (g.ow / 4) as u32,
+        dch: plane4 as u32,
+        dcg: (WG_CO * plane4) as u32,
+        _p: [0; 2],
+    };
+    let mut out = vec![Dispatch::build_with(
+        gpu,
+        shader(true, false),
+        "conv_wgrad3",
+        &[x.read(), dy.read(), partial.write()],
+        bytemuck::bytes_of(&p),
+        [
+            g.cin.div_ceil(wgs) as u32,
+            nrg as u32,
+            (g.cout / WG_CO) as u32,
+        ],
+        &[("WSTRIDE", g.stride as f64), ("WGS", wgs as f64)],
+    )?];
     out.push(super::reduce::sum_dispatch(
         gpu,
         &partial,
