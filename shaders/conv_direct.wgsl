@@ -229,13 +229,14 @@ struct WgParams {
     pad: u32, rpi: u32, nrg: u32, co0: u32,
     cout: u32, nimg: u32, first: u32, b0: u32,
     owp: u32,   // output width rounded up to 4 (block rows)
-    // Where dY's vec4 for (image li of the launch, channel co0 + m, row oy, pixels ox..ox+3)
-    // is: d0 + li * dimg + oy * drow + m * dch + ox / 4 (in the uniform block, or in dY itself
-    // for the subgroup variant).
+    // Where dY's pixels ox..ox+3 of (image li of the launch, channel co0 + m, row oy) are:
+    // base + m * dch with base = d0 + li * dimg + oy * drow, in vec4 of the uniform block
+    // (plain variant: + ox / 4) or in floats of dY itself (subgroup variant: + ox).
     d0: u32, dimg: u32, drow: u32, dch: u32,
-    // dcg: vec4 from one group of 16 output channels to the next in dY (the launch's third
-    // grid dimension runs over the groups where the variant streams dY; else one group).
-    dcg: u32, _p1: u32, _p2: u32,
+    // dcg: from one group of 16 output channels to the next in dY (the launch's third grid
+    // dimension runs over the groups where the variant streams dY; else one group). ow: the
+    // output width (pixels ow..owp - 1 of a row are zero).
+    dcg: u32, ow: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> wg_x: array<f32>;
@@ -341,8 +342,8 @@ fn wstore4(rg: u32, q: u32, ci: u32, ky: u32, kx: u32, v: vec4<f32>) {
     wstore(rg, co + 3u, ci, ky, kx, v.w);
 }
 
-// The 16 vec4 of dY for 4 pixels (vec4 d + m * qs, m < 16) of one block row: `dy16` of the
-// variant file.
+// The 16 vec4 of dY for pixels ox..ox+3 of channels m < 16 (m * qs apart) of the row at
+// `base`: `dy16` of the variant file.
 struct D16 { m: array<vec4<f32>, 16> }
 
 // The weight-gradient kernel for input channel ci0 and row run rg0 (`live` false: past the
@@ -363,9 +364,10 @@ fn wgrad_main(ci0: u32, rg0: u32, cg: u32, live: bool, lane: u32) {
         let oy = r % wq.oh;
         let iy = i32(oy * WSTRIDE) - i32(wq.pad);
         let ci_base = i32(((wq.b0 + li) * wq.cin + ci) * wq.h * wq.w);
-        // vec4 index of (image li, channel 16 cg, row oy) in the block or dY.
+        // Index of (image li, channel 16 cg, row oy) in the block (vec4) or dY (floats).
         let dbase = wq.d0 + cg * wq.dcg + li * wq.dimg + oy * wq.drow;
-        // Pixels past ow (row padding) have dY = 0 in the block: they add nothing.
+        // Pixels past ow have dY = 0 (block row padding; masked in the streamed reads): they
+        // add nothing.
         let r0 = row_at(ci_base, iy);
         let r1 = row_at(ci_base, iy + 1);
         let r2 = row_at(ci_base, iy + 2);
@@ -386,7 +388,7 @@ fn wgrad_main(ci0: u32, rg0: u32, cg: u32, live: bool, lane: u32) {
             fill(&x0, r0, ix, keep, 3u * WSTRIDE + 3u);
             fill(&x1, r1, ix, keep, 3u * WSTRIDE + 3u);
             fill(&x2, r2, ix, keep, 3u * WSTRIDE + 3u);
-            let e = dy16(dbase + ox / 4u, wq.dch, lane);
+            let e = dy16(dbase, ox, wq.dch, lane);
             n0 = quad(e.m[0], e.m[1], e.m[2], e.m[3], x0, x1, x2, n0);
             n1 = quad(e.m[4], e.m[5], e.m[6], e.m[7], x0, x1, x2, n1);
             n2 = quad(e.m[8], e.m[9], e.m[10], e.m[11], x0, x1, x2, n2);

@@ -290,7 +290,7 @@ pub enum Algo {
     /// [`Algo::Direct`] with the operand a subgroup shares (weights, dY) read once per
     /// subgroup and broadcast (`shaders/conv_direct_subgroup.wgsli`), its wgrad reading dY
     /// from storage in one launch plus a reduction: adapters with subgroups of >= 8
-    /// lanes ([`conv_direct::subgroup_applies`]).
+    /// lanes ([`conv_direct::subgroups_ok`]).
     DirectSubgroup,
     /// The workgroup-tiled implicit GEMMs (64 invocations, 8 x RM register blocks); wgrad
     /// splits K for >= [`WGRAD_MIN_WORKGROUPS`] workgroups, plus one reduction.
@@ -376,7 +376,7 @@ pub fn candidates(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Vec<Algo> {
 pub fn candidates_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, dtype: DType) -> Vec<Algo> {
     let mut v = Vec::new();
     if g.groups == 1 && dtype == DType::F32 && conv_direct::applies(gpu, g, mode) {
-        if conv_direct::subgroup_applies(gpu, g, mode) {
+        if conv_direct::subgroups_ok(gpu) {
             v.push(Algo::DirectSubgroup);
         }
         v.push(Algo::Direct);
@@ -442,9 +442,7 @@ pub fn resolve_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo, dtype: DType
     match algo {
         // An explicit choice of a family: the GEMM where the direct kernel cannot run.
         Algo::Direct | Algo::DirectSubgroup if !direct_ok => return Ok(Algo::Gemm),
-        Algo::DirectSubgroup if !conv_direct::subgroup_applies(gpu, g, mode) => {
-            return Ok(Algo::Direct);
-        }
+        Algo::DirectSubgroup if !conv_direct::subgroups_ok(gpu) => return Ok(Algo::Direct),
         Algo::Auto => {}
         _ => return Ok(algo),
     }

@@ -395,13 +395,6 @@ pub fn subgroups_ok(gpu: &Gpu) -> bool {
     gpu.has_subgroups() && gpu.summary.subgroup_min_size >= 8
 }
 
-/// Whether the subgroup variant runs the `mode` product of `g` here (where [`applies`] holds):
-/// [`subgroups_ok`], and for the weight gradient dY rows and channels it can stream
-/// ([`streams`]).
-pub fn subgroup_applies(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode) -> bool {
-    subgroups_ok(gpu) && (mode != super::conv2d::Mode::Wgrad || streams(g))
-}
-
 /// The shader of the plain (`sg` false) or the subgroup variant, with scalar or (`v4`) aligned
 /// vec4 reads of the input windows.
 fn shader(sg: bool, v4: bool) -> &'static str {
@@ -498,7 +491,8 @@ struct WgParams {
     drow: u32,
     dch: u32,
     dcg: u32,
-    _p: [u32; 2],
+    ow: u32,
+    _p: u32,
 }
 
 #[repr(C)]
@@ -593,8 +587,8 @@ impl WgradPlan {
 }
 
 /// Record `dw (+)= wgrad(dy, x)` with the direct kernel (pack dY, one launch per block, sum of
-/// the row-run partials; `sg`: its subgroup variant), or `None` when [`WgradPlan`] says it
-/// does not apply.
+/// the row-run partials; `sg`: its subgroup variant, which streams dY instead), or `None` when
+/// [`WgradPlan`] says it does not apply.
 pub fn wgrad(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -607,11 +601,9 @@ pub fn wgrad(
     let Some(plan) = WgradPlan::new(gpu, g) else {
         return Ok(None);
     };
-    if sg && streams(g) && dy.offset().is_multiple_of(16) {
+    if sg {
         return wgrad_stream(gpu, g, dy, x, dw, beta).map(Some);
     }
-    // The subgroup variant reads dY from storage only; other shapes take the plain kernel.
-    let sg = false;
     // pack_dy reads dY as vec4 when rows are a multiple of 4 pixels (and dY 16-byte aligned);
     // pack_dy_pad reads scalars and pads the rows.
     let owp = g.ow.next_multiple_of(4);
@@ -661,20 +653,8 @@ pub fn wgrad(
         crate::tensor::DType::F32,
     )?;
     let invocations = plan.nrg * g.cin;
-    // The subgroup variant: a workgroup per (row run, WGS input channels), so that a subgroup
-    // never spans two row runs (the dY it shares).
-    let wgs = g.cin.next_multiple_of(8).min(WG);
-    let (grid, constants) = if sg {
-        (
-            [g.cin.div_ceil(wgs) as u32, plan.nrg as u32, 1],
-            vec![("WSTRIDE", g.stride as f64), ("WGS", wgs as f64)],
-        )
-    } else {
-        (
-            grid_1d(gpu, invocations.div_ceil(WG) as u32),
-            vec![("WSTRIDE", g.stride as f64)],
-        )
-    };
+    let grid = grid_1d(gpu, invocations.div_ceil(WG) as u32);
+    let constants = [("WSTRIDE", g.stride as f64)];
     for ig in 0..plan.igroups {
         let b0 = ig * plan.ipb;
         for cg in 0..plan.cgroups {
@@ -698,11 +678,12 @@ pub fn wgrad(
                 drow: (owp / 4) as u32,
                 dch: (ohw / 4) as u32,
                 dcg: 0,
-                _p: [0; 2],
+                ow: g.ow as u32,
+                _p: 0,
             };
             out.push(Dispatch::build_with(
                 gpu,
-                shader(sg, false),
+                shader(false, false),
                 "conv_wgrad3",
                 &[
                     x.read(),
@@ -731,12 +712,6 @@ pub fn wgrad(
         beta,
     )?);
     Ok(Some(out))
-}
-
-/// Whether the subgroup weight gradient can read dY straight from storage: rows of a multiple
-/// of 4 pixels (whole vec4 per pixel quad) and whole groups of 16 output channels.
-pub fn streams(g: &ConvGeom) -> bool {
-    g.ow.is_multiple_of(4) && g.cout.is_multiple_of(WG_CO)
 }
 
 /// Invocations a streaming weight-gradient launch aims at per group of 16 output channels
@@ -774,7 +749,7 @@ fn wgrad_stream(
     let nrg = rows.div_ceil(rpi);
     let partial = crate::tensor::Tensor::zeros(gpu, &[nrg, dw_floats], crate::tensor::DType::F32)?;
     let wgs = g.cin.next_multiple_of(8).min(WG);
-    let plane4 = g.oh * g.ow / 4;
+    let plane = g.oh * g.ow;
     let p = WgParams {
         cin: g.cin as u32,
         h: g.h as u32,
@@ -788,14 +763,15 @@ fn wgrad_stream(
         nimg: g.batch as u32,
         first: 1,
         b0: 0,
-        owp: g.ow as u32,
-        // dY's own layout [batch][cout][oh][ow].
+        owp: g.ow.next_multiple_of(4) as u32,
+        // dY's own layout [batch][cout][oh][ow], in floats.
         d0: 0,
-        dimg: (g.cout * plane4) as u32,
-        drow: (g.ow / 4) as u32,
-        dch: plane4 as u32,
-        dcg: (WG_CO * plane4) as u32,
-        _p: [0; 2],
+        dimg: (g.cout * plane) as u32,
+        drow: g.ow as u32,
+        dch: plane as u32,
+        dcg: (WG_CO * plane) as u32,
+        ow: g.ow as u32,
+        _p: 0,
     };
     let mut out = vec![Dispatch::build_with(
         gpu,
@@ -806,7 +782,7 @@ fn wgrad_stream(
         [
             g.cin.div_ceil(wgs) as u32,
             nrg as u32,
-            (g.cout / WG_CO) as u32,
+            g.cout.div_ceil(WG_CO) as u32,
         ],
         &[("WSTRIDE", g.stride as f64), ("WGS", wgs as f64)],
     )?];
