@@ -146,59 +146,70 @@ fn wgrad_split_k_engages() {
     check(9, [16, 4, 16, 16], 8, 3, 1, 1);
 }
 
-/// Forward, dgrad and wgrad of every variant at a full model shape against the f64 reference
-/// (no finite differences here: the same reference is checked against them at the small
-/// shapes above, and they would cost minutes at these sizes).
-fn check_products(seed: u64, x: [usize; 4], cout: usize, k: usize, stride: usize, pad: usize) {
+/// Forward, dgrad and wgrad of every distinct variant of `g` on inputs drawn by `values(rng,
+/// n)`, each result handed to `check(mode, variant, got, want)` with the f64 reference.
+fn each_product(
+    seed: u64,
+    g: &ConvGeom,
+    values: impl Fn(&mut Rng64, usize) -> Vec<f32>,
+    check: impl Fn(conv2d::Mode, conv2d::Algo, &[f64], &[f64]),
+) {
     use conv2d::Mode;
     use longtail::tensor::{DType, Tensor};
     let gpu = gpu();
     let mut rng = Rng64::new(seed);
-    let wsh = [cout, x[1], k, k];
-    let g = ConvGeom::new(&x, &wsh, stride, pad).unwrap();
-    let (xv, wv) = (
-        rng.vec_f32(x.iter().product(), -1.0, 1.0),
-        rng.vec_f32(wsh.iter().product(), -1.0, 1.0),
-    );
-    let dyv = rng.vec_f32(g.out_shape().iter().product(), -1.0, 1.0);
+    let x = [g.batch, g.cin, g.h, g.w];
+    let wsh = [g.cout, g.cin, g.kh, g.kw];
+    let xv = values(&mut rng, x.iter().product());
+    let wv = values(&mut rng, wsh.iter().product());
+    let dyv = values(&mut rng, g.out_shape().iter().product());
     let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
-    let want_y = conv2d::reference::conv2d(&f64s(&xv), &f64s(&wv), &g);
-    let (want_dx, want_dw) =
-        conv2d::reference::conv2d_grad(&f64s(&xv), &f64s(&wv), &f64s(&dyv), &g);
+    let want_y = conv2d::reference::conv2d(&f64s(&xv), &f64s(&wv), g);
+    let (want_dx, want_dw) = conv2d::reference::conv2d_grad(&f64s(&xv), &f64s(&wv), &f64s(&dyv), g);
     let xt = Tensor::from_f32(gpu, &x, &xv).unwrap();
     let wt = Tensor::from_f32(gpu, &wsh, &wv).unwrap();
     let dyt = Tensor::from_f32(gpu, &g.out_shape(), &dyv).unwrap();
     for mode in [Mode::Forward, Mode::Dgrad, Mode::Wgrad] {
         let mut names = Vec::new();
         for algo in VARIANTS {
-            let picked = conv2d::resolve(gpu, &g, mode, algo).unwrap();
+            let picked = conv2d::resolve(gpu, g, mode, algo).unwrap();
             if names.contains(&picked) {
                 continue; // e.g. GemmWide is Gemm outside wgrad
             }
             names.push(picked);
-            let (shape, want, tol) = match mode {
-                Mode::Forward => (g.out_shape().to_vec(), &want_y, sum_of(x[1] * k * k)),
-                Mode::Dgrad => (x.to_vec(), &want_dx, sum_of(cout * k * k)),
-                Mode::Wgrad => (wsh.to_vec(), &want_dw, sum_of(x[0] * g.oh * g.ow)),
+            let (shape, want) = match mode {
+                Mode::Forward => (g.out_shape().to_vec(), &want_y),
+                Mode::Dgrad => (x.to_vec(), &want_dx),
+                Mode::Wgrad => (wsh.to_vec(), &want_dw),
             };
             let out = Tensor::zeros(gpu, &shape, DType::F32).unwrap();
             let d = match mode {
-                Mode::Forward => conv2d::forward_dispatches(gpu, &g, &xt, &wt, &out, 0.0, picked),
-                Mode::Dgrad => conv2d::dgrad_dispatches(gpu, &g, &dyt, &wt, &out, 0.0, picked),
-                Mode::Wgrad => conv2d::wgrad_dispatches(gpu, &g, &dyt, &xt, &out, 0.0, picked),
+                Mode::Forward => conv2d::forward_dispatches(gpu, g, &xt, &wt, &out, 0.0, picked),
+                Mode::Dgrad => conv2d::dgrad_dispatches(gpu, g, &dyt, &wt, &out, 0.0, picked),
+                Mode::Wgrad => conv2d::wgrad_dispatches(gpu, g, &dyt, &xt, &out, 0.0, picked),
             }
             .unwrap();
             longtail::gpu::submit(gpu, &d.iter().collect::<Vec<_>>());
-            let got = f64s(&out.to_f32(gpu).unwrap());
-            verify::compare_values(
-                &format!("{} {} {}", mode.op_name(), picked.name(), g.key()),
-                &got,
-                want,
-                tol,
-            )
-            .unwrap();
+            check(mode, picked, &f64s(&out.to_f32(gpu).unwrap()), want);
         }
     }
+}
+
+/// Forward, dgrad and wgrad of every variant at a full model shape against the f64 reference
+/// (no finite differences here: the same reference is checked against them at the small
+/// shapes above, and they would cost minutes at these sizes).
+fn check_products(seed: u64, x: [usize; 4], cout: usize, k: usize, stride: usize, pad: usize) {
+    let g = ConvGeom::new(&x, &[cout, x[1], k, k], stride, pad).unwrap();
+    let uniform = |rng: &mut Rng64, n: usize| rng.vec_f32(n, -1.0, 1.0);
+    each_product(seed, &g, uniform, |mode, picked, got, want| {
+        let tol = match mode {
+            conv2d::Mode::Forward => sum_of(x[1] * k * k),
+            conv2d::Mode::Dgrad => sum_of(cout * k * k),
+            conv2d::Mode::Wgrad => sum_of(x[0] * g.oh * g.ow),
+        };
+        let what = format!("{} {} {}", mode.op_name(), picked.name(), g.key());
+        verify::compare_values(&what, got, want, tol).unwrap();
+    });
 }
 
 /// Every variant's forward, dgrad and wgrad on small integers (-2..=2), where f32 sums are
@@ -207,59 +218,26 @@ fn check_products(seed: u64, x: [usize; 4], cout: usize, k: usize, stride: usize
 /// store) moves a value by at least 1, where the tolerance of [`check`] at these sizes could
 /// hide one term in ~10^4.
 fn check_exact(seed: u64, x: [usize; 4], cout: usize, stride: usize) {
-    use conv2d::Mode;
-    use longtail::tensor::{DType, Tensor};
-    let gpu = gpu();
-    let mut rng = Rng64::new(seed);
-    let wsh = [cout, x[1], 3, 3];
-    let g = ConvGeom::new(&x, &wsh, stride, 1).unwrap();
-    let mut ints = |n: usize| -> Vec<f32> {
+    let g = ConvGeom::new(&x, &[cout, x[1], 3, 3], stride, 1).unwrap();
+    let ints = |rng: &mut Rng64, n: usize| {
         let v = rng.vec_f32(n, -2.5, 2.5);
         v.iter().map(|a| a.round().clamp(-2.0, 2.0)).collect()
     };
-    let (xv, wv) = (ints(x.iter().product()), ints(wsh.iter().product()));
-    let dyv = ints(g.out_shape().iter().product());
-    let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
-    let want_y = conv2d::reference::conv2d(&f64s(&xv), &f64s(&wv), &g);
-    let (want_dx, want_dw) =
-        conv2d::reference::conv2d_grad(&f64s(&xv), &f64s(&wv), &f64s(&dyv), &g);
-    let xt = Tensor::from_f32(gpu, &x, &xv).unwrap();
-    let wt = Tensor::from_f32(gpu, &wsh, &wv).unwrap();
-    let dyt = Tensor::from_f32(gpu, &g.out_shape(), &dyv).unwrap();
-    for mode in [Mode::Forward, Mode::Dgrad, Mode::Wgrad] {
-        for algo in VARIANTS {
-            let picked = conv2d::resolve(gpu, &g, mode, algo).unwrap();
-            let (shape, want) = match mode {
-                Mode::Forward => (g.out_shape().to_vec(), &want_y),
-                Mode::Dgrad => (x.to_vec(), &want_dx),
-                Mode::Wgrad => (wsh.to_vec(), &want_dw),
-            };
-            let out = Tensor::zeros(gpu, &shape, DType::F32).unwrap();
-            let d = match mode {
-                Mode::Forward => conv2d::forward_dispatches(gpu, &g, &xt, &wt, &out, 0.0, picked),
-                Mode::Dgrad => conv2d::dgrad_dispatches(gpu, &g, &dyt, &wt, &out, 0.0, picked),
-                Mode::Wgrad => conv2d::wgrad_dispatches(gpu, &g, &dyt, &xt, &out, 0.0, picked),
-            }
-            .unwrap();
-            longtail::gpu::submit(gpu, &d.iter().collect::<Vec<_>>());
-            let got = out.to_f32(gpu).unwrap();
-            let wrong: Vec<_> = (0..got.len())
-                .filter(|&i| got[i] as f64 != want[i])
-                .collect();
-            assert!(
-                wrong.is_empty(),
-                "{} {} {}: {} of {} values wrong, first at {}: {} (want {})",
-                mode.op_name(),
-                picked.name(),
-                g.key(),
-                wrong.len(),
-                got.len(),
-                wrong[0],
-                got[wrong[0]],
-                want[wrong[0]]
-            );
-        }
-    }
+    each_product(seed, &g, ints, |mode, picked, got, want| {
+        let wrong: Vec<_> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
+        assert!(
+            wrong.is_empty(),
+            "{} {} {}: {} of {} values wrong, first at {}: {} (want {})",
+            mode.op_name(),
+            picked.name(),
+            g.key(),
+            wrong.len(),
+            got.len(),
+            wrong[0],
+            got[wrong[0]],
+            want[wrong[0]]
+        );
+    });
 }
 
 #[test]

@@ -495,6 +495,35 @@ struct WgParams {
     _p: u32,
 }
 
+impl WgParams {
+    /// The geometry of `g` with row runs of `rpi` rows, `nrg` of them, over the whole batch
+    /// from image 0; the caller sets where dY lies and which block or group a launch covers.
+    fn new(g: &ConvGeom, rpi: usize, nrg: usize) -> Self {
+        Self {
+            cin: g.cin as u32,
+            h: g.h as u32,
+            w: g.w as u32,
+            oh: g.oh as u32,
+            pad: g.pad as u32,
+            rpi: rpi as u32,
+            nrg: nrg as u32,
+            co0: 0,
+            cout: g.cout as u32,
+            nimg: g.batch as u32,
+            first: 1,
+            b0: 0,
+            owp: g.ow.next_multiple_of(4) as u32,
+            d0: 0,
+            dimg: 0,
+            drow: 0,
+            dch: 0,
+            dcg: 0,
+            ow: g.ow as u32,
+            _p: 0,
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct PdParams {
@@ -659,27 +688,15 @@ pub fn wgrad(
         let b0 = ig * plan.ipb;
         for cg in 0..plan.cgroups {
             let p = WgParams {
-                cin: g.cin as u32,
-                h: g.h as u32,
-                w: g.w as u32,
-                oh: g.oh as u32,
-                pad: g.pad as u32,
-                rpi: plan.rpi as u32,
-                nrg: plan.nrg as u32,
                 co0: (cg * WG_CO) as u32,
-                cout: g.cout as u32,
                 nimg: plan.ipb.min(g.batch - b0) as u32,
                 first: (ig == 0) as u32,
                 b0: b0 as u32,
-                owp: owp as u32,
                 // Block layout [image][16 channels][oh][owp].
-                d0: 0,
                 dimg: (WG_CO * ohw / 4) as u32,
                 drow: (owp / 4) as u32,
                 dch: (ohw / 4) as u32,
-                dcg: 0,
-                ow: g.ow as u32,
-                _p: 0,
+                ..WgParams::new(g, plan.rpi, plan.nrg)
             };
             out.push(Dispatch::build_with(
                 gpu,
@@ -750,28 +767,13 @@ fn wgrad_stream(
     let partial = crate::tensor::Tensor::zeros(gpu, &[nrg, dw_floats], crate::tensor::DType::F32)?;
     let wgs = g.cin.next_multiple_of(8).min(WG);
     let plane = g.oh * g.ow;
+    // dY's own layout [batch][cout][oh][ow], in floats.
     let p = WgParams {
-        cin: g.cin as u32,
-        h: g.h as u32,
-        w: g.w as u32,
-        oh: g.oh as u32,
-        pad: g.pad as u32,
-        rpi: rpi as u32,
-        nrg: nrg as u32,
-        co0: 0,
-        cout: g.cout as u32,
-        nimg: g.batch as u32,
-        first: 1,
-        b0: 0,
-        owp: g.ow.next_multiple_of(4) as u32,
-        // dY's own layout [batch][cout][oh][ow], in floats.
-        d0: 0,
         dimg: (g.cout * plane) as u32,
         drow: g.ow as u32,
         dch: plane as u32,
         dcg: (WG_CO * plane) as u32,
-        ow: g.ow as u32,
-        _p: 0,
+        ..WgParams::new(g, rpi, nrg)
     };
     let mut out = vec![Dispatch::build_with(
         gpu,
