@@ -76,8 +76,7 @@ fn resnet8_normed_head_imported_from_pytorch() {
 fn save_then_load_round_trips() {
     let g = gpu();
     let a = model(Arch::Cifar { n: 1 }, Classifier::Linear);
-    let dir = std::env::temp_dir().join(format!("longtail-ckpt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("ckpt");
     let path = dir.join("w.safetensors");
     save_model(g, &path, &a, 7).unwrap();
     let b = ResNet::new(g, ResNetConfig { seed: 5, ..a.cfg }).unwrap();
@@ -111,8 +110,7 @@ fn whitening_statistics_are_saved_and_loaded() {
     w.running_mean
         .write_f32(g, &(0..64).map(|i| i as f32).collect::<Vec<_>>())
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("longtail-wckpt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("wckpt");
     let path = dir.join("w.safetensors");
     save_model(g, &path, &a, 1).unwrap();
     let sd = state_dict(g, &a, 1).unwrap();
@@ -141,8 +139,7 @@ fn whitening_statistics_are_saved_and_loaded() {
 #[test]
 fn bad_files_get_clear_errors() {
     let g = gpu();
-    let dir = std::env::temp_dir().join(format!("longtail-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("bad");
     // Not safetensors at all.
     let junk = dir.join("junk.safetensors");
     std::fs::write(&junk, b"hello").unwrap();

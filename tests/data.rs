@@ -1,19 +1,18 @@
 //! Data readers on files the tests generate (each format, broken ones included), the
 //! long-tailed subset on the real Fashion-MNIST, and batch assembly.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use longtail::data::augment::{Augment, assemble};
 use longtail::data::longtail::{Profile, class_sizes, subset_indices};
 use longtail::data::{cifar, idx, list};
 use longtail::rng::Rng64;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("longtail-data-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> common::TmpDir {
+    common::tmp_dir(&format!("data-{name}"))
 }
 
 fn gz(path: &Path) {

@@ -321,7 +321,8 @@ fn damaged_weights_and_configless_checkpoints() {
     let last = run.join("last.safetensors");
 
     // NaN in --init weights and in eval weights: the tensor is named.
-    let bad = common::tmp_dir("hostile-w-bad").join("nan.safetensors");
+    let bad_dir = common::tmp_dir("hostile-w-bad");
+    let bad = bad_dir.join("nan.safetensors");
     poison(&last, &bad, "layer1.0.conv2.weight");
     let b = bad.to_str().unwrap();
     let mut a = small_args(d, "/tmp/unused-longtail-run");
@@ -344,7 +345,8 @@ fn damaged_weights_and_configless_checkpoints() {
     );
 
     // A checkpoint copied away from its run directory: its stored config builds the model.
-    let away = common::tmp_dir("hostile-w-away").join("model.safetensors");
+    let away_dir = common::tmp_dir("hostile-w-away");
+    let away = away_dir.join("model.safetensors");
     std::fs::copy(&last, &away).unwrap();
     let (code, out, err) = longtail(&[
         "eval",

@@ -1,7 +1,7 @@
 //! `longtail train` / `eval` end to end on a small synthetic data set in MNIST's IDX format:
 //! the run directory's files, exact resume, the ablation presets, NaN stop and bad inputs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use longtail::data::idx;
@@ -12,11 +12,8 @@ fn synthetic(dir: &Path, per_class_train: usize, per_class_test: usize) {
     common::synthetic_idx(dir, per_class_train, per_class_test);
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("longtail-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> common::TmpDir {
+    common::tmp_dir(&format!("train-{name}"))
 }
 
 fn longtail(args: &[&str]) -> (bool, String, String) {
@@ -339,7 +336,8 @@ fn bad_inputs_get_clear_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
     // Unknown config key: the valid ones are listed.
-    let cfg = tmp("cfg").join("bad.toml");
+    let cfg_dir = tmp("cfg");
+    let cfg = cfg_dir.join("bad.toml");
     std::fs::write(&cfg, "dataset = \"mnist\"\nlearning_rate = 0.1\n").unwrap();
     let (ok, _, err) = longtail(&["train", "--config", cfg.to_str().unwrap()]);
     assert!(!ok);

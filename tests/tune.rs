@@ -31,7 +31,8 @@ fn off_takes_the_first_candidate_without_timing() {
 fn cached_measures_once_then_reads_the_cache() {
     let dir = tmp_dir("tune-cached");
     let t = Tuner::new("adapter", "vulkan", "driver 1");
-    t.configure(TuneMode::Cached, Some(dir.clone())).unwrap();
+    t.configure(TuneMode::Cached, Some(dir.to_path_buf()))
+        .unwrap();
     let calls = Cell::new(0);
     let v = choose(&t, "s1", &[("direct", 2.0), ("gemm", 1.0)], &calls);
     assert_eq!((v.as_str(), calls.get()), ("gemm", 2));
@@ -43,23 +44,27 @@ fn cached_measures_once_then_reads_the_cache() {
     assert_eq!(calls.get(), 2);
     // A new process (new tuner) on the same adapter reads the file.
     let t2 = Tuner::new("adapter", "vulkan", "driver 1");
-    t2.configure(TuneMode::Cached, Some(dir.clone())).unwrap();
+    t2.configure(TuneMode::Cached, Some(dir.to_path_buf()))
+        .unwrap();
     let v = choose(&t2, "s1", &[("direct", 0.1), ("gemm", 1.0)], &calls);
     assert_eq!((v.as_str(), calls.get()), ("gemm", 2));
     assert_eq!(t2.used()["conv_fwd s1"].source, "cache");
     // Another driver is another adapter: measured again.
     let t3 = Tuner::new("adapter", "vulkan", "driver 2");
-    t3.configure(TuneMode::Cached, Some(dir.clone())).unwrap();
+    t3.configure(TuneMode::Cached, Some(dir.to_path_buf()))
+        .unwrap();
     let v = choose(&t3, "s1", &[("direct", 0.1), ("gemm", 1.0)], &calls);
     assert_eq!((v.as_str(), calls.get()), ("direct", 4));
     // Full re-measures even with a cached entry.
     let t4 = Tuner::new("adapter", "vulkan", "driver 1");
-    t4.configure(TuneMode::Full, Some(dir.clone())).unwrap();
+    t4.configure(TuneMode::Full, Some(dir.to_path_buf()))
+        .unwrap();
     let v = choose(&t4, "s1", &[("direct", 0.1), ("gemm", 1.0)], &calls);
     assert_eq!((v.as_str(), calls.get()), ("direct", 6));
     // ...and overwrites it.
     let t5 = Tuner::new("adapter", "vulkan", "driver 1");
-    t5.configure(TuneMode::Cached, Some(dir.clone())).unwrap();
+    t5.configure(TuneMode::Cached, Some(dir.to_path_buf()))
+        .unwrap();
     assert_eq!(
         choose(&t5, "s1", &[("direct", 9.0), ("gemm", 1.0)], &calls),
         "direct"
@@ -71,7 +76,8 @@ fn cached_measures_once_then_reads_the_cache() {
 fn inapplicable_variants_are_skipped_and_a_damaged_cache_is_replaced() {
     let dir = tmp_dir("tune-damaged");
     let t = Tuner::new("adapter", "vulkan", "driver 1");
-    t.configure(TuneMode::Cached, Some(dir.clone())).unwrap();
+    t.configure(TuneMode::Cached, Some(dir.to_path_buf()))
+        .unwrap();
     let path = t.cache_path().unwrap();
     std::fs::write(&path, b"{ not json").unwrap();
     let calls = Cell::new(0);
@@ -88,7 +94,8 @@ fn inapplicable_variants_are_skipped_and_a_damaged_cache_is_replaced() {
     assert!(text.contains("conv_wgrad s"), "{text}");
     // A cached variant this build does not list is ignored (measured again).
     let t2 = Tuner::new("adapter", "vulkan", "driver 1");
-    t2.configure(TuneMode::Cached, Some(dir)).unwrap();
+    t2.configure(TuneMode::Cached, Some(dir.to_path_buf()))
+        .unwrap();
     let calls = Cell::new(0);
     let v = choose(&t2, "s", &[("direct", 1.0), ("tiled", 0.5)], &calls);
     assert_eq!((v.as_str(), calls.get()), ("tiled", 2));
