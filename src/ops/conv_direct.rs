@@ -731,12 +731,12 @@ pub fn wgrad(
     Ok(Some(out))
 }
 
-/// Invocations a streaming weight-gradient launch aims at per group of 16 output channels
-/// (input channels x row runs) on a
-/// CPU adapter: enough workgroups for its cores, with long row runs (each writes 144 partial
-/// sums, and the reduction reads them all). Measured on llvmpipe (2 cores, `bench --kernel
-/// conv_wgrad@direct-sg`, sum over the ResNet-32 shapes, 3 alternating rounds): 128, 256 and
-/// 512 within noise of each other, 2,048 1.2-1.35x and 8,192 2-2.3x their time.
+/// Invocations a streaming weight gradient aims at per group of 16 output channels (input
+/// channels x row runs) on a CPU adapter: enough workgroups for its cores, with long row runs
+/// (each writes 144 partial sums, and the reduction reads them all). Measured on llvmpipe (2
+/// cores, `bench --kernel conv_wgrad@direct-sg`, sum over the ResNet-32 shapes, 3 alternating
+/// rounds, one launch per group then): 128, 256 and 512 within noise of each other, 2,048
+/// 1.2-1.35x and 8,192 2-2.3x their time.
 const WG_STREAM_INVOCATIONS_CPU: usize = 512;
 /// The same on other adapters: 100+ compute units want hundreds of workgroups (not measured:
 /// no GPU has run it yet; the tuner compares it with the GEMMs there).
