@@ -251,6 +251,18 @@ fn every_variant_is_exact_on_small_integers() {
     // (padded dY blocks).
     check_exact(63, [3, 20, 13, 12], 16, 1);
     check_exact(64, [5, 6, 14, 14], 20, 1);
+    // Planes too large for the block kernel's 64 KiB blocks (16 x 36 x 36 and 16 x 37 x 36
+    // floats): among the direct kernels only the streaming wgrad runs them.
+    use longtail::ops::conv_direct::{self, WgradPlan};
+    for (x, s) in [([2, 5, 36, 36], 1), ([2, 5, 74, 70], 2)] {
+        let g = ConvGeom::new(&x, &[16, 5, 3, 3], s, 1).unwrap();
+        assert!(WgradPlan::new(gpu(), &g).is_none(), "{}", g.key());
+        if conv_direct::subgroups_ok(gpu()) {
+            assert!(conv_direct::streams(gpu(), &g), "{}", g.key());
+        }
+    }
+    check_exact(65, [2, 5, 36, 36], 16, 1);
+    check_exact(66, [2, 5, 74, 70], 20, 2);
 }
 
 #[test]

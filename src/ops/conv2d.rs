@@ -375,11 +375,13 @@ pub fn candidates(gpu: &Gpu, g: &ConvGeom, mode: Mode) -> Vec<Algo> {
 /// f32, shaped for CPU adapters, where f16 storage buys nothing).
 pub fn candidates_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, dtype: DType) -> Vec<Algo> {
     let mut v = Vec::new();
-    if g.groups == 1 && dtype == DType::F32 && conv_direct::applies(gpu, g, mode) {
-        if conv_direct::subgroups_ok(gpu) {
+    if g.groups == 1 && dtype == DType::F32 {
+        if conv_direct::subgroups_ok(gpu) && conv_direct::applies(gpu, g, mode, true) {
             v.push(Algo::DirectSubgroup);
         }
-        v.push(Algo::Direct);
+        if conv_direct::applies(gpu, g, mode, false) {
+            v.push(Algo::Direct);
+        }
     }
     v.push(Algo::Gemm);
     if mode == Mode::Wgrad && wgrad_splits_for(g, WGRAD_WIDE_WORKGROUPS) != wgrad_splits(g) {
@@ -438,11 +440,17 @@ pub fn resolve(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo) -> Result<Algo> 
 
 /// [`resolve`] for activations of `dtype` (f16 tunes under its own key, among the GEMMs).
 pub fn resolve_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo, dtype: DType) -> Result<Algo> {
-    let direct_ok = g.groups == 1 && dtype == DType::F32 && conv_direct::applies(gpu, g, mode);
+    let family = g.groups == 1 && dtype == DType::F32;
+    let direct_ok = family && conv_direct::applies(gpu, g, mode, false);
+    let sg_ok =
+        family && conv_direct::subgroups_ok(gpu) && conv_direct::applies(gpu, g, mode, true);
     match algo {
-        // An explicit choice of a family: the GEMM where the direct kernel cannot run.
-        Algo::Direct | Algo::DirectSubgroup if !direct_ok => return Ok(Algo::Gemm),
-        Algo::DirectSubgroup if !conv_direct::subgroups_ok(gpu) => return Ok(Algo::Direct),
+        // An explicit choice of a family: the plain direct kernel where its subgroup variant
+        // cannot run, the GEMM where neither can.
+        Algo::DirectSubgroup if !sg_ok => {
+            return Ok(if direct_ok { Algo::Direct } else { Algo::Gemm });
+        }
+        Algo::Direct if !direct_ok => return Ok(Algo::Gemm),
         Algo::Auto => {}
         _ => return Ok(algo),
     }

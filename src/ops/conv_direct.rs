@@ -215,13 +215,15 @@ fn fits(
     Plan::new(gpu, outs, ins, g.kh * g.kw, window)
 }
 
-/// Whether the direct kernel applies to the `mode` product of `g` on this adapter (the tuner
-/// lists it as a candidate only then).
-pub fn applies(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode) -> bool {
+/// Whether the direct kernel (`sg`: its subgroup variant, which also needs [`subgroups_ok`])
+/// applies to the `mode` product of `g` on this adapter (the tuner lists it as a candidate
+/// only then).
+pub fn applies(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode, sg: bool) -> bool {
     use super::conv2d::Mode;
     match mode {
         Mode::Forward => fits(gpu, g, g.cout, g.cin, g.stride, &[forward_class(g)]).is_some(),
         Mode::Dgrad => fits(gpu, g, g.cin, g.cout, 1, &dgrad_classes(g)).is_some(),
+        Mode::Wgrad if sg => streams(gpu, g),
         Mode::Wgrad => WgradPlan::new(gpu, g).is_some(),
     }
 }
@@ -627,12 +629,15 @@ pub fn wgrad(
     beta: f32,
     sg: bool,
 ) -> Result<Option<Vec<Dispatch>>> {
+    if sg {
+        if !streams(gpu, g) {
+            return Ok(None);
+        }
+        return wgrad_stream(gpu, g, dy, x, dw, beta).map(Some);
+    }
     let Some(plan) = WgradPlan::new(gpu, g) else {
         return Ok(None);
     };
-    if sg {
-        return wgrad_stream(gpu, g, dy, x, dw, beta).map(Some);
-    }
     // pack_dy reads dY as vec4 when rows are a multiple of 4 pixels (and dY 16-byte aligned);
     // pack_dy_pad reads scalars and pads the rows.
     let owp = g.ow.next_multiple_of(4);
@@ -742,6 +747,40 @@ const WG_STREAM_INVOCATIONS_CPU: usize = 512;
 /// no GPU has run it yet; the tuner compares it with the GEMMs there).
 const WG_STREAM_INVOCATIONS_GPU: usize = 32768;
 
+/// Row runs of the streaming weight gradient: (rows per run, runs).
+fn stream_runs(gpu: &Gpu, g: &ConvGeom) -> (usize, usize) {
+    let rows = g.batch * g.oh;
+    let target = if gpu.summary.device_type == "Cpu" {
+        WG_STREAM_INVOCATIONS_CPU
+    } else {
+        WG_STREAM_INVOCATIONS_GPU
+    };
+    let most_runs = most_row_runs(gpu, g.cout * g.cin * 9);
+    let runs = (target / g.cin.max(1)).clamp(1, rows).min(most_runs);
+    let rpi = rows.div_ceil(runs);
+    (rpi, rows.div_ceil(rpi))
+}
+
+/// Whether the streaming (subgroup) weight gradient runs `g` here: a 3x3 kernel at stride 1 or
+/// 2, dY, X and the partial sums within the storage binding limit, and its grid within the
+/// workgroup-count limit. Unlike the block kernel ([`WgradPlan`]) it takes planes of any size
+/// (the 56x56 maps of a ResNet at 224 px).
+pub fn streams(gpu: &Gpu, g: &ConvGeom) -> bool {
+    let lim = &gpu.limits;
+    let bind = lim.max_storage_buffer_binding_size;
+    let bytes = |n: usize| n as u64 * 4;
+    let (_, nrg) = stream_runs(gpu, g);
+    g.kh == 3
+        && g.kw == 3
+        && (1..=2).contains(&g.stride)
+        && bytes(g.batch * g.cout * g.oh * g.ow) <= bind
+        && bytes(g.batch * g.cin * g.h * g.w) <= bind
+        && bytes(nrg * g.cout * g.cin * 9) <= bind
+        && [nrg, g.cout.div_ceil(WG_CO), g.cin.div_ceil(WG)]
+            .iter()
+            .all(|&n| n as u32 <= lim.max_compute_workgroups_per_dimension)
+}
+
 /// The subgroup weight gradient with dY read from storage: one launch over the whole batch and
 /// every group of 16 output channels (the grid's third dimension), then the sum of the row-run
 /// partials: two launches per layer.
@@ -753,17 +792,8 @@ fn wgrad_stream(
     dw: &crate::tensor::Tensor,
     beta: f32,
 ) -> Result<Vec<Dispatch>> {
-    let rows = g.batch * g.oh;
     let dw_floats = g.cout * g.cin * 9;
-    let most_runs = most_row_runs(gpu, dw_floats);
-    let target = if gpu.summary.device_type == "Cpu" {
-        WG_STREAM_INVOCATIONS_CPU
-    } else {
-        WG_STREAM_INVOCATIONS_GPU
-    };
-    let runs = (target / g.cin.max(1)).clamp(1, rows).min(most_runs);
-    let rpi = rows.div_ceil(runs);
-    let nrg = rows.div_ceil(rpi);
+    let (rpi, nrg) = stream_runs(gpu, g);
     let partial = crate::tensor::Tensor::zeros(gpu, &[nrg, dw_floats], crate::tensor::DType::F32)?;
     let wgs = g.cin.next_multiple_of(8).min(WG);
     let plane = g.oh * g.ow;
