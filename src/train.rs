@@ -679,7 +679,7 @@ fn train_in(
                 // A run directory from before checkpoint sets: its files are not verified.
                 eprintln!(
                     "warning: {} has no checkpoint sets (an older run directory): resuming from \
-                 its top-level files, which cannot be checked for consistency",
+                     its top-level files, which cannot be checked for consistency",
                     out.display()
                 );
                 let p = out.join("state.json");
@@ -705,7 +705,7 @@ fn train_in(
                 // The config does not record --init: say so rather than guess.
                 println!(
                     "{}: no complete checkpoint set yet; starting the run from the beginning \
-                 (if it began from --init weights, pass --init again)",
+                     (if it began from --init weights, pass --init again)",
                     out.display()
                 );
                 if let Some(p) = init {
@@ -829,7 +829,7 @@ fn train_in(
             let per = |now: f64, before: f64| (now - before) / steps_here.max(1) as f64 * 1e3;
             println!(
                 "devices: {n} collectives per step ({:.2} MB per device); per step {:.0} ms \
-             waiting for the devices' compute, {:.1} ms exchanging",
+                 waiting for the devices' compute, {:.1} ms exchanging",
                 bytes as f64 / 1e6,
                 per(wait, exchange_before.0),
                 per(ex, exchange_before.1)

@@ -618,8 +618,8 @@ impl WgradPlan {
 }
 
 /// Record `dw (+)= wgrad(dy, x)` with the direct kernel (pack dY, one launch per block, sum of
-/// the row-run partials; `sg`: its subgroup variant, which streams dY instead), or `None` when
-/// [`WgradPlan`] says it does not apply.
+/// the row-run partials), or `None` when [`WgradPlan`] says it does not apply; `sg`: its
+/// subgroup variant, which streams dY instead (`None` unless [`streams`]).
 pub fn wgrad(
     gpu: &Gpu,
     g: &ConvGeom,
