@@ -16,6 +16,8 @@ struct Params {
     beta: f32,
     k_begin: u32,   // this launch covers K values [k_begin, k_end) (long K is split over
     k_end: u32,     // launches: llvmpipe caps an invocation's loop iterations per dispatch)
+    a_step: u32,    // distance between op(A)'s K values in a row: M when TA, else 1 (matmul_sg)
+    pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> A: array<f32>;

@@ -42,6 +42,11 @@ shader_table! {
     plain: [
         ("matmul", include_str!("../shaders/matmul.wgsl")),
         (
+            "matmul_subgroup",
+            include_str!("../shaders/matmul.wgsl"),
+            include_str!("../shaders/matmul_subgroup.wgsli")
+        ),
+        (
             "conv_direct",
             include_str!("../shaders/conv_direct_gather.wgsli"),
             include_str!("../shaders/conv_direct_win1.wgsli"),

@@ -146,7 +146,11 @@ fn matmul_all_transposes_odd_shapes() {
         let (m, n, k) = (1 + rng.below(150), 1 + rng.below(150), 1 + rng.below(150));
         for (ta, tb, algo) in [(false, false), (true, false), (false, true), (true, true)]
             .into_iter()
-            .flat_map(|(ta, tb)| matmul::VARIANTS.map(|v| (ta, tb, v)))
+            .flat_map(|(ta, tb)| {
+                matmul::candidates(gpu())
+                    .into_iter()
+                    .map(move |v| (ta, tb, v))
+            })
         {
             let ash = if ta { [k, m] } else { [m, k] };
             let bsh = if tb { [n, k] } else { [k, n] };
@@ -187,7 +191,7 @@ fn matmul_exact_tiles_and_skinny() {
     ]
     .into_iter()
     .enumerate()
-    .flat_map(|x| matmul::VARIANTS.map(|v| (x, v)))
+    .flat_map(|x| matmul::candidates(gpu()).into_iter().map(move |v| (x, v)))
     {
         let seed = 100 + i as u64;
         let mut rng = Rng64::new(seed);

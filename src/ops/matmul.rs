@@ -1,8 +1,10 @@
 //! Matrix multiply with optional transposes: `C = op(A) op(B)`.
 //!
-//! Kernel: `shaders/matmul.wgsl`, 64x64 output tiles per 8x8 workgroup, 8x8 register blocks per
-//! invocation, K staged through workgroup memory in slabs of 16; transposes are override
-//! constants (one specialised pipeline per combination).
+//! Kernels: `shaders/matmul.wgsl`, 64x64 output tiles per workgroup with K staged through
+//! workgroup memory in slabs of 16 (8x8 register blocks per invocation, or 4x4 in the GPU-shaped
+//! variant), and `shaders/matmul_subgroup.wgsli`, one row x 16 columns per invocation with B
+//! shared by subgroup broadcast (CPU-shaped). Transposes are override constants (one
+//! specialised pipeline per combination).
 
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
@@ -25,6 +27,8 @@ struct Params {
     beta: f32,
     k_begin: u32,
     k_end: u32,
+    a_step: u32,
+    pad: u32,
 }
 
 /// K values one launch covers at most. An invocation runs ~33 loop iterations per slab of 16 K
@@ -73,6 +77,10 @@ pub enum MatAlgo {
     Block8,
     /// 16x16 invocations with 4x4 register blocks (`matmul16`): shaped for GPUs.
     Tile16,
+    /// One row x 16 columns per invocation, B handed around by subgroup broadcast, no
+    /// workgroup memory (`matmul_sg`): shaped for CPU adapters, where workgroup-memory reads
+    /// are lane loops. Needs [`subgroups_ok`].
+    Subgroup,
 }
 
 impl MatAlgo {
@@ -82,6 +90,7 @@ impl MatAlgo {
             MatAlgo::Auto => "auto",
             MatAlgo::Block8 => "b8",
             MatAlgo::Tile16 => "t16",
+            MatAlgo::Subgroup => "sg",
         }
     }
 
@@ -90,13 +99,35 @@ impl MatAlgo {
         Ok(match s {
             "b8" => MatAlgo::Block8,
             "t16" => MatAlgo::Tile16,
-            _ => bail!("unknown matmul variant {s:?}"),
+            "sg" => MatAlgo::Subgroup,
+            _ => bail!("unknown matmul variant {s:?} (b8, t16 or sg)"),
         })
     }
 }
 
-/// Every matmul variant, heuristic favourite first.
-pub const VARIANTS: [MatAlgo; 2] = [MatAlgo::Block8, MatAlgo::Tile16];
+/// Whether this adapter runs [`MatAlgo::Subgroup`]: the `subgroups` feature and subgroups of
+/// at least 8 lanes (lanes 0-7 each read one row of a B slab).
+pub fn subgroups_ok(gpu: &Gpu) -> bool {
+    gpu.has_subgroups() && gpu.summary.subgroup_min_size >= 8
+}
+
+/// The variants this adapter can run, heuristic favourite first (the subgroup kernel on CPU
+/// adapters, where it measured fastest; the tuner decides elsewhere).
+pub fn candidates(gpu: &Gpu) -> Vec<MatAlgo> {
+    let mut v = vec![MatAlgo::Block8, MatAlgo::Tile16];
+    if subgroups_ok(gpu) {
+        if gpu.summary.device_type == "Cpu" {
+            v.insert(0, MatAlgo::Subgroup);
+        } else {
+            v.push(MatAlgo::Subgroup);
+        }
+    }
+    v
+}
+
+/// Columns of C per invocation of [`MatAlgo::Subgroup`], and rows per workgroup.
+const SG_COLS: usize = 16;
+const SG_ROWS: usize = 64;
 
 /// Record `C = alpha * op(A) op(B) + beta * C`: one launch, or one per [`MAX_K_PER_LAUNCH`]
 /// values of K, the later ones adding to C. The kernel is the tuner's choice.
@@ -131,7 +162,7 @@ pub fn dispatch_with(
     let algo = if algo == MatAlgo::Auto {
         let batch = batch_of(a.shape());
         let key = format!("b{batch} {m}x{n}x{k} ta{} tb{}", ta as u8, tb as u8);
-        let names: Vec<&str> = VARIANTS.iter().map(|v| v.name()).collect();
+        let names: Vec<&str> = candidates(gpu).iter().map(|v| v.name()).collect();
         let (ash, bsh) = (a.shape().to_vec(), b.shape().to_vec());
         let v = gpu.tuner.choose("matmul", &key, &names, &mut |v, best| {
             let (sa, sb) = (
@@ -147,10 +178,13 @@ pub fn dispatch_with(
     } else {
         algo
     };
-    let entry = if algo == MatAlgo::Tile16 {
-        "matmul16"
-    } else {
-        "matmul"
+    if algo == MatAlgo::Subgroup && !subgroups_ok(gpu) {
+        bail!("matmul: the subgroup variant needs an adapter with subgroups of at least 8 lanes");
+    }
+    let (shader, entry, tile) = match algo {
+        MatAlgo::Tile16 => ("matmul", "matmul16", [TILE, TILE]),
+        MatAlgo::Subgroup => ("matmul_subgroup", "matmul_sg", [SG_COLS, SG_ROWS]),
+        _ => ("matmul", "matmul", [TILE, TILE]),
     };
     let want = out_shape(a.shape(), m, n);
     if c.shape() != want.as_slice() {
@@ -171,16 +205,18 @@ pub fn dispatch_with(
             beta: if k_begin == 0 { beta } else { 1.0 },
             k_begin: k_begin as u32,
             k_end: k_end as u32,
+            a_step: if ta { m as u32 } else { 1 },
+            pad: 0,
         };
         let mut d = Dispatch::build_with(
             gpu,
-            "matmul",
+            shader,
             entry,
             &[a.read(), b.read(), c.write()],
             bytemuck::bytes_of(&p),
             [
-                n.div_ceil(TILE) as u32,
-                m.div_ceil(TILE) as u32,
+                n.div_ceil(tile[0]) as u32,
+                m.div_ceil(tile[1]) as u32,
                 batch as u32,
             ],
             &constants,
