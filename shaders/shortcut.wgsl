@@ -18,39 +18,46 @@ fn put(i: u32, v: f32) {
     if (p.beta != 0.0) { dst[i] = O(f32(dst[i]) + v); } else { dst[i] = O(v); }
 }
 
+// One invocation per row: the row's indices are decoded once (an integer division by a
+// uniform value is a scalar loop over the lanes on llvmpipe: decoding every element made this
+// copy cost as much as a batch-norm pass), then the row is a loop.
 @compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * nwg.x) * 256u + lid;
-    if (i >= p.batch * p.cout * p.oh * p.ow) { return; }
-    let ow = i % p.ow;
-    let oh = (i / p.ow) % p.oh;
-    let co = (i / (p.ow * p.oh)) % p.cout;
-    let b = i / (p.ow * p.oh * p.cout);
-    var v = 0.0;
-    if (co >= p.pad_lo && co < p.pad_lo + p.cin) {
-        let ci = co - p.pad_lo;
-        v = f32(src[((b * p.cin + ci) * p.h + oh * p.stride) * p.w + ow * p.stride]);
+    let r = (wg.x + wg.y * nwg.x) * 256u + lid;   // (b, co, oy)
+    if (r >= p.batch * p.cout * p.oh) { return; }
+    let oy = r % p.oh;
+    let co = (r / p.oh) % p.cout;
+    let b = r / (p.oh * p.cout);
+    let out = r * p.ow;
+    if (co < p.pad_lo || co >= p.pad_lo + p.cin) {
+        for (var ox = 0u; ox < p.ow; ox++) { put(out + ox, 0.0); }
+        return;
     }
-    put(i, v);
+    let src_row = ((b * p.cin + co - p.pad_lo) * p.h + oy * p.stride) * p.w;
+    for (var ox = 0u; ox < p.ow; ox++) { put(out + ox, f32(src[src_row + ox * p.stride])); }
 }
 
+// One invocation per row of dx. Adding to dx (beta != 0) touches only the kept pixels; writing
+// it also zeroes the dropped ones.
 @compute @workgroup_size(256)
 fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * nwg.x) * 256u + lid;
-    if (i >= p.batch * p.cin * p.h * p.w) { return; }
-    let iw = i % p.w;
-    let ih = (i / p.w) % p.h;
-    let ci = (i / (p.w * p.h)) % p.cin;
-    let b = i / (p.w * p.h * p.cin);
-    var v = 0.0;
-    if (ih % p.stride == 0u && iw % p.stride == 0u) {
-        let oh = ih / p.stride;
-        let ow = iw / p.stride;
-        if (oh < p.oh && ow < p.ow) {
-            v = f32(src[((b * p.cout + ci + p.pad_lo) * p.oh + oh) * p.ow + ow]);
-        }
+    let r = (wg.x + wg.y * nwg.x) * 256u + lid;   // (b, ci, iy)
+    if (r >= p.batch * p.cin * p.h) { return; }
+    let iy = r % p.h;
+    let ci = (r / p.h) % p.cin;
+    let b = r / (p.h * p.cin);
+    let out = r * p.w;
+    let kept = iy % p.stride == 0u;
+    if (p.beta == 0.0) {
+        for (var ix = 0u; ix < p.w; ix++) { dst[out + ix] = O(0.0); }
     }
-    put(i, v);
+    if (!kept) { return; }
+    let src_row = ((b * p.cout + ci + p.pad_lo) * p.oh + iy / p.stride) * p.ow;
+    for (var ox = 0u; ox < p.ow; ox++) {
+        let i = out + ox * p.stride;
+        let v = f32(src[src_row + ox]);
+        if (p.beta != 0.0) { dst[i] = O(f32(dst[i]) + v); } else { dst[i] = O(v); }
+    }
 }

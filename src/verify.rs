@@ -148,6 +148,13 @@ impl Input {
         }
     }
 
+    fn numel(&self) -> usize {
+        match self {
+            Input::F32 { data, .. } | Input::F16 { data, .. } => data.len(),
+            Input::U32 { data, .. } => data.len(),
+        }
+    }
+
     fn wants_grad(&self) -> bool {
         matches!(
             self,
@@ -233,7 +240,7 @@ pub fn compare_values(what: &str, got: &[f64], want: &[f64], tol: Tolerance) -> 
     compare("values", &case, got, want, tol)
 }
 
-/// Run the three checks on `case`. `build` records the op on a tape from the uploaded inputs.
+/// Run the checks on `case`: forward, backward, finite differences and (small cases) accumulation. `build` records the op on a tape from the uploaded inputs.
 pub fn check(
     gpu: &Gpu,
     case: &Case,
@@ -327,6 +334,58 @@ pub fn check(
             &an,
             &fd,
             FD_TOL,
+        )?;
+    }
+    if case.inputs.iter().map(Input::numel).sum::<usize>() <= ACCUMULATE_MAX_VALUES {
+        check_accumulation(gpu, case, &tensors, build, &seed_vals, &ref_grads)?;
+    }
+    Ok(())
+}
+
+/// Cases up to this many input values also run [`check_accumulation`] (the accumulating branch
+/// of a backward kernel does not depend on the size; small cases keep the test time down).
+pub const ACCUMULATE_MAX_VALUES: usize = 1 << 16;
+
+/// Check 4: the op's backward adding to a gradient that already holds a contribution
+/// (`beta` = 1, as when an activation feeds two ops). The op is recorded twice on the same
+/// inputs and the outputs summed, so each input's gradient must come out twice the reference's;
+/// the checks above only run the overwriting branch (beta = 0). Skipped for f16 inputs and
+/// outputs.
+fn check_accumulation(
+    gpu: &Gpu,
+    case: &Case,
+    tensors: &[Tensor],
+    build: &dyn Fn(&mut Tape, &[Tensor]) -> Result<Tensor>,
+    seed_vals: &[f32],
+    ref_grads: &[Option<Vec<f64>>],
+) -> Result<()> {
+    if case.inputs.iter().any(|i| matches!(i, Input::F16 { .. })) {
+        return Ok(()); // f16 gradients: two rounded halves, not the reference's band
+    }
+    let mut tape = Tape::new(gpu);
+    let a = build(&mut tape, tensors)?;
+    if a.dtype() != DType::F32 {
+        return Ok(());
+    }
+    let b = build(&mut tape, tensors)?;
+    let both = crate::ops::elementwise::add(&mut tape, &a, &b)?;
+    let seed = Tensor::from_f32(gpu, both.shape(), seed_vals)?;
+    tape.backward_with(&both, seed)?;
+    tape.run(true);
+    for (i, (inp, t)) in case.inputs.iter().zip(tensors).enumerate() {
+        let (true, Some(Some(rg))) = (inp.wants_grad(), ref_grads.get(i)) else {
+            continue;
+        };
+        let Some(gt) = tape.grad(t) else {
+            bail!("{}: input {i} got no gradient on the GPU", case.name);
+        };
+        let half: Vec<f64> = gt.to_f32(gpu)?.iter().map(|&v| v as f64 / 2.0).collect();
+        compare(
+            &format!("half the gradient of input {i} with the op recorded twice (accumulating)"),
+            case,
+            &half,
+            rg,
+            case.bwd,
         )?;
     }
     Ok(())

@@ -57,9 +57,9 @@ pub fn option_a(tape: &mut Tape, x: &Tensor, cout: usize, stride: usize) -> Resu
         "forward",
         &[x.read(), y.write()],
         bytemuck::bytes_of(&p),
-        grid_1d(&gpu, (y.numel() as u32).div_ceil(256)),
+        grid_1d(&gpu, ((b * cout * oh) as u32).div_ceil(256)),
     )?;
-    let n_in = x.numel() as u32;
+    let rows_in = (b * cin * h) as u32;
     tape.push_unary("shortcut", x, &y, vec![fwd], move |gpu, g, t| {
         let bp = Params {
             beta: t.beta(),
@@ -71,7 +71,7 @@ pub fn option_a(tape: &mut Tape, x: &Tensor, cout: usize, stride: usize) -> Resu
             "backward",
             &[g.read(), t.tensor.write()],
             bytemuck::bytes_of(&bp),
-            grid_1d(gpu, n_in.div_ceil(256)),
+            grid_1d(gpu, rows_in.div_ceil(256)),
         )
     })?;
     Ok(y)
