@@ -25,9 +25,17 @@ const WG: u32 = 256u;
 var<workgroup> red0: array<f32, WG>;
 var<workgroup> red1: array<f32, WG>;
 
-fn elem(c: u32, i: u32) -> u32 {
-    // i-th element (over batch x hw) of channel c
-    return ((i / p.hw) * p.channels + c) * p.hw + i % p.hw;
+// The scalar kernels below (H*W not a multiple of 4) walk a channel as images x pixels and
+// a plane in runs of RUN elements, like the vec4 ones: an integer division by a uniform value
+// is a scalar loop over the lanes on llvmpipe, and decoding every element cost as much as the
+// read itself.
+
+// `lanes` for scalar planes: whole planes per lane only while a plane is short (each lane's
+// loop stays far under llvmpipe's cap on an invocation's iterations per dispatch).
+fn lanes1(lid: u32, hw: u32, batch: u32) -> Lanes {
+    if (batch >= WG / 4u && hw <= 4096u) { return Lanes(lid, 0u, 1u, WG); }
+    let pv = min(hw, WG);
+    return Lanes(lid / pv, lid % pv, pv, WG / pv);
 }
 
 fn tree(lid: u32) {
@@ -65,8 +73,14 @@ fn finish_stats(c: u32, mean: f32, var_b: f32, count: u32) {
 fn batch_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wg.x;
     let count = p.batch * p.hw;
+    let l = lanes1(lid, p.hw, p.batch);
     var s = 0.0;
-    for (var i = lid; i < count; i += WG) { s += f32(x[elem(c, i)]); }
+    if (l.lb < l.ipi) {
+        for (var b = l.lb; b < p.batch; b += l.ipi) {
+            let base = (b * p.channels + c) * p.hw;
+            for (var v = l.lv; v < p.hw; v += l.pv) { s += f32(x[base + v]); }
+        }
+    }
     red0[lid] = s;
     red1[lid] = 0.0;
     tree(lid);
@@ -74,7 +88,12 @@ fn batch_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     workgroupBarrier();
     // second pass: sum of squared deviations (stabler than E[x^2] - mean^2)
     var q = 0.0;
-    for (var i = lid; i < count; i += WG) { let d = f32(x[elem(c, i)]) - mean; q += d * d; }
+    if (l.lb < l.ipi) {
+        for (var b = l.lb; b < p.batch; b += l.ipi) {
+            let base = (b * p.channels + c) * p.hw;
+            for (var v = l.lv; v < p.hw; v += l.pv) { let d = f32(x[base + v]) - mean; q += d * d; }
+        }
+    }
     red0[lid] = q;
     tree(lid);
     if (lid == 0u) {
@@ -102,11 +121,20 @@ fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let i = (wg.x + wg.y * nwg.x) * WG + lid;
-    if (i >= ap.batch * ap.channels * ap.hw) { return; }
-    let c = (i / ap.hw) % ap.channels;
-    var v = (f32(ax[i]) - astats[c]) * astats[ap.channels + c] * gamma[c] + shift[c];
-    if (ap.relu != 0u) { v = max(v, 0.0); }
-    y[i] = O(v);
+    let r = run_start(i, ap.hw);
+    if (r.x >= ap.batch * ap.channels) { return; }
+    let c = r.x % ap.channels;
+    let scale = astats[ap.channels + c] * gamma[c];
+    let sh = shift[c] - astats[c] * scale;
+    let base = r.x * ap.hw;
+    for (var k = 0u; k < RUN; k++) {
+        let e = r.y + k;
+        if (e < ap.hw) {
+            var v = fma(f32(ax[base + e]), scale, sh);
+            if (ap.relu != 0u) { v = max(v, 0.0); }
+            y[base + e] = O(v);
+        }
+    }
 }
 
 // ---- backward: per-channel sums, then dx
@@ -147,11 +175,16 @@ fn backward_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     let inv = bstats[bp.channels + c];
     var s0 = 0.0;
     var s1 = 0.0;
-    for (var i = lid; i < count; i += WG) {
-        let e = ((i / bp.hw) * bp.channels + c) * bp.hw + i % bp.hw;
-        let g = masked_dy(e, bp.relu);
-        s0 += g;
-        s1 += g * (f32(bx[e]) - mean) * inv;
+    let l = lanes1(lid, bp.hw, bp.batch);
+    if (l.lb < l.ipi) {
+        for (var b = l.lb; b < bp.batch; b += l.ipi) {
+            let base = (b * bp.channels + c) * bp.hw;
+            for (var v = l.lv; v < bp.hw; v += l.pv) {
+                let g = masked_dy(base + v, bp.relu);
+                s0 += g;
+                s1 += g * (f32(bx[base + v]) - mean) * inv;
+            }
+        }
     }
     red0[lid] = s0;
     red1[lid] = s1;
@@ -171,16 +204,25 @@ fn backward_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 @compute @workgroup_size(256)
 fn backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * nwg.x) * WG + lid;
-    if (i >= dp.batch * dp.channels * dp.hw) { return; }
-    let c = (i / dp.hw) % dp.channels;
+    let j = (wg.x + wg.y * nwg.x) * WG + lid;
+    let r = run_start(j, dp.hw);
+    if (r.x >= dp.batch * dp.channels) { return; }
+    let c = r.x % dp.channels;
     let count = f32(dp.count);
     let inv = dx_stats[dp.channels + c];
-    let xhat = (f32(dx_x[i]) - dx_stats[c]) * inv;
-    var g = f32(dx_dy[i]);
-    if (dp.relu != 0u && f32(dx_y[i]) <= 0.0) { g = 0.0; }
-    let v = dx_gamma[c] * inv * (g - dx_sums[c] / count - xhat * dx_sums[dp.channels + c] / count);
-    if (dp.beta != 0.0) { dx[i] = O(f32(dx[i]) + v); } else { dx[i] = O(v); }
+    let m0 = dx_sums[c] / count;
+    let m1 = dx_sums[dp.channels + c] / count;
+    let gi = dx_gamma[c] * inv;
+    for (var k = 0u; k < RUN; k++) {
+        let e = r.y + k;
+        if (e >= dp.hw) { break; }
+        let i = r.x * dp.hw + e;
+        let xhat = (f32(dx_x[i]) - dx_stats[c]) * inv;
+        var g = f32(dx_dy[i]);
+        if (dp.relu != 0u && f32(dx_y[i]) <= 0.0) { g = 0.0; }
+        let v = gi * (g - m0 - xhat * m1);
+        if (dp.beta != 0.0) { dx[i] = O(f32(dx[i]) + v); } else { dx[i] = O(v); }
+    }
 }
 
 // ---- vec4 variants (H*W a multiple of 4). llvmpipe turns every storage access into a loop over
@@ -243,7 +285,8 @@ fn batch_stats4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
 @group(0) @binding(0) var<storage, read> ax4: array<vec4<I>>;
 @group(0) @binding(4) var<storage, read_write> y4: array<vec4<O>>;
 
-// Invocation i covers vec4 RUN*k .. RUN*k + RUN - 1 of plane pl (= b * C + c).
+// Invocation i covers vec4 (or, in the scalar kernels, elements) RUN*k .. RUN*k + RUN - 1 of
+// plane pl (= b * C + c).
 fn run_start(i: u32, hw4: u32) -> vec2<u32> {
     let cpp = (hw4 + RUN - 1u) / RUN;
     return vec2<u32>(i / cpp, (i % cpp) * RUN);
@@ -347,10 +390,18 @@ fn backward_dx4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 fn apply_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let i = (wg.x + wg.y * nwg.x) * WG + lid;
-    if (i >= rp.batch * rp.channels * rp.hw) { return; }
-    let c = (i / rp.hw) % rp.channels;
-    let v = (f32(ax[i]) - astats[c]) * astats[rp.channels + c] * gamma[c] + shift[c] + f32(res[i]);
-    y[i] = O(max(v, 0.0));
+    let r = run_start(i, rp.hw);
+    if (r.x >= rp.batch * rp.channels) { return; }
+    let c = r.x % rp.channels;
+    let scale = astats[rp.channels + c] * gamma[c];
+    let sh = shift[c] - astats[c] * scale;
+    let base = r.x * rp.hw;
+    for (var k = 0u; k < RUN; k++) {
+        let e = r.y + k;
+        if (e < rp.hw) {
+            y[base + e] = O(max(fma(f32(ax[base + e]), scale, sh) + f32(res[base + e]), 0.0));
+        }
+    }
 }
 
 @group(0) @binding(5) var<storage, read> res4: array<vec4<I>>;

@@ -72,12 +72,18 @@ fn batch_norm_train_odd_shapes() {
     // vec4 kernels: a plane longer than the 256 lanes, a plane of 9 vec4 (a short last run).
     check(5, [2, 3, 36, 36], true);
     check(6, [3, 4, 6, 6], false);
+    // Scalar kernels (planes not a multiple of 4) at a batch of 64: each lane walks whole planes.
+    check(9, [64, 2, 5, 5], true);
 }
 
 #[test]
 fn batch_norm_past_2_17_values_per_channel() {
     // 128 x 32 x 32 = 131072 values per channel: the ResNet-32 first-stage count.
     check(4, [128, 2, 32, 32], false);
+    // The scalar kernels past 2^17: whole short planes per lane (33 x 33), and planes too long
+    // for that (65 x 65: lanes share a plane).
+    check(7, [128, 2, 33, 33], false);
+    check(8, [64, 1, 65, 65], false);
     // 2^18 + a remainder, a mean far from zero, to catch a dropped or doubled chunk.
     let mut rng = Rng64::new(5);
     let (b, c, h, w) = (257, 1, 32, 32);

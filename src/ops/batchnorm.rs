@@ -14,7 +14,8 @@ use crate::tensor::{DType, Tensor};
 pub const EPS: f32 = 1e-5;
 /// PyTorch's default running-statistics momentum.
 pub const MOMENTUM: f32 = 0.1;
-/// vec4 per invocation in the vec4 apply / backward kernels (`RUN` in the shader).
+/// vec4 (or elements, in the scalar kernels) per invocation of the apply / backward kernels
+/// (`RUN` in the shader).
 const RUN: usize = 4;
 
 #[repr(C)]
@@ -288,13 +289,10 @@ fn bn_impl(
     // vec4 kernels when planes split into vec4 and the activations start 16-byte aligned.
     let v4 = hw % 4 == 0 && x.offset().is_multiple_of(16);
     let entry = |e: &'static str, e4: &'static str| if v4 { e4 } else { e };
-    // apply / backward_dx: one invocation per RUN vec4 of a plane, or per element.
+    // apply / backward_dx: one invocation per RUN vec4 (or elements) of a plane.
     let ew_groups = move |v4: bool| {
-        if v4 {
-            ((batch * channels * (hw / 4).div_ceil(RUN)) as u32).div_ceil(256)
-        } else {
-            ((batch * channels * hw) as u32).div_ceil(256)
-        }
+        let per_plane = if v4 { hw / 4 } else { hw };
+        ((batch * channels * per_plane.div_ceil(RUN)) as u32).div_ceil(256)
     };
     // f16 activations (`--precision f16`) have typed variants of the fused kernels only.
     let half = x.dtype() == DType::F16;
