@@ -191,25 +191,32 @@ struct PackParams {
 @group(0) @binding(1) var<storage, read_write> pw_dst: array<f32>;
 @group(0) @binding(2) var<uniform> pp: PackParams;
 
+// One invocation per (block, cl, kidx): the pp.co consecutive values of its output channels, so
+// the index decode (integer divisions by uniform values: scalar loops over the lanes on
+// llvmpipe) is paid once per pp.co values. pp.co divides the 16384 floats of a block.
 @compute @workgroup_size(64)
 fn pack_weights(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let e = (wg.y * nwg.x + wg.x) * 64u + lid;
-    if (e >= pp.blocks * 16384u) { return; }
-    let blk = e / 16384u;
-    let r = e % 16384u;
+    let q = (wg.y * nwg.x + wg.x) * 64u + lid;
+    let per_block = 16384u / pp.co;
+    if (q >= pp.blocks * per_block) { return; }
+    let blk = q / per_block;
+    let rr = q % per_block;
     let group = blk / pp.nchunks;
     let chunk = blk % pp.nchunks;
-    let ol = r % pp.co;
-    let kidx = (r / pp.co) % pp.khw;
-    let cl = r / (pp.co * pp.khw);
-    let o = group * pp.co + ol;
+    let kidx = rr % pp.khw;
+    let cl = rr / pp.khw;
     let c = chunk * pp.cch + cl;
-    var v = 0.0;
-    if (cl < pp.cch && o < pp.o_total && c < pp.c_total) {
-        v = pw_src[o * pp.so + c * pp.sc + kidx];
+    let ok = cl < pp.cch && c < pp.c_total;
+    let out = q * pp.co;
+    for (var ol = 0u; ol < pp.co; ol++) {
+        let o = group * pp.co + ol;
+        var v = 0.0;
+        if (ok && o < pp.o_total) {
+            v = pw_src[o * pp.so + c * pp.sc + kidx];
+        }
+        pw_dst[out + ol] = v;
     }
-    pw_dst[e] = v;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ const MAX_ROWS: usize = 64;
 const MAX_WINDOW: usize = 21;
 /// Output channels per invocation and per uniform block column.
 const CO: usize = 16;
+// `pack_weights` runs one invocation per CO values of a block.
+const _: () = assert!(BLOCK_FLOATS.is_multiple_of(CO));
 /// Output pixels per invocation (at least; 8 where rows are long enough and the window fits).
 const PX: usize = 4;
 /// Invocations per workgroup (the shader's `@workgroup_size`).
@@ -159,7 +161,8 @@ fn pack(
         blocks: blocks as u32,
         _p: [0; 3],
     };
-    let total = (blocks * BLOCK_FLOATS).div_ceil(WG) as u32;
+    // One invocation per CO values (shaders/conv_direct.wgsl, `pack_weights`).
+    let total = (blocks * BLOCK_FLOATS / CO).div_ceil(WG) as u32;
     let d = Dispatch::build(
         gpu,
         "conv_direct",
