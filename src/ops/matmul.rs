@@ -2,7 +2,7 @@
 //!
 //! Kernels: `shaders/matmul.wgsl`, 64x64 output tiles per workgroup with K staged through
 //! workgroup memory in slabs of 16 (8x8 register blocks per invocation, or 4x4 in the GPU-shaped
-//! variant), and `shaders/matmul_subgroup.wgsli`, one row x 16 columns per invocation with B
+//! variant), and `shaders/matmul_subgroup.wgsli`, two rows x 16 columns per invocation with B
 //! shared by subgroup broadcast (CPU-shaped). Transposes are override constants (one
 //! specialised pipeline per combination).
 
@@ -77,7 +77,7 @@ pub enum MatAlgo {
     Block8,
     /// 16x16 invocations with 4x4 register blocks (`matmul16`): shaped for GPUs.
     Tile16,
-    /// One row x 16 columns per invocation, B handed around by subgroup broadcast, no
+    /// Two rows x 16 columns per invocation, B handed around by subgroup broadcast, no
     /// workgroup memory (`matmul_sg`): shaped for CPU adapters, where workgroup-memory reads
     /// are lane loops. Needs [`subgroups_ok`].
     Subgroup,
@@ -125,7 +125,8 @@ pub fn candidates(gpu: &Gpu) -> Vec<MatAlgo> {
     v
 }
 
-/// Columns of C per invocation of [`MatAlgo::Subgroup`], and rows per workgroup.
+/// Columns of C per invocation of [`MatAlgo::Subgroup`], and rows per workgroup (32
+/// invocations of two rows).
 const SG_COLS: usize = 16;
 const SG_ROWS: usize = 64;
 
