@@ -17,7 +17,7 @@ struct Params {
     _p: f32,
     count: u32,      // values per channel over every device's batch (backward_dx's divisor)
     pivot_stride: u32,
-    _q0: u32,
+    res_beta: f32,   // `beta` of the residual's gradient (backward_dx_res4)
     _q1: u32,
 }
 
@@ -353,6 +353,18 @@ fn backward_sums4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
 @group(0) @binding(2) var<storage, read> dx_dy4: array<vec4<I>>;
 @group(0) @binding(6) var<storage, read_write> dx4: array<vec4<O>>;
 
+// The input gradient of run element e (vec4), and the ReLU-masked upstream gradient.
+fn dx4_at(e: u32, relu: u32, mean: f32, inv: f32, k: f32, m: vec2<f32>) -> array<vec4<f32>, 2> {
+    let xhat = (vec4<f32>(dx_x4[e]) - vec4<f32>(mean)) * inv;
+    var g = vec4<f32>(dx_dy4[e]);
+    if (relu != 0u) { g = select(g, vec4<f32>(0.0), vec4<f32>(dx_y4[e]) <= vec4<f32>(0.0)); }
+    return array<vec4<f32>, 2>(k * (g - vec4<f32>(m.x) - xhat * m.y), g);
+}
+
+fn put_dx4(e: u32, o: vec4<f32>, beta: f32) {
+    if (beta != 0.0) { dx4[e] = vec4<O>(vec4<f32>(dx4[e]) + o); } else { dx4[e] = vec4<O>(o); }
+}
+
 @compute @workgroup_size(256)
 fn backward_dx4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
@@ -362,21 +374,47 @@ fn backward_dx4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     if (r.x >= dp.batch * dp.channels) { return; }
     let c = r.x % dp.channels;
     let count = f32(dp.count);
-    let mean = dx_stats[c];
     let inv = dx_stats[dp.channels + c];
-    let k = dx_gamma[c] * inv;
-    let m0 = dx_sums[c] / count;
-    let m1 = dx_sums[dp.channels + c] / count;
+    let m = vec2<f32>(dx_sums[c], dx_sums[dp.channels + c]) / count;
     let base = r.x * hw4;
     for (var j = 0u; j < RUN; j++) {
         let v = r.y + j;
         if (v < hw4) {
             let e = base + v;
-            let xhat = (vec4<f32>(dx_x4[e]) - vec4<f32>(mean)) * inv;
-            var g = vec4<f32>(dx_dy4[e]);
-            if (dp.relu != 0u) { g = select(g, vec4<f32>(0.0), vec4<f32>(dx_y4[e]) <= vec4<f32>(0.0)); }
-            let o = k * (g - vec4<f32>(m0) - xhat * m1);
-            if (dp.beta != 0.0) { dx4[e] = vec4<O>(vec4<f32>(dx4[e]) + o); } else { dx4[e] = vec4<O>(o); }
+            put_dx4(e, dx4_at(e, dp.relu, dx_stats[c], inv, dx_gamma[c] * inv, m)[0], dp.beta);
+        }
+    }
+}
+
+// backward_dx4 of the end of a residual block (apply_add4) that also writes the residual's
+// gradient, the masked upstream gradient it has in hand: one pass over dy and y instead of two.
+// Its eight storage bindings put the parameters at binding 8.
+@group(0) @binding(7) var<storage, read_write> dres4: array<vec4<O>>;
+@group(0) @binding(8) var<uniform> dq: Params;
+
+@compute @workgroup_size(256)
+fn backward_dx_res4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+    let hw4 = dq.hw / 4u;
+    let r = run_start(i, hw4);
+    if (r.x >= dq.batch * dq.channels) { return; }
+    let c = r.x % dq.channels;
+    let count = f32(dq.count);
+    let inv = dx_stats[dq.channels + c];
+    let m = vec2<f32>(dx_sums[c], dx_sums[dq.channels + c]) / count;
+    let base = r.x * hw4;
+    for (var j = 0u; j < RUN; j++) {
+        let v = r.y + j;
+        if (v < hw4) {
+            let e = base + v;
+            let og = dx4_at(e, dq.relu, dx_stats[c], inv, dx_gamma[c] * inv, m);
+            put_dx4(e, og[0], dq.beta);
+            if (dq.res_beta != 0.0) {
+                dres4[e] = vec4<O>(vec4<f32>(dres4[e]) + og[1]);
+            } else {
+                dres4[e] = vec4<O>(og[1]);
+            }
         }
     }
 }

@@ -35,7 +35,9 @@ struct Params {
     /// Channel c's pivot is `pivot[c * pivot_stride]` in the split statistics (`hw` when the
     /// pivot buffer is x itself, 1 for the devices' shared pivots).
     pivot_stride: u32,
-    _pad: [u32; 2],
+    /// `beta` of the residual's gradient, written by `backward_dx_res4`.
+    res_beta: f32,
+    _pad: u32,
 }
 
 /// A batch-norm layer's state outside the parameters: running statistics (saved in checkpoints).
@@ -277,7 +279,8 @@ fn bn_impl(
         splits: 1,
         count: (batch * hw * devices) as u32,
         pivot_stride: hw as u32,
-        _pad: [0; 2],
+        res_beta: 0.0,
+        _pad: 0,
     };
     let stats = Tensor::zeros(&gpu, &[2 * channels], DType::F32)?;
     let stat_bindings = [
@@ -531,8 +534,18 @@ fn bn_impl(
             if devices > 1 {
                 v.push(Collective::sum(vec![sums.clone()], 1.0).into());
             }
-            if let Some(t) = gin.get(3).and_then(|g| g.as_ref()) {
-                // d residual = dy where the output is positive (the fused ReLU's mask).
+            let dres = gin.get(3).and_then(|g| g.as_ref());
+            // The residual's gradient (dy where the output is positive: the fused ReLU's mask)
+            // comes out of the dx pass when both are vec4 runs in distinct buffers.
+            let fuse_res = match (&gin[0], dres) {
+                (Some(t), Some(r)) => {
+                    v4 && t.tensor.offset() % 16 == 0
+                        && r.tensor.offset() % 16 == 0
+                        && !std::sync::Arc::ptr_eq(t.tensor.storage(), r.tensor.storage())
+                }
+                _ => false,
+            };
+            if let Some(t) = dres.filter(|_| !fuse_res) {
                 v.push(
                     crate::ops::elementwise::dispatch(
                         gpu,
@@ -554,25 +567,38 @@ fn bn_impl(
                 };
                 // After the sums it reads.
                 let v4 = v4 && t.tensor.offset() % 16 == 0;
-                let (entry, groups) = if v4 {
+                let (entry, groups) = if fuse_res {
+                    ("backward_dx_res4", ew_groups(true))
+                } else if v4 {
                     ("backward_dx4", ew_groups(true))
                 } else {
                     ("backward_dx", ew_groups(false))
+                };
+                let mut bind = vec![
+                    sx.read(),
+                    sy.read(),
+                    dy.read(),
+                    stats.read(),
+                    sums.read(),
+                    sg.read(),
+                    t.tensor.write(),
+                ];
+                let dp = match dres.filter(|_| fuse_res) {
+                    Some(r) => {
+                        bind.push(r.tensor.write());
+                        Params {
+                            res_beta: r.beta(),
+                            ..dp
+                        }
+                    }
+                    None => dp,
                 };
                 v.push(
                     Dispatch::build(
                         gpu,
                         bn_shader,
                         entry,
-                        &[
-                            sx.read(),
-                            sy.read(),
-                            dy.read(),
-                            stats.read(),
-                            sums.read(),
-                            sg.read(),
-                            t.tensor.write(),
-                        ],
+                        &bind,
                         bytemuck::bytes_of(&dp),
                         grid_1d(gpu, groups),
                     )?
