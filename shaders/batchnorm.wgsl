@@ -388,7 +388,9 @@ fn backward_dx4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 
 // backward_dx4 of the end of a residual block (apply_add4) that also writes the residual's
 // gradient, the masked upstream gradient it has in hand: one pass over dy and y instead of two.
-// Its eight storage bindings put the parameters at binding 8.
+// Its eight storage bindings put the parameters at binding 8, hence its own copy of
+// backward_dx4's loop: a function shared by both would make backward_dx4 use binding 7 as
+// storage and as uniform.
 @group(0) @binding(7) var<storage, read_write> dres4: array<vec4<O>>;
 @group(0) @binding(8) var<uniform> dq: Params;
 
