@@ -216,15 +216,17 @@ fn data_parallel(devices: usize, sync_bn: bool) -> Vec<Outcome> {
 const DP_UPDATE_TOL: f64 = 1e-4;
 /// Running statistics are EMAs of the same batch statistics.
 const DP_RUNNING_TOL: f64 = 1e-4;
-/// The same comparison after two epochs of `train` (about 20 steps at batch 16, the
-/// running statistics included): that many steps amplify any change in how a sum is grouped
-/// to 1e-4..1e-3 of the largest update. Measured on llvmpipe, one device, same batches:
-/// the weight gradient's row runs 64 instead of 256 pixels long 1.9e-4; the streaming
-/// subgroup wgrad against the block one 3.8e-5; two devices against one with the streaming
-/// wgrad (its row runs follow the per-device batch, so every partial sum groups differently)
-/// 1.2e-3. The band keeps 8x over that and 40x under what a wrong reduction gives (0.4-0.7,
-/// see [`DP_UPDATE_TOL`]; this test's per-device BN run: 0.75).
-const TRAIN_DP_UPDATE_TOL: f64 = 1e-2;
+/// The same comparison through `train` after 3 steps (`--max-steps 3`): still f32 noise
+/// (measured on llvmpipe, one device, a regrouped sum: 7.4e-7; after 1 step 3.9e-7).
+const TRAIN_DP_EARLY_TOL: f64 = 1e-4;
+/// ... and after two epochs (about 10 steps at batch 16, the running statistics and DRW
+/// included). Past ~4 steps this recipe amplifies any change in how a sum is grouped: the same
+/// regrouped sum (`reduce::sum`'s short path, session 10) moved one device by 3.3e-4 after 6
+/// steps and 1.95e-2 after two epochs; earlier regroupings measured 3.8e-5..1.2e-3 (the
+/// weight gradient's row runs; two devices against one with the streaming wgrad). So this
+/// band only says "no wrong reduction" (0.4-0.7, see [`DP_UPDATE_TOL`]; this test's per-device
+/// BN run: 0.75); the early check above is the tight one.
+const TRAIN_DP_UPDATE_TOL: f64 = 5e-2;
 
 #[test]
 fn two_devices_with_sync_bn_match_one_device_with_the_whole_batch() {
@@ -336,15 +338,32 @@ fn train_on_two_devices_matches_one_device() {
     let base = dir.join("init");
     std::fs::create_dir_all(&base).unwrap();
     longtail::checkpoint::save_model(g, &base.join("last.safetensors"), &m, 0).unwrap();
+    let w = |d: &std::path::Path| d.join("last.safetensors");
+    let (one3, _) = run("one3", &["--max-steps", "3"]);
+    let (two3, _) = run(
+        "two3",
+        &["--max-steps", "3", "--devices", "0,0", "--sync-bn"],
+    );
+    let (per3, _) = run("per3", &["--max-steps", "3", "--devices", "0,0"]);
+    let d3 = file_update_diff(&w(&two3), &w(&one3), &w(&base));
+    let dp3 = file_update_diff(&w(&per3), &w(&one3), &w(&base));
+    println!("3 steps: --devices 0,0 --sync-bn vs 1 device: {d3:.2e}; per-device BN: {dp3:.2e}");
+    assert!(
+        d3 <= TRAIN_DP_EARLY_TOL,
+        "3 steps, 2 devices vs 1: {d3:.2e}"
+    );
+    assert!(
+        dp3 > 100.0 * TRAIN_DP_EARLY_TOL,
+        "3 steps, per-device BN: {dp3:.2e}"
+    );
     let (two, said) = run("two", &["--devices", "0,0", "--sync-bn"]);
     assert!(said.contains("2 devices"), "{said}");
     let (per, _) = run("per", &["--devices", "0,0"]);
-    let w = |d: &std::path::Path| d.join("last.safetensors");
     let d = file_update_diff(&w(&two), &w(&one), &w(&base));
     let dp = file_update_diff(&w(&per), &w(&one), &w(&base));
     println!("train --devices 0,0 --sync-bn vs 1 device: {d:.2e}; per-device BN: {dp:.2e}");
     assert!(d <= TRAIN_DP_UPDATE_TOL, "2 devices vs 1: {d:.2e}");
-    assert!(dp > 10.0 * TRAIN_DP_UPDATE_TOL, "per-device BN: {dp:.2e}");
+    assert!(dp > 5.0 * TRAIN_DP_UPDATE_TOL, "per-device BN: {dp:.2e}");
 }
 
 #[test]
