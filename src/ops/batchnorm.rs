@@ -536,10 +536,12 @@ fn bn_impl(
             }
             let dres = gin.get(3).and_then(|g| g.as_ref());
             // The residual's gradient (dy where the output is positive: the fused ReLU's mask)
-            // comes out of the dx pass when both are vec4 runs in distinct buffers.
+            // comes out of the dx pass when both are vec4 runs in distinct buffers (and the
+            // adapter binds its 8 storage buffers).
             let fuse_res = match (&gin[0], dres) {
                 (Some(t), Some(r)) => {
-                    v4 && t.tensor.offset() % 16 == 0
+                    v4 && gpu.limits.max_storage_buffers_per_shader_stage >= 8
+                        && t.tensor.offset() % 16 == 0
                         && r.tensor.offset() % 16 == 0
                         && !std::sync::Arc::ptr_eq(t.tensor.storage(), r.tensor.storage())
                 }
