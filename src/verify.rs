@@ -240,7 +240,8 @@ pub fn compare_values(what: &str, got: &[f64], want: &[f64], tol: Tolerance) -> 
     compare("values", &case, got, want, tol)
 }
 
-/// Run the checks on `case`: forward, backward, finite differences and (small cases) accumulation. `build` records the op on a tape from the uploaded inputs.
+/// Run the checks on `case`: forward, backward, finite differences and (small cases)
+/// accumulation. `build` records the op on a tape from the uploaded inputs.
 pub fn check(
     gpu: &Gpu,
     case: &Case,

@@ -368,6 +368,12 @@ impl Gpu {
         )
     }
 
+    /// Whether the adapter is a CPU (llvmpipe, WARP, SwiftShader): the ops' CPU-shaped
+    /// heuristics key on it.
+    pub fn is_cpu(&self) -> bool {
+        self.summary.device_type == "Cpu"
+    }
+
     /// Whether subgroup operations are enabled on this device.
     pub fn has_subgroups(&self) -> bool {
         self.features.contains(wgpu::Features::SUBGROUP)

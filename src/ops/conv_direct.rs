@@ -753,7 +753,7 @@ const WG_STREAM_INVOCATIONS_GPU: usize = 32768;
 /// Row runs of the streaming weight gradient: (rows per run, runs).
 fn stream_runs(gpu: &Gpu, g: &ConvGeom) -> (usize, usize) {
     let rows = g.batch * g.oh;
-    let target = if gpu.summary.device_type == "Cpu" {
+    let target = if gpu.is_cpu() {
         WG_STREAM_INVOCATIONS_CPU
     } else {
         WG_STREAM_INVOCATIONS_GPU

@@ -116,7 +116,7 @@ pub fn subgroups_ok(gpu: &Gpu) -> bool {
 pub fn candidates(gpu: &Gpu) -> Vec<MatAlgo> {
     let mut v = vec![MatAlgo::Block8, MatAlgo::Tile16];
     if subgroups_ok(gpu) {
-        if gpu.summary.device_type == "Cpu" {
+        if gpu.is_cpu() {
             v.insert(0, MatAlgo::Subgroup);
         } else {
             v.push(MatAlgo::Subgroup);

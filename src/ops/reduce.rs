@@ -39,11 +39,7 @@ const SHORT_MAX_LEN: usize = 256;
 const SHORT_MIN_OUTPUTS: usize = 1024;
 
 fn short_min_outputs(gpu: &Gpu) -> usize {
-    if gpu.summary.device_type == "Cpu" {
-        1
-    } else {
-        SHORT_MIN_OUTPUTS
-    }
+    if gpu.is_cpu() { 1 } else { SHORT_MIN_OUTPUTS }
 }
 
 /// Record `out[o, i] = beta * out[o, i] + alpha * sum_k x[o, k, i]` with `dims = [outer, len,
