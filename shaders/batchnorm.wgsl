@@ -38,16 +38,10 @@ fn lanes1(lid: u32, hw: u32, batch: u32) -> Lanes {
     return Lanes(lid / pv, lid % pv, pv, WG / pv);
 }
 
-fn tree(lid: u32) {
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red0[lid] += red0[lid + s];
-            red1[lid] += red1[lid + s];
-        }
-        workgroupBarrier();
-    }
-}
+// `tree(lid)`: every lane has written red0[lid] and red1[lid]; afterwards red0[0] and red1[0]
+// hold the workgroup's sums, visible to every lane. It comes from the prelude, with the four
+// entry points that call it (`batchnorm_tree.wgsli`: a workgroup-memory tree;
+// `batchnorm_tree_sg.wgsli`: subgroup adds). Their bodies are the `*_body` functions below.
 
 // ---- training statistics: stats, running update
 @group(0) @binding(0) var<storage, read> x: array<I>;
@@ -69,9 +63,7 @@ fn finish_stats(c: u32, mean: f32, var_b: f32, count: u32) {
     running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
 }
 
-@compute @workgroup_size(256)
-fn batch_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x;
+fn batch_stats_body(c: u32, lid: u32) {
     let count = p.batch * p.hw;
     let l = lanes1(lid, p.hw, p.batch);
     var s = 0.0;
@@ -167,9 +159,7 @@ fn finish_sums(c: u32) {
     }
 }
 
-@compute @workgroup_size(256)
-fn backward_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x;
+fn backward_sums_body(c: u32, lid: u32) {
     let count = bp.batch * bp.hw;
     let mean = bstats[c];
     let inv = bstats[bp.channels + c];
@@ -253,9 +243,7 @@ fn hsum(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
 // One pass over x: sums of (x - k) and (x - k)^2 around a pivot k, a value of the channel itself
 // (its first element), so the variance does not suffer the cancellation of E[x^2] - mean^2 when
 // |mean| >> std. Half the reads of a mean-then-deviations pass.
-@compute @workgroup_size(256)
-fn batch_stats4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x;
+fn batch_stats4_body(c: u32, lid: u32) {
     let count = p.batch * p.hw;
     let hw4 = p.hw / 4u;
     let l = lanes(lid, hw4, p.batch);
@@ -323,9 +311,7 @@ fn masked_dy4(i: u32, relu: u32) -> vec4<f32> {
     return g;
 }
 
-@compute @workgroup_size(256)
-fn backward_sums4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x;
+fn backward_sums4_body(c: u32, lid: u32) {
     let hw4 = bp.hw / 4u;
     let mean = bstats[c];
     let inv = bstats[bp.channels + c];

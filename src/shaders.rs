@@ -32,7 +32,16 @@ macro_rules! shader_table {
 shader_table! {
     typed: [
         ("conv2d", include_str!("../shaders/conv2d.wgsl")),
-        ("batchnorm", include_str!("../shaders/batchnorm.wgsl")),
+        (
+            "batchnorm",
+            include_str!("../shaders/batchnorm_tree.wgsli"),
+            include_str!("../shaders/batchnorm.wgsl")
+        ),
+        (
+            "batchnorm_sg",
+            include_str!("../shaders/batchnorm_tree_sg.wgsli"),
+            include_str!("../shaders/batchnorm.wgsl")
+        ),
         ("shortcut", include_str!("../shaders/shortcut.wgsl")),
         ("pool", include_str!("../shaders/pool.wgsl")),
         ("reduce", include_str!("../shaders/reduce.wgsl")),

@@ -20,7 +20,8 @@ fn bn_tol(count: usize) -> Tolerance {
     }
 }
 
-/// Every reduction variant the adapter has: fused, split (GPU-shaped), subgroup.
+/// Every reduction variant the adapter has: fused (tree or subgroup adds), split (GPU-shaped),
+/// split with subgroup adds.
 fn variants() -> Vec<BnAlgo> {
     batchnorm::candidates(gpu())
 }

@@ -83,6 +83,10 @@ pub enum BnAlgo {
     /// (`batchnorm.wgsl`; vec4 lanes walking whole planes where the layout allows): best where
     /// cores are few, as on llvmpipe.
     Fused,
+    /// [`BnAlgo::Fused`] with subgroup adds instead of the workgroup-memory tree in its
+    /// reductions (`batchnorm_tree_sg.wgsli`: two barriers instead of nine), where the adapter
+    /// has subgroups.
+    FusedSubgroup,
     /// Each channel split over several workgroups so that C x S >= [`SPLIT_WORKGROUPS`], then a
     /// per-channel finish (`batchnorm_split.wgsl`): shaped for GPUs with many compute units.
     Split,
@@ -100,6 +104,7 @@ impl BnAlgo {
         match self {
             BnAlgo::Auto => "auto",
             BnAlgo::Fused => "fused",
+            BnAlgo::FusedSubgroup => "fused-sg",
             BnAlgo::Split => "split",
             BnAlgo::Subgroup => "subgroup",
         }
@@ -109,6 +114,7 @@ impl BnAlgo {
     pub fn from_name(s: &str) -> Result<Self> {
         Ok(match s {
             "fused" => BnAlgo::Fused,
+            "fused-sg" => BnAlgo::FusedSubgroup,
             "split" => BnAlgo::Split,
             "subgroup" => BnAlgo::Subgroup,
             _ => bail!("unknown batch-norm variant {s:?}"),
@@ -118,11 +124,16 @@ impl BnAlgo {
 
 /// The variants this adapter can run, heuristic favourite first.
 pub fn candidates(gpu: &Gpu) -> Vec<BnAlgo> {
-    let mut v = vec![BnAlgo::Fused, BnAlgo::Split];
     if gpu.has_subgroups() {
-        v.push(BnAlgo::Subgroup);
+        vec![
+            BnAlgo::FusedSubgroup,
+            BnAlgo::Fused,
+            BnAlgo::Split,
+            BnAlgo::Subgroup,
+        ]
+    } else {
+        vec![BnAlgo::Fused, BnAlgo::Split]
     }
-    v
 }
 
 /// Workgroups per channel of the split reductions: enough for [`SPLIT_WORKGROUPS`] in all, at
@@ -142,8 +153,11 @@ pub fn resolve(
     hw: usize,
     algo: BnAlgo,
 ) -> Result<BnAlgo> {
-    if algo == BnAlgo::Subgroup && !gpu.has_subgroups() {
-        bail!("batch_norm: the subgroup variant needs an adapter with subgroups");
+    if matches!(algo, BnAlgo::Subgroup | BnAlgo::FusedSubgroup) && !gpu.has_subgroups() {
+        bail!(
+            "batch_norm: the {} variant needs an adapter with subgroups",
+            algo.name()
+        );
     }
     if algo != BnAlgo::Auto {
         return Ok(algo);
@@ -318,9 +332,16 @@ fn bn_impl(
         // to exchange: sync-BN takes the split reductions.
         BnMode::Train => match resolve(&gpu, batch, channels, hw, algo)? {
             BnAlgo::Fused if devices > 1 => BnAlgo::Split,
+            BnAlgo::FusedSubgroup if devices > 1 => BnAlgo::Subgroup,
             a => a,
         },
         BnMode::Eval => BnAlgo::Fused,
+    };
+    // The fused reductions (statistics, backward sums); apply and dx come from `bn_shader`.
+    let tree_shader = if algo == BnAlgo::FusedSubgroup {
+        crate::shaders::typed("batchnorm_sg", x.dtype(), x.dtype())?
+    } else {
+        bn_shader
     };
     let ns = splits(batch, channels);
     let sp = Params {
@@ -406,7 +427,7 @@ fn bn_impl(
             "batchnorm",
             Dispatch::build(
                 &gpu,
-                bn_shader,
+                tree_shader,
                 entry("batch_stats", "batch_stats4"),
                 &stat_bindings,
                 bytemuck::bytes_of(&p),
@@ -508,7 +529,7 @@ fn bn_impl(
                 None => vec![
                     Dispatch::build(
                         gpu,
-                        bn_shader,
+                        tree_shader,
                         if v4 {
                             "backward_sums4"
                         } else {
