@@ -616,6 +616,23 @@ pub struct ModelMeasurement {
     /// The kernels losing the most time against their bound: (entry, measured ms, bound ms,
     /// launches), largest loss first.
     pub losses: Vec<(String, f64, f64, usize)>,
+    /// Every launch of the profiled step in order (`bench --launches`; not serialised).
+    #[serde(skip)]
+    pub launches_profiled: Vec<LaunchTime>,
+}
+
+/// One launch of a profiled step: what `bench --model ... --launches` lists.
+#[derive(Clone, Debug)]
+pub struct LaunchTime {
+    pub family: &'static str,
+    pub entry: &'static str,
+    pub workgroups: [u32; 3],
+    /// GPU time (timestamps around the launch alone).
+    pub ms: f64,
+    /// FLOPs where the op set them (matmul, convolutions), else 0.
+    pub flops: f64,
+    /// Bytes of the bound ranges.
+    pub bytes: f64,
 }
 
 /// A ResNet `arch` (10 classes, linear classifier, seed 1) and its recorded training step at
@@ -734,7 +751,7 @@ pub fn bench_model(gpu: &Gpu, spec: &StepSpec<'_>, samples: usize) -> Result<Mod
         .map(|l| (l.family, &l.dispatch))
         .chain(st.step.sgd.dispatches().into_iter().map(|d| ("sgd", d)))
         .collect();
-    let (breakdown, per_entry) = if gpu.has_timestamps() {
+    let (breakdown, per_entry, launches_profiled) = if gpu.has_timestamps() {
         profile(gpu, &launches)?
     } else {
         Default::default()
@@ -784,6 +801,7 @@ pub fn bench_model(gpu: &Gpu, spec: &StepSpec<'_>, samples: usize) -> Result<Mod
         gpu_ms,
         roofline_ms,
         losses,
+        launches_profiled,
     })
 }
 
@@ -896,8 +914,9 @@ pub fn bench_model_parallel(
 type KernelShares = Vec<(String, f64, usize)>;
 /// Per kernel entry point: (seconds, launches).
 type EntryTimes = std::collections::BTreeMap<String, (f64, usize)>;
-/// What [`profile`] finds: shares of GPU time per family, (seconds, launches) per kernel.
-type Profile = (Vec<(String, f64)>, EntryTimes);
+/// What [`profile`] finds: shares of GPU time per family, (seconds, launches) per kernel, and
+/// every launch's time.
+type Profile = (Vec<(String, f64)>, EntryTimes, Vec<LaunchTime>);
 
 /// GPU time share per family and per kernel entry point: every launch in its own pass bracketed
 /// by timestamps.
@@ -907,6 +926,7 @@ fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Profile>
     let chunk = 2000u32;
     let mut per: std::collections::BTreeMap<&str, f64> = Default::default();
     let mut by_entry: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    let mut each = Vec::with_capacity(launches.len());
     for start in (0..n).step_by(chunk as usize) {
         let end = (start + chunk).min(n);
         let count = 2 * (end - start);
@@ -950,6 +970,15 @@ fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Profile>
         for i in start..end {
             let q = 2 * (i - start) as usize;
             let dt = t[q + 1].saturating_sub(t[q]) as f64 * period;
+            let (family, d) = launches[i as usize];
+            each.push(LaunchTime {
+                family,
+                entry: d.kernel.entry,
+                workgroups: d.workgroups,
+                ms: dt * 1e3,
+                flops: d.flops,
+                bytes: d.bytes,
+            });
             *per.entry(launches[i as usize].0).or_default() += dt;
             let e = by_entry
                 .entry(launches[i as usize].1.kernel.entry)
@@ -968,5 +997,5 @@ fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Profile>
         .into_iter()
         .map(|(e, t)| (e.to_string(), t))
         .collect();
-    Ok((v, times))
+    Ok((v, times, each))
 }

@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// report the collectives' cost; --batch is the whole batch.
     #[arg(long, requires = "model", value_delimiter = ',')]
     devices: Option<Vec<String>>,
+    /// With --model: also list every launch of the profiled step (family, kernel, workgroups,
+    /// GPU ms, GFLOP/s where known, MB bound).
+    #[arg(long, requires = "model")]
+    launches: bool,
     /// With --devices: synchronised batch norm.
     #[arg(long, requires = "devices")]
     sync_bn: bool,
@@ -150,6 +154,25 @@ pub fn run(gpu: &Gpu, a: BenchArgs) -> Result<()> {
                     );
                     for (e, t, b, n) in &m.losses {
                         println!("  {e:<16} {t:>9.2} / {b:>8.3}  {n:>5}");
+                    }
+                }
+                if a.launches {
+                    println!("launches (family, kernel, workgroups, GPU ms, GFLOP/s, MB bound):");
+                    for (i, l) in m.launches_profiled.iter().enumerate() {
+                        let gf = if l.flops > 0.0 {
+                            format!("{:8.2}", l.flops / (l.ms * 1e-3).max(1e-12) / 1e9)
+                        } else {
+                            format!("{:>8}", "-")
+                        };
+                        let [x, y, z] = l.workgroups;
+                        println!(
+                            "  {i:4} {:<12} {:<18} {:>13} {:9.3} {gf} {:8.2}",
+                            l.family,
+                            l.entry,
+                            format!("{x}x{y}x{z}"),
+                            l.ms,
+                            l.bytes / 1e6
+                        );
                     }
                 }
             }
