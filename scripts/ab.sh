@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A/B of two longtail binaries on one model step, measured alternately so both see the same
-# load (this machine's load moves a step's time by up to 2x within minutes): ROUNDS rounds of
+# A/B of two longtail binaries on one model step, measured alternately (ABBA) so both see the
+# same load (this machine's load moves a step's time by up to 2x within minutes): ROUNDS rounds of
 # `bench --model ... --json` per binary, then each binary's median images/s and the median of
 # the per-round ratios B / A.
 #
@@ -17,7 +17,9 @@ run() { "$1" --tune off bench "${ARGS[@]}" --samples 3 --no-peak --json \
     | python3 -c 'import json,sys; print(json.loads(sys.stdin.readlines()[-1])["images_per_s"])'; }
 a=(); b=()
 for r in $(seq 1 "$ROUNDS"); do
-    x=$(run "$A"); y=$(run "$B")
+    # ABBA order: which binary runs first alternates, so a drift in the machine's load
+    # within a round does not favour one of them.
+    if (( r % 2 )); then x=$(run "$A"); y=$(run "$B"); else y=$(run "$B"); x=$(run "$A"); fi
     a+=("$x"); b+=("$y")
     printf 'round %d: A %.2f images/s, B %.2f images/s, B/A %.3f\n' "$r" "$x" "$y" "$(python3 -c "print($y / $x)")"
 done
