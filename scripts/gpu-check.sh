@@ -85,6 +85,8 @@ run)
   timeout 180 $bin bench "${kern[@]}" --json --samples 5 > "$out/kernels.jsonl" 2> "$out/kernels.err"
   timeout 60 $bin bench "${model[@]}" --json > "$out/resnet32.json" 2>&1
   timeout 60 $bin bench "${model[@]}" --whiten ns --json > "$out/resnet32-whiten.json" 2>&1
+  # Every launch of the step with its GPU time (text): where a GPU's step goes, kernel by kernel.
+  timeout 60 $bin bench "${model[@]}" --launches > "$out/resnet32-launches.txt" 2>&1
   # Half precision (f16 activations, f32 master weights, loss scaling).
   timeout 60 $bin bench "${model[@]}" --precision f16 --json > "$out/resnet32-f16.json" 2>&1
   # Data parallel over the one GPU opened twice: what the collectives' host round trips cost.
