@@ -9,7 +9,8 @@
 #   THREADS=2 SAMPLES=3 BATCH=128 LONGTAIL=target/release/longtail scripts/compare.sh
 #
 # Needs PyTorch (`pip install torch safetensors`; the CPU build is enough). longtail runs with
-# the tune cache (`--tune cached`), tuned once before the first round so tuning is not timed.
+# the tune cache (`--tune cached`), tuned once before the first round so tuning is not timed,
+# and llvmpipe with the binary's default of two compute threads per core (LP_NUM_THREADS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}

@@ -83,6 +83,16 @@ fn run(cli: Cli) -> Result<()> {
                 for a in &list {
                     println!("{a}");
                 }
+                if list.iter().any(|a| a.device_type == "Cpu")
+                    && let Some((n, ours)) = longtail::gpu::llvmpipe_threads()
+                {
+                    let by = if ours {
+                        "set by longtail: two per core, see README's performance section"
+                    } else {
+                        "from the environment"
+                    };
+                    println!("llvmpipe compute threads: LP_NUM_THREADS={n} ({by})");
+                }
             }
             Ok(())
         }
@@ -98,6 +108,8 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists and before the first adapter opens (see its doc).
+    longtail::gpu::oversubscribe_llvmpipe();
     longtail::rundir::fault_from_env();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,

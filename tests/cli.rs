@@ -15,6 +15,35 @@ fn longtail(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// On a CPU adapter `devices` says how many compute threads llvmpipe gets: two per core unless
+/// the user set LP_NUM_THREADS, which is then left alone.
+#[test]
+fn llvmpipe_threads_default_to_two_per_core_and_respect_the_user() {
+    let run = |threads: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_longtail"));
+        c.arg("devices");
+        match threads {
+            Some(t) => c.env("LP_NUM_THREADS", t),
+            None => c.env_remove("LP_NUM_THREADS"),
+        };
+        let out = c.output().expect("run longtail");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run(None);
+    if !out.contains("(Cpu,") && !out.contains(", Cpu,") {
+        return; // a real GPU: llvmpipe is not in the list
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let want = format!("LP_NUM_THREADS={} (set by longtail", (2 * cores).min(32));
+    assert!(out.contains(&want), "{out}");
+    let out = run(Some("3"));
+    assert!(
+        out.contains("LP_NUM_THREADS=3 (from the environment)"),
+        "{out}"
+    );
+}
+
 #[test]
 fn devices_lists_an_adapter_as_text_and_json() {
     let (ok, out, err) = longtail(&["devices"]);

@@ -182,6 +182,48 @@ fn sorted_adapters(backend: Backend) -> Vec<wgpu::Adapter> {
     adapters
 }
 
+/// The variable that sets the size of llvmpipe's compute thread pool (Mesa's software Vulkan
+/// driver; no other driver reads it).
+pub const LLVMPIPE_THREADS_ENV: &str = "LP_NUM_THREADS";
+
+static LLVMPIPE_THREADS_SET: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// `LP_NUM_THREADS` as llvmpipe will read it, and whether [`oversubscribe_llvmpipe`] set it
+/// (rather than the user); `None` when it is unset (llvmpipe then takes one thread per core).
+pub fn llvmpipe_threads() -> Option<(String, bool)> {
+    let v = std::env::var(LLVMPIPE_THREADS_ENV).ok()?;
+    Some((
+        v,
+        LLVMPIPE_THREADS_SET.load(std::sync::atomic::Ordering::Relaxed),
+    ))
+}
+
+/// Give llvmpipe's compute thread pool two threads per core unless `LP_NUM_THREADS` is set
+/// (returns the value it set). llvmpipe hands each of its threads a fixed, equal share of a
+/// dispatch's workgroups up front, so a thread that loses its core for a while (the host's
+/// load, the driver's own queue thread) leaves the other core idle at the end of every
+/// dispatch; with twice as many threads the kernel's scheduler balances the shares over the
+/// cores. Measured on 2 cores (benches/NOTES.md, session 11): ResNet-32 and the quick preset's
+/// steps 1.14x and 1.12x (medians of 6 and 8 alternating rounds), four threads per core no
+/// better than two. The thread count changes no result: workgroups are independent.
+///
+/// Call it first thing in `main`, before any other thread exists (it sets an environment
+/// variable) and before the first adapter is opened (Mesa reads it then).
+pub fn oversubscribe_llvmpipe() -> Option<usize> {
+    if std::env::var_os(LLVMPIPE_THREADS_ENV).is_some() {
+        return None;
+    }
+    LLVMPIPE_THREADS_SET.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Mesa caps its pools (32 threads in 22.x).
+    let n = (2 * cores).min(32);
+    // SAFETY: the caller guarantees that no other thread exists yet, so nothing reads the
+    // environment concurrently.
+    unsafe { std::env::set_var(LLVMPIPE_THREADS_ENV, n.to_string()) };
+    Some(n)
+}
+
 /// Every adapter visible with this backend filter, numbered as `--adapter` expects.
 pub fn list_adapters(backend: Backend) -> Vec<AdapterSummary> {
     sorted_adapters(backend)

@@ -6,5 +6,8 @@ mod context;
 mod kernel;
 
 pub use buffer::{GpuBuffer, map_read, read_bytes};
-pub use context::{AdapterSummary, Backend, Gpu, GpuOptions, list_adapters};
+pub use context::{
+    AdapterSummary, Backend, Gpu, GpuOptions, LLVMPIPE_THREADS_ENV, list_adapters,
+    llvmpipe_threads, oversubscribe_llvmpipe,
+};
 pub use kernel::{Access, Binding, Dispatch, Kernel, KernelCache, grid_1d, submit};
