@@ -35,8 +35,10 @@ fn llvmpipe_threads_default_to_two_per_core_and_respect_the_user() {
         return; // a real GPU: llvmpipe is not in the list
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let want = format!("LP_NUM_THREADS={} (set by longtail", (2 * cores).min(32));
-    assert!(out.contains(&want), "{out}");
+    if cores > 1 {
+        let want = format!("LP_NUM_THREADS={} (set by longtail", 2 * cores);
+        assert!(out.contains(&want), "{out}");
+    }
     let out = run(Some("3"));
     assert!(
         out.contains("LP_NUM_THREADS=3 (from the environment)"),

@@ -199,14 +199,15 @@ pub fn llvmpipe_threads() -> Option<(String, bool)> {
     ))
 }
 
-/// Give llvmpipe's compute thread pool two threads per core unless `LP_NUM_THREADS` is set
-/// (returns the value it set). llvmpipe hands each of its threads a fixed, equal share of a
-/// dispatch's workgroups up front, so a thread that loses its core for a while (the host's
-/// load, the driver's own queue thread) leaves the other core idle at the end of every
-/// dispatch; with twice as many threads the kernel's scheduler balances the shares over the
-/// cores. Measured on 2 cores (benches/NOTES.md, session 11): ResNet-32 and the quick preset's
-/// steps 1.14x and 1.12x (medians of 6 and 8 alternating rounds), four threads per core no
-/// better than two. The thread count changes no result: workgroups are independent.
+/// Give llvmpipe's compute thread pool two threads per core unless `LP_NUM_THREADS` is set or
+/// there is only one core (returns the value it set). llvmpipe hands each of its threads a
+/// fixed, equal share of a dispatch's workgroups up front, so a thread that loses its core for
+/// a while (the host's load, the driver's own queue thread) leaves the other cores idle at the
+/// end of every dispatch; with twice as many threads the kernel's scheduler balances the shares
+/// over the cores. Measured on 2 cores (benches/NOTES.md, session 11, alternating rounds): the
+/// quick preset's step ~1.08x, ResNet-32's ~1.05x; four threads per core no better than two.
+/// The thread count changes no result: workgroups are independent. Mesa clamps the value to its
+/// own maximum, as it does its default of one thread per core.
 ///
 /// Call it first thing in `main`, before any other thread exists (it sets an environment
 /// variable) and before the first adapter is opened (Mesa reads it then).
@@ -214,10 +215,13 @@ pub fn oversubscribe_llvmpipe() -> Option<usize> {
     if std::env::var_os(LLVMPIPE_THREADS_ENV).is_some() {
         return None;
     }
-    LLVMPIPE_THREADS_SET.store(true, std::sync::atomic::Ordering::Relaxed);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Mesa caps its pools (32 threads in 22.x).
-    let n = (2 * cores).min(32);
+    // One core: llvmpipe runs dispatches on its queue thread; nothing to balance.
+    if cores < 2 {
+        return None;
+    }
+    LLVMPIPE_THREADS_SET.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = 2 * cores;
     // SAFETY: the caller guarantees that no other thread exists yet, so nothing reads the
     // environment concurrently.
     unsafe { std::env::set_var(LLVMPIPE_THREADS_ENV, n.to_string()) };
