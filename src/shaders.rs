@@ -39,6 +39,7 @@ shader_table! {
         ),
         (
             "batchnorm_sg",
+            include_str!("../shaders/batchnorm_sg_sum.wgsli"),
             include_str!("../shaders/batchnorm_tree_sg.wgsli"),
             include_str!("../shaders/batchnorm.wgsl")
         ),
@@ -87,6 +88,7 @@ shader_table! {
         (
             "batchnorm_subgroup",
             include_str!("../shaders/batchnorm_split_common.wgsli"),
+            include_str!("../shaders/batchnorm_sg_sum.wgsli"),
             include_str!("../shaders/batchnorm_subgroup.wgsl")
         ),
         ("normalize", include_str!("../shaders/normalize.wgsl")),
