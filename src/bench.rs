@@ -751,11 +751,12 @@ pub fn bench_model(gpu: &Gpu, spec: &StepSpec<'_>, samples: usize) -> Result<Mod
         .map(|l| (l.family, &l.dispatch))
         .chain(st.step.sgd.dispatches().into_iter().map(|d| ("sgd", d)))
         .collect();
-    let (breakdown, per_entry, launches_profiled) = if gpu.has_timestamps() {
+    let launches_profiled = if gpu.has_timestamps() {
         profile(gpu, &launches)?
     } else {
-        Default::default()
+        Vec::new()
     };
+    let (breakdown, per_entry) = summarize(&launches_profiled);
     let total: f64 = per_entry.values().map(|t| t.0).sum::<f64>().max(1e-12);
     let mut kernels: KernelShares = per_entry
         .iter()
@@ -914,18 +915,32 @@ pub fn bench_model_parallel(
 type KernelShares = Vec<(String, f64, usize)>;
 /// Per kernel entry point: (seconds, launches).
 type EntryTimes = std::collections::BTreeMap<String, (f64, usize)>;
-/// What [`profile`] finds: shares of GPU time per family, (seconds, launches) per kernel, and
-/// every launch's time.
-type Profile = (Vec<(String, f64)>, EntryTimes, Vec<LaunchTime>);
 
-/// GPU time share per family and per kernel entry point: every launch in its own pass bracketed
-/// by timestamps.
-fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Profile> {
+/// Shares of GPU time per family (largest first) and (seconds, launches) per kernel entry point
+/// of a profiled step.
+fn summarize(each: &[LaunchTime]) -> (Vec<(String, f64)>, EntryTimes) {
+    let mut per: std::collections::BTreeMap<&str, f64> = Default::default();
+    let mut times = EntryTimes::new();
+    for l in each {
+        *per.entry(l.family).or_default() += l.ms * 1e-3;
+        let e = times.entry(l.entry.to_string()).or_default();
+        e.0 += l.ms * 1e-3;
+        e.1 += 1;
+    }
+    let total: f64 = per.values().sum::<f64>().max(1e-12);
+    let mut v: Vec<(String, f64)> = per
+        .into_iter()
+        .map(|(k, s)| (k.to_string(), s / total))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (v, times)
+}
+
+/// Every launch's GPU time, each launch in its own pass bracketed by timestamps.
+fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Vec<LaunchTime>> {
     let n = launches.len() as u32;
     // wgpu caps a query set at 4096 queries: profile in chunks.
     let chunk = 2000u32;
-    let mut per: std::collections::BTreeMap<&str, f64> = Default::default();
-    let mut by_entry: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
     let mut each = Vec::with_capacity(launches.len());
     for start in (0..n).step_by(chunk as usize) {
         let end = (start + chunk).min(n);
@@ -979,23 +994,7 @@ fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Profile>
                 flops: d.flops,
                 bytes: d.bytes,
             });
-            *per.entry(launches[i as usize].0).or_default() += dt;
-            let e = by_entry
-                .entry(launches[i as usize].1.kernel.entry)
-                .or_default();
-            e.0 += dt;
-            e.1 += 1;
         }
     }
-    let total: f64 = per.values().sum::<f64>().max(1e-12);
-    let mut v: Vec<(String, f64)> = per
-        .into_iter()
-        .map(|(k, s)| (k.to_string(), s / total))
-        .collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let times = by_entry
-        .into_iter()
-        .map(|(e, t)| (e.to_string(), t))
-        .collect();
-    Ok((v, times, each))
+    Ok(each)
 }
