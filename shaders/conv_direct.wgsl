@@ -1,11 +1,11 @@
 // Direct convolution with the weights in a uniform buffer: the forward pass and the input gradient
 // of `conv2d` (see src/ops/conv_direct.rs for when it is used and why).
 //
-// Each invocation computes 16 output channels of 4 neighbouring output pixels of one row (16
-// named vec4 accumulators: llvmpipe keeps dynamically indexed arrays in memory). The taps come
-// in rows of KR taps whose input columns are consecutive; per (input channel, tap row) the
-// invocation reads one window of 3 * IS + KR input values from storage, which serves all KR
-// taps of all 4 pixels, and 4 vec4 of weights per tap from the uniform block. On llvmpipe a
+// Each invocation computes 16 output channels of PX (4 or 8) neighbouring output pixels of one
+// row (4 * PX named vec4 accumulators: llvmpipe keeps dynamically indexed arrays in memory). The
+// taps come in rows of KR taps whose input columns are consecutive; per (input channel, tap row)
+// the invocation reads one window of (PX - 1) * IS + KR input values from storage, which serves
+// all KR taps of all PX pixels, and 4 vec4 of weights per tap from the uniform block. On llvmpipe a
 // storage read is a loop over the SIMD lanes and a uniform read one gather, so this keeps both
 // kinds of read few per multiply-add.
 //
@@ -30,7 +30,8 @@ struct Params {
 // Binding 0, the input `src`, and its reads come from the window file (conv_direct_win1.wgsli:
 // scalars; conv_direct_win4.wgsli: aligned vec4).
 @group(0) @binding(1) var<uniform> wu: array<vec4<f32>, 4096>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+// Binding 2, the output `dst`, and the stores come from the output file
+// (conv_direct_out1.wgsli: scalars; conv_direct_out4.wgsli: aligned vec4 along the row).
 @group(0) @binding(3) var<uniform> p: Params;
 
 override KR: u32 = 3u;   // taps per row
@@ -46,24 +47,6 @@ struct Acc {
     a20: vec4<f32>, a21: vec4<f32>, a22: vec4<f32>, a23: vec4<f32>,
     a24: vec4<f32>, a25: vec4<f32>, a26: vec4<f32>, a27: vec4<f32>,
     a28: vec4<f32>, a29: vec4<f32>, a30: vec4<f32>, a31: vec4<f32>,
-}
-
-fn put(b: u32, i: u32, j: u32, o: u32, v: f32) {
-    if (j >= p.nj || o >= p.o_end) { return; }
-    let y = i * p.ostride + p.oy0;
-    let x = j * p.ostride + p.ox0;
-    let at = ((b * p.dst_c + o) * p.dst_h + y) * p.dst_w + x;
-    if (p.beta != 0.0) { dst[at] = p.beta * dst[at] + v; } else { dst[at] = v; }
-}
-
-// Accumulator 4 * px + q holds pixel px, output channels 4 * q .. 4 * q + 3.
-fn put4(b: u32, i: u32, j0: u32, k: u32, v: vec4<f32>) {
-    let j = j0 + k / 4u;
-    let o = p.o0 + 4u * (k % 4u);
-    put(b, i, j, o, v.x);
-    put(b, i, j, o + 1u, v.y);
-    put(b, i, j, o + 2u, v.z);
-    put(b, i, j, o + 3u, v.w);
 }
 
 // Window of input values of one tap row: 3 * IS + KR <= 3 * 2 + 7 = 13 values.
@@ -157,24 +140,7 @@ fn direct_main(idx0: u32, lane: u32) {
         cbase += plane;
     }
     if (!live) { return; }
-    put4(b, i, j0, 0u, c.a0); put4(b, i, j0, 1u, c.a1);
-    put4(b, i, j0, 2u, c.a2); put4(b, i, j0, 3u, c.a3);
-    put4(b, i, j0, 4u, c.a4); put4(b, i, j0, 5u, c.a5);
-    put4(b, i, j0, 6u, c.a6); put4(b, i, j0, 7u, c.a7);
-    put4(b, i, j0, 8u, c.a8); put4(b, i, j0, 9u, c.a9);
-    put4(b, i, j0, 10u, c.a10); put4(b, i, j0, 11u, c.a11);
-    put4(b, i, j0, 12u, c.a12); put4(b, i, j0, 13u, c.a13);
-    put4(b, i, j0, 14u, c.a14); put4(b, i, j0, 15u, c.a15);
-    if (PX == 8u) {
-        put4(b, i, j0, 16u, c.a16); put4(b, i, j0, 17u, c.a17);
-        put4(b, i, j0, 18u, c.a18); put4(b, i, j0, 19u, c.a19);
-        put4(b, i, j0, 20u, c.a20); put4(b, i, j0, 21u, c.a21);
-        put4(b, i, j0, 22u, c.a22); put4(b, i, j0, 23u, c.a23);
-        put4(b, i, j0, 24u, c.a24); put4(b, i, j0, 25u, c.a25);
-        put4(b, i, j0, 26u, c.a26); put4(b, i, j0, 27u, c.a27);
-        put4(b, i, j0, 28u, c.a28); put4(b, i, j0, 29u, c.a29);
-        put4(b, i, j0, 30u, c.a30); put4(b, i, j0, 31u, c.a31);
-    }
+    epilogue(c, b, i, j0);
 }
 
 // Packing of the weights into uniform blocks of 4096 vec4 (64 KiB), one per (output group,

@@ -60,24 +60,42 @@ shader_table! {
             "conv_direct",
             include_str!("../shaders/conv_direct_gather.wgsli"),
             include_str!("../shaders/conv_direct_win1.wgsli"),
+            include_str!("../shaders/conv_direct_out1.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
             "conv_direct_v4",
             include_str!("../shaders/conv_direct_gather.wgsli"),
             include_str!("../shaders/conv_direct_win4.wgsli"),
+            include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_v4o4",
+            include_str!("../shaders/conv_direct_gather.wgsli"),
+            include_str!("../shaders/conv_direct_win4.wgsli"),
+            include_str!("../shaders/conv_direct_out4.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
             "conv_direct_subgroup",
             include_str!("../shaders/conv_direct_subgroup.wgsli"),
             include_str!("../shaders/conv_direct_win1.wgsli"),
+            include_str!("../shaders/conv_direct_out1.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
             "conv_direct_subgroup_v4",
             include_str!("../shaders/conv_direct_subgroup.wgsli"),
             include_str!("../shaders/conv_direct_win4.wgsli"),
+            include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_subgroup_v4o4",
+            include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct_win4.wgsli"),
+            include_str!("../shaders/conv_direct_out4.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (

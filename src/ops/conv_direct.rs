@@ -272,6 +272,7 @@ fn record(
         };
         let jgroups = class.nj.div_ceil(px);
         let v4 = vec4_windows(grid.src, src_chw[2], class);
+        let o4 = vec4_stores(grid.dst, dst_chw[2], grid.ostride, class);
         let mut constants = vec![
             ("KR", class.kr.max(1) as f64),
             ("IS", istride as f64),
@@ -312,7 +313,7 @@ fn record(
                 let block = (group * plan.chunks + chunk) as u64 * BLOCK_BYTES;
                 out.push(Dispatch::build_with(
                     gpu,
-                    shader(grid.sg, v4),
+                    shader(grid.sg, v4, o4),
                     "conv_direct",
                     &[
                         grid.src.read(),
@@ -402,13 +403,29 @@ pub fn subgroups_ok(gpu: &Gpu) -> bool {
 
 /// The shader of the plain (`sg` false) or the subgroup variant, with scalar or (`v4`) aligned
 /// vec4 reads of the input windows.
-fn shader(sg: bool, v4: bool) -> &'static str {
-    match (sg, v4) {
-        (false, false) => "conv_direct",
-        (false, true) => "conv_direct_v4",
-        (true, false) => "conv_direct_subgroup",
-        (true, true) => "conv_direct_subgroup_v4",
+fn shader(sg: bool, v4: bool, o4: bool) -> &'static str {
+    match (sg, v4, o4 && v4) {
+        (false, false, _) => "conv_direct",
+        (false, true, false) => "conv_direct_v4",
+        (false, true, true) => "conv_direct_v4o4",
+        (true, false, _) => "conv_direct_subgroup",
+        (true, true, false) => "conv_direct_subgroup_v4",
+        (true, true, true) => "conv_direct_subgroup_v4o4",
     }
+}
+
+/// Whether a launch of `class` may store its output as aligned vec4 along the row
+/// (`shaders/conv_direct_out4.wgsli`): the class is the whole grid (output stride 1, column 0:
+/// no phase class of a strided input gradient), its rows and valid pixels are a multiple of 4
+/// (a pixel quad of an invocation is then wholly inside or outside), and the tensor is 16-byte
+/// aligned. Taken only together with vec4 windows, which every such launch of ours also
+/// allows, to keep the number of shaders down.
+fn vec4_stores(dst: &crate::tensor::Tensor, dst_w: usize, ostride: usize, class: &Class) -> bool {
+    ostride == 1
+        && class.ox0 == 0
+        && dst_w.is_multiple_of(4)
+        && class.nj.is_multiple_of(4)
+        && dst.offset().is_multiple_of(16)
 }
 
 /// Whether a launch of `class` may read its input windows as aligned vec4
@@ -708,7 +725,7 @@ pub fn wgrad(
             };
             out.push(Dispatch::build_with(
                 gpu,
-                shader(false, false),
+                shader(false, false, false),
                 "conv_wgrad3",
                 &[
                     x.read(),
@@ -810,7 +827,7 @@ fn wgrad_stream(
     };
     let mut out = vec![Dispatch::build_with(
         gpu,
-        shader(true, false),
+        shader(true, false, false),
         "conv_wgrad3",
         &[x.read(), dy.read(), partial.write()],
         bytemuck::bytes_of(&p),
