@@ -672,13 +672,21 @@ pub fn conv2d_grouped_with(
     Ok(y)
 }
 
-/// Attribute an op's FLOPs to its launches for the step roofline: evenly, since a direct
-/// convolution's phase classes and packing launches do not report their own share (an
-/// approximation; the op total is exact).
+/// Launches of a convolution that only move or add up data (operand packing, the split-K
+/// partial sums): they get no share of its multiply-adds.
+const HELPER_ENTRIES: &[&str] = &["pack_weights", "pack_dy", "pack_dy_pad", "sum", "sum_short"];
+
+/// Attribute an op's FLOPs to its launches for the step roofline and the per-launch listing
+/// (`bench --model ... --launches`): evenly over the launches that do the multiply-adds, since
+/// a direct convolution's phase classes and channel groups do not report their own share (an
+/// approximation across phase classes; exact for one launch, and the op total is exact).
 fn spread_flops(d: &mut [Dispatch], flops: f64) {
-    let n = d.len().max(1) as f64;
-    for x in d {
-        x.flops = flops / n;
+    let helper = |x: &Dispatch| HELPER_ENTRIES.contains(&x.kernel.entry);
+    let n = d.iter().filter(|x| !helper(x)).count();
+    for (i, x) in d.iter_mut().enumerate() {
+        // Helpers only (no such op of ours): the first launch carries the total.
+        let counts = if n == 0 { i == 0 } else { !helper(x) };
+        x.flops = if counts { flops / n.max(1) as f64 } else { 0.0 };
     }
 }
 
