@@ -98,6 +98,75 @@ fn tap(c: ptr<function, Acc>, w: Win, k: u32, slot: i32, lane: u32) {
     }
 }
 
+// The three taps of a row (KR = 3) accumulator by accumulator: each accumulator takes its three
+// multiply-adds in a row, in the same order as three `tap` calls (the same sums to the bit).
+// With 4 * PX vec4 accumulators most live in memory on a CPU (llvmpipe: 32 vec4 are 128 SIMD
+// registers); this loads and stores each once per tap row instead of once per tap, while the
+// weights, which are only read, are the operands that wait in memory.
+fn tap3(c: ptr<function, Acc>, w: Win, slot: i32, step: i32, lane: u32) {
+    let q0 = wblock(u32(slot) * 4u, lane);
+    let q1 = wblock(u32(slot + step) * 4u, lane);
+    let q2 = wblock(u32(slot + 2 * step) * 4u, lane);
+    let v00 = vec4<f32>(w.v[0u * IS]);
+    let v01 = vec4<f32>(w.v[0u * IS + 1u]);
+    let v02 = vec4<f32>(w.v[0u * IS + 2u]);
+    (*c).a0 = fma(v02, q2.w0, fma(v01, q1.w0, fma(v00, q0.w0, (*c).a0)));
+    (*c).a1 = fma(v02, q2.w1, fma(v01, q1.w1, fma(v00, q0.w1, (*c).a1)));
+    (*c).a2 = fma(v02, q2.w2, fma(v01, q1.w2, fma(v00, q0.w2, (*c).a2)));
+    (*c).a3 = fma(v02, q2.w3, fma(v01, q1.w3, fma(v00, q0.w3, (*c).a3)));
+    let v10 = vec4<f32>(w.v[1u * IS]);
+    let v11 = vec4<f32>(w.v[1u * IS + 1u]);
+    let v12 = vec4<f32>(w.v[1u * IS + 2u]);
+    (*c).a4 = fma(v12, q2.w0, fma(v11, q1.w0, fma(v10, q0.w0, (*c).a4)));
+    (*c).a5 = fma(v12, q2.w1, fma(v11, q1.w1, fma(v10, q0.w1, (*c).a5)));
+    (*c).a6 = fma(v12, q2.w2, fma(v11, q1.w2, fma(v10, q0.w2, (*c).a6)));
+    (*c).a7 = fma(v12, q2.w3, fma(v11, q1.w3, fma(v10, q0.w3, (*c).a7)));
+    let v20 = vec4<f32>(w.v[2u * IS]);
+    let v21 = vec4<f32>(w.v[2u * IS + 1u]);
+    let v22 = vec4<f32>(w.v[2u * IS + 2u]);
+    (*c).a8 = fma(v22, q2.w0, fma(v21, q1.w0, fma(v20, q0.w0, (*c).a8)));
+    (*c).a9 = fma(v22, q2.w1, fma(v21, q1.w1, fma(v20, q0.w1, (*c).a9)));
+    (*c).a10 = fma(v22, q2.w2, fma(v21, q1.w2, fma(v20, q0.w2, (*c).a10)));
+    (*c).a11 = fma(v22, q2.w3, fma(v21, q1.w3, fma(v20, q0.w3, (*c).a11)));
+    let v30 = vec4<f32>(w.v[3u * IS]);
+    let v31 = vec4<f32>(w.v[3u * IS + 1u]);
+    let v32 = vec4<f32>(w.v[3u * IS + 2u]);
+    (*c).a12 = fma(v32, q2.w0, fma(v31, q1.w0, fma(v30, q0.w0, (*c).a12)));
+    (*c).a13 = fma(v32, q2.w1, fma(v31, q1.w1, fma(v30, q0.w1, (*c).a13)));
+    (*c).a14 = fma(v32, q2.w2, fma(v31, q1.w2, fma(v30, q0.w2, (*c).a14)));
+    (*c).a15 = fma(v32, q2.w3, fma(v31, q1.w3, fma(v30, q0.w3, (*c).a15)));
+    if (PX == 8u) {
+        let v40 = vec4<f32>(w.v[4u * IS]);
+        let v41 = vec4<f32>(w.v[4u * IS + 1u]);
+        let v42 = vec4<f32>(w.v[4u * IS + 2u]);
+        (*c).a16 = fma(v42, q2.w0, fma(v41, q1.w0, fma(v40, q0.w0, (*c).a16)));
+        (*c).a17 = fma(v42, q2.w1, fma(v41, q1.w1, fma(v40, q0.w1, (*c).a17)));
+        (*c).a18 = fma(v42, q2.w2, fma(v41, q1.w2, fma(v40, q0.w2, (*c).a18)));
+        (*c).a19 = fma(v42, q2.w3, fma(v41, q1.w3, fma(v40, q0.w3, (*c).a19)));
+        let v50 = vec4<f32>(w.v[5u * IS]);
+        let v51 = vec4<f32>(w.v[5u * IS + 1u]);
+        let v52 = vec4<f32>(w.v[5u * IS + 2u]);
+        (*c).a20 = fma(v52, q2.w0, fma(v51, q1.w0, fma(v50, q0.w0, (*c).a20)));
+        (*c).a21 = fma(v52, q2.w1, fma(v51, q1.w1, fma(v50, q0.w1, (*c).a21)));
+        (*c).a22 = fma(v52, q2.w2, fma(v51, q1.w2, fma(v50, q0.w2, (*c).a22)));
+        (*c).a23 = fma(v52, q2.w3, fma(v51, q1.w3, fma(v50, q0.w3, (*c).a23)));
+        let v60 = vec4<f32>(w.v[6u * IS]);
+        let v61 = vec4<f32>(w.v[6u * IS + 1u]);
+        let v62 = vec4<f32>(w.v[6u * IS + 2u]);
+        (*c).a24 = fma(v62, q2.w0, fma(v61, q1.w0, fma(v60, q0.w0, (*c).a24)));
+        (*c).a25 = fma(v62, q2.w1, fma(v61, q1.w1, fma(v60, q0.w1, (*c).a25)));
+        (*c).a26 = fma(v62, q2.w2, fma(v61, q1.w2, fma(v60, q0.w2, (*c).a26)));
+        (*c).a27 = fma(v62, q2.w3, fma(v61, q1.w3, fma(v60, q0.w3, (*c).a27)));
+        let v70 = vec4<f32>(w.v[7u * IS]);
+        let v71 = vec4<f32>(w.v[7u * IS + 1u]);
+        let v72 = vec4<f32>(w.v[7u * IS + 2u]);
+        (*c).a28 = fma(v72, q2.w0, fma(v71, q1.w0, fma(v70, q0.w0, (*c).a28)));
+        (*c).a29 = fma(v72, q2.w1, fma(v71, q1.w1, fma(v70, q0.w1, (*c).a29)));
+        (*c).a30 = fma(v72, q2.w2, fma(v71, q1.w2, fma(v70, q0.w2, (*c).a30)));
+        (*c).a31 = fma(v72, q2.w3, fma(v71, q1.w3, fma(v70, q0.w3, (*c).a31)));
+    }
+}
+
 // The 16 weights (4 vec4) of one tap: `wblock` of the variant file (conv_direct_gather.wgsli
 // or conv_direct_subgroup.wgsli).
 struct W4 { w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32> }
@@ -129,9 +198,13 @@ fn direct_main(idx0: u32, lane: u32) {
             let ix = ix0 + tr.y;
             let w = window_at(row_ok, row, ix);
             let wb = i32(ch * p.khw) + tr.z;
-            tap(&c, w, 0u, wb, lane);
-            if (KR > 1u) { tap(&c, w, 1u, wb + tr.w, lane); }
-            if (KR > 2u) { tap(&c, w, 2u, wb + 2 * tr.w, lane); }
+            if (KR == 3u) {
+                tap3(&c, w, wb, tr.w, lane);
+            } else {
+                tap(&c, w, 0u, wb, lane);
+                if (KR > 1u) { tap(&c, w, 1u, wb + tr.w, lane); }
+                if (KR > 2u) { tap(&c, w, 2u, wb + 2 * tr.w, lane); }
+            }
             if (KR > 3u) { tap(&c, w, 3u, wb + 3 * tr.w, lane); }
             if (KR > 4u) { tap(&c, w, 4u, wb + 4 * tr.w, lane); }
             if (KR > 5u) { tap(&c, w, 5u, wb + 5 * tr.w, lane); }
