@@ -37,6 +37,7 @@ struct Params {
 override KR: u32 = 3u;   // taps per row
 override IS: u32 = 1u;   // input columns between neighbouring output pixels
 override PX: u32 = 4u;   // output pixels per invocation: 4 or 8
+override R3: u32 = 0u;   // 1: exactly three tap rows of three taps (see tap9)
 
 struct Acc {
     a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
@@ -98,73 +99,103 @@ fn tap(c: ptr<function, Acc>, w: Win, k: u32, slot: i32, lane: u32) {
     }
 }
 
-// The three taps of a row (KR = 3) accumulator by accumulator: each accumulator takes its three
-// multiply-adds in a row, in the same order as three `tap` calls (the same sums to the bit).
-// With 4 * PX vec4 accumulators most live in memory on a CPU (llvmpipe: 32 vec4 are 128 SIMD
-// registers); this loads and stores each once per tap row instead of once per tap, while the
-// weights, which are only read, are the operands that wait in memory.
-fn tap3(c: ptr<function, Acc>, w: Win, slot: i32, step: i32, lane: u32) {
-    let q0 = wblock(u32(slot) * 4u, lane);
-    let q1 = wblock(u32(slot + step) * 4u, lane);
-    let q2 = wblock(u32(slot + 2 * step) * 4u, lane);
-    let v00 = vec4<f32>(w.v[0u * IS]);
-    let v01 = vec4<f32>(w.v[0u * IS + 1u]);
-    let v02 = vec4<f32>(w.v[0u * IS + 2u]);
-    (*c).a0 = fma(v02, q2.w0, fma(v01, q1.w0, fma(v00, q0.w0, (*c).a0)));
-    (*c).a1 = fma(v02, q2.w1, fma(v01, q1.w1, fma(v00, q0.w1, (*c).a1)));
-    (*c).a2 = fma(v02, q2.w2, fma(v01, q1.w2, fma(v00, q0.w2, (*c).a2)));
-    (*c).a3 = fma(v02, q2.w3, fma(v01, q1.w3, fma(v00, q0.w3, (*c).a3)));
-    let v10 = vec4<f32>(w.v[1u * IS]);
-    let v11 = vec4<f32>(w.v[1u * IS + 1u]);
-    let v12 = vec4<f32>(w.v[1u * IS + 2u]);
-    (*c).a4 = fma(v12, q2.w0, fma(v11, q1.w0, fma(v10, q0.w0, (*c).a4)));
-    (*c).a5 = fma(v12, q2.w1, fma(v11, q1.w1, fma(v10, q0.w1, (*c).a5)));
-    (*c).a6 = fma(v12, q2.w2, fma(v11, q1.w2, fma(v10, q0.w2, (*c).a6)));
-    (*c).a7 = fma(v12, q2.w3, fma(v11, q1.w3, fma(v10, q0.w3, (*c).a7)));
-    let v20 = vec4<f32>(w.v[2u * IS]);
-    let v21 = vec4<f32>(w.v[2u * IS + 1u]);
-    let v22 = vec4<f32>(w.v[2u * IS + 2u]);
-    (*c).a8 = fma(v22, q2.w0, fma(v21, q1.w0, fma(v20, q0.w0, (*c).a8)));
-    (*c).a9 = fma(v22, q2.w1, fma(v21, q1.w1, fma(v20, q0.w1, (*c).a9)));
-    (*c).a10 = fma(v22, q2.w2, fma(v21, q1.w2, fma(v20, q0.w2, (*c).a10)));
-    (*c).a11 = fma(v22, q2.w3, fma(v21, q1.w3, fma(v20, q0.w3, (*c).a11)));
-    let v30 = vec4<f32>(w.v[3u * IS]);
-    let v31 = vec4<f32>(w.v[3u * IS + 1u]);
-    let v32 = vec4<f32>(w.v[3u * IS + 2u]);
-    (*c).a12 = fma(v32, q2.w0, fma(v31, q1.w0, fma(v30, q0.w0, (*c).a12)));
-    (*c).a13 = fma(v32, q2.w1, fma(v31, q1.w1, fma(v30, q0.w1, (*c).a13)));
-    (*c).a14 = fma(v32, q2.w2, fma(v31, q1.w2, fma(v30, q0.w2, (*c).a14)));
-    (*c).a15 = fma(v32, q2.w3, fma(v31, q1.w3, fma(v30, q0.w3, (*c).a15)));
+// A 3x3 kernel's nine taps (three tap rows of three), accumulator by accumulator: each
+// accumulator takes the nine multiply-adds of an input channel in a row, in the order of the
+// tap-row loop (the same sums to the bit). With 4 * PX vec4 accumulators most live in memory on
+// a CPU (llvmpipe: 32 vec4 are 128 SIMD registers); this loads and stores each once per input
+// channel instead of once per tap, while the weights and window values, which are only read,
+// are what waits in memory.
+fn tap9(c: ptr<function, Acc>, x0: Win, x1: Win, x2: Win, s0: i32, s1: i32, s2: i32,
+        step: vec3<i32>, lane: u32) {
+    let q00 = wblock(u32(s0) * 4u, lane);
+    let q01 = wblock(u32(s0 + step.x) * 4u, lane);
+    let q02 = wblock(u32(s0 + 2 * step.x) * 4u, lane);
+    let q10 = wblock(u32(s1) * 4u, lane);
+    let q11 = wblock(u32(s1 + step.y) * 4u, lane);
+    let q12 = wblock(u32(s1 + 2 * step.y) * 4u, lane);
+    let q20 = wblock(u32(s2) * 4u, lane);
+    let q21 = wblock(u32(s2 + step.z) * 4u, lane);
+    let q22 = wblock(u32(s2 + 2 * step.z) * 4u, lane);
+    let p0 = 0u * IS;
+    (*c).a0 = m3(m3(m3((*c).a0, x0, p0, q00.w0, q01.w0, q02.w0),
+        x1, p0, q10.w0, q11.w0, q12.w0), x2, p0, q20.w0, q21.w0, q22.w0);
+    (*c).a1 = m3(m3(m3((*c).a1, x0, p0, q00.w1, q01.w1, q02.w1),
+        x1, p0, q10.w1, q11.w1, q12.w1), x2, p0, q20.w1, q21.w1, q22.w1);
+    (*c).a2 = m3(m3(m3((*c).a2, x0, p0, q00.w2, q01.w2, q02.w2),
+        x1, p0, q10.w2, q11.w2, q12.w2), x2, p0, q20.w2, q21.w2, q22.w2);
+    (*c).a3 = m3(m3(m3((*c).a3, x0, p0, q00.w3, q01.w3, q02.w3),
+        x1, p0, q10.w3, q11.w3, q12.w3), x2, p0, q20.w3, q21.w3, q22.w3);
+    let p1 = 1u * IS;
+    (*c).a4 = m3(m3(m3((*c).a4, x0, p1, q00.w0, q01.w0, q02.w0),
+        x1, p1, q10.w0, q11.w0, q12.w0), x2, p1, q20.w0, q21.w0, q22.w0);
+    (*c).a5 = m3(m3(m3((*c).a5, x0, p1, q00.w1, q01.w1, q02.w1),
+        x1, p1, q10.w1, q11.w1, q12.w1), x2, p1, q20.w1, q21.w1, q22.w1);
+    (*c).a6 = m3(m3(m3((*c).a6, x0, p1, q00.w2, q01.w2, q02.w2),
+        x1, p1, q10.w2, q11.w2, q12.w2), x2, p1, q20.w2, q21.w2, q22.w2);
+    (*c).a7 = m3(m3(m3((*c).a7, x0, p1, q00.w3, q01.w3, q02.w3),
+        x1, p1, q10.w3, q11.w3, q12.w3), x2, p1, q20.w3, q21.w3, q22.w3);
+    let p2 = 2u * IS;
+    (*c).a8 = m3(m3(m3((*c).a8, x0, p2, q00.w0, q01.w0, q02.w0),
+        x1, p2, q10.w0, q11.w0, q12.w0), x2, p2, q20.w0, q21.w0, q22.w0);
+    (*c).a9 = m3(m3(m3((*c).a9, x0, p2, q00.w1, q01.w1, q02.w1),
+        x1, p2, q10.w1, q11.w1, q12.w1), x2, p2, q20.w1, q21.w1, q22.w1);
+    (*c).a10 = m3(m3(m3((*c).a10, x0, p2, q00.w2, q01.w2, q02.w2),
+        x1, p2, q10.w2, q11.w2, q12.w2), x2, p2, q20.w2, q21.w2, q22.w2);
+    (*c).a11 = m3(m3(m3((*c).a11, x0, p2, q00.w3, q01.w3, q02.w3),
+        x1, p2, q10.w3, q11.w3, q12.w3), x2, p2, q20.w3, q21.w3, q22.w3);
+    let p3 = 3u * IS;
+    (*c).a12 = m3(m3(m3((*c).a12, x0, p3, q00.w0, q01.w0, q02.w0),
+        x1, p3, q10.w0, q11.w0, q12.w0), x2, p3, q20.w0, q21.w0, q22.w0);
+    (*c).a13 = m3(m3(m3((*c).a13, x0, p3, q00.w1, q01.w1, q02.w1),
+        x1, p3, q10.w1, q11.w1, q12.w1), x2, p3, q20.w1, q21.w1, q22.w1);
+    (*c).a14 = m3(m3(m3((*c).a14, x0, p3, q00.w2, q01.w2, q02.w2),
+        x1, p3, q10.w2, q11.w2, q12.w2), x2, p3, q20.w2, q21.w2, q22.w2);
+    (*c).a15 = m3(m3(m3((*c).a15, x0, p3, q00.w3, q01.w3, q02.w3),
+        x1, p3, q10.w3, q11.w3, q12.w3), x2, p3, q20.w3, q21.w3, q22.w3);
     if (PX == 8u) {
-        let v40 = vec4<f32>(w.v[4u * IS]);
-        let v41 = vec4<f32>(w.v[4u * IS + 1u]);
-        let v42 = vec4<f32>(w.v[4u * IS + 2u]);
-        (*c).a16 = fma(v42, q2.w0, fma(v41, q1.w0, fma(v40, q0.w0, (*c).a16)));
-        (*c).a17 = fma(v42, q2.w1, fma(v41, q1.w1, fma(v40, q0.w1, (*c).a17)));
-        (*c).a18 = fma(v42, q2.w2, fma(v41, q1.w2, fma(v40, q0.w2, (*c).a18)));
-        (*c).a19 = fma(v42, q2.w3, fma(v41, q1.w3, fma(v40, q0.w3, (*c).a19)));
-        let v50 = vec4<f32>(w.v[5u * IS]);
-        let v51 = vec4<f32>(w.v[5u * IS + 1u]);
-        let v52 = vec4<f32>(w.v[5u * IS + 2u]);
-        (*c).a20 = fma(v52, q2.w0, fma(v51, q1.w0, fma(v50, q0.w0, (*c).a20)));
-        (*c).a21 = fma(v52, q2.w1, fma(v51, q1.w1, fma(v50, q0.w1, (*c).a21)));
-        (*c).a22 = fma(v52, q2.w2, fma(v51, q1.w2, fma(v50, q0.w2, (*c).a22)));
-        (*c).a23 = fma(v52, q2.w3, fma(v51, q1.w3, fma(v50, q0.w3, (*c).a23)));
-        let v60 = vec4<f32>(w.v[6u * IS]);
-        let v61 = vec4<f32>(w.v[6u * IS + 1u]);
-        let v62 = vec4<f32>(w.v[6u * IS + 2u]);
-        (*c).a24 = fma(v62, q2.w0, fma(v61, q1.w0, fma(v60, q0.w0, (*c).a24)));
-        (*c).a25 = fma(v62, q2.w1, fma(v61, q1.w1, fma(v60, q0.w1, (*c).a25)));
-        (*c).a26 = fma(v62, q2.w2, fma(v61, q1.w2, fma(v60, q0.w2, (*c).a26)));
-        (*c).a27 = fma(v62, q2.w3, fma(v61, q1.w3, fma(v60, q0.w3, (*c).a27)));
-        let v70 = vec4<f32>(w.v[7u * IS]);
-        let v71 = vec4<f32>(w.v[7u * IS + 1u]);
-        let v72 = vec4<f32>(w.v[7u * IS + 2u]);
-        (*c).a28 = fma(v72, q2.w0, fma(v71, q1.w0, fma(v70, q0.w0, (*c).a28)));
-        (*c).a29 = fma(v72, q2.w1, fma(v71, q1.w1, fma(v70, q0.w1, (*c).a29)));
-        (*c).a30 = fma(v72, q2.w2, fma(v71, q1.w2, fma(v70, q0.w2, (*c).a30)));
-        (*c).a31 = fma(v72, q2.w3, fma(v71, q1.w3, fma(v70, q0.w3, (*c).a31)));
+        let p4 = 4u * IS;
+        (*c).a16 = m3(m3(m3((*c).a16, x0, p4, q00.w0, q01.w0, q02.w0),
+            x1, p4, q10.w0, q11.w0, q12.w0), x2, p4, q20.w0, q21.w0, q22.w0);
+        (*c).a17 = m3(m3(m3((*c).a17, x0, p4, q00.w1, q01.w1, q02.w1),
+            x1, p4, q10.w1, q11.w1, q12.w1), x2, p4, q20.w1, q21.w1, q22.w1);
+        (*c).a18 = m3(m3(m3((*c).a18, x0, p4, q00.w2, q01.w2, q02.w2),
+            x1, p4, q10.w2, q11.w2, q12.w2), x2, p4, q20.w2, q21.w2, q22.w2);
+        (*c).a19 = m3(m3(m3((*c).a19, x0, p4, q00.w3, q01.w3, q02.w3),
+            x1, p4, q10.w3, q11.w3, q12.w3), x2, p4, q20.w3, q21.w3, q22.w3);
+        let p5 = 5u * IS;
+        (*c).a20 = m3(m3(m3((*c).a20, x0, p5, q00.w0, q01.w0, q02.w0),
+            x1, p5, q10.w0, q11.w0, q12.w0), x2, p5, q20.w0, q21.w0, q22.w0);
+        (*c).a21 = m3(m3(m3((*c).a21, x0, p5, q00.w1, q01.w1, q02.w1),
+            x1, p5, q10.w1, q11.w1, q12.w1), x2, p5, q20.w1, q21.w1, q22.w1);
+        (*c).a22 = m3(m3(m3((*c).a22, x0, p5, q00.w2, q01.w2, q02.w2),
+            x1, p5, q10.w2, q11.w2, q12.w2), x2, p5, q20.w2, q21.w2, q22.w2);
+        (*c).a23 = m3(m3(m3((*c).a23, x0, p5, q00.w3, q01.w3, q02.w3),
+            x1, p5, q10.w3, q11.w3, q12.w3), x2, p5, q20.w3, q21.w3, q22.w3);
+        let p6 = 6u * IS;
+        (*c).a24 = m3(m3(m3((*c).a24, x0, p6, q00.w0, q01.w0, q02.w0),
+            x1, p6, q10.w0, q11.w0, q12.w0), x2, p6, q20.w0, q21.w0, q22.w0);
+        (*c).a25 = m3(m3(m3((*c).a25, x0, p6, q00.w1, q01.w1, q02.w1),
+            x1, p6, q10.w1, q11.w1, q12.w1), x2, p6, q20.w1, q21.w1, q22.w1);
+        (*c).a26 = m3(m3(m3((*c).a26, x0, p6, q00.w2, q01.w2, q02.w2),
+            x1, p6, q10.w2, q11.w2, q12.w2), x2, p6, q20.w2, q21.w2, q22.w2);
+        (*c).a27 = m3(m3(m3((*c).a27, x0, p6, q00.w3, q01.w3, q02.w3),
+            x1, p6, q10.w3, q11.w3, q12.w3), x2, p6, q20.w3, q21.w3, q22.w3);
+        let p7 = 7u * IS;
+        (*c).a28 = m3(m3(m3((*c).a28, x0, p7, q00.w0, q01.w0, q02.w0),
+            x1, p7, q10.w0, q11.w0, q12.w0), x2, p7, q20.w0, q21.w0, q22.w0);
+        (*c).a29 = m3(m3(m3((*c).a29, x0, p7, q00.w1, q01.w1, q02.w1),
+            x1, p7, q10.w1, q11.w1, q12.w1), x2, p7, q20.w1, q21.w1, q22.w1);
+        (*c).a30 = m3(m3(m3((*c).a30, x0, p7, q00.w2, q01.w2, q02.w2),
+            x1, p7, q10.w2, q11.w2, q12.w2), x2, p7, q20.w2, q21.w2, q22.w2);
+        (*c).a31 = m3(m3(m3((*c).a31, x0, p7, q00.w3, q01.w3, q02.w3),
+            x1, p7, q10.w3, q11.w3, q12.w3), x2, p7, q20.w3, q21.w3, q22.w3);
     }
+}
+
+// a + the three taps of one row at window position t (w0, w1, w2: their weights).
+fn m3(a: vec4<f32>, x: Win, t: u32, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>) -> vec4<f32> {
+    let b = fma(vec4<f32>(x.v[t + 1u]), w1, fma(vec4<f32>(x.v[t]), w0, a));
+    return fma(vec4<f32>(x.v[t + 2u]), w2, b);
 }
 
 // The 16 weights (4 vec4) of one tap: `wblock` of the variant file (conv_direct_gather.wgsli
@@ -189,6 +220,28 @@ fn direct_main(idx0: u32, lane: u32) {
 
     let z = vec4<f32>(0.0);
     var c = Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
+    if (R3 != 0u) {
+        // Three tap rows of three taps: their parameters at constant offsets (a scalar load
+        // each on llvmpipe; an index that varies in a loop makes a uniform read a gather).
+        let t0 = p.rows[0];
+        let t1 = p.rows[1];
+        let t2 = p.rows[2];
+        let ok0 = iy0 + t0.x >= 0 && iy0 + t0.x < i32(p.src_h);
+        let ok1 = iy0 + t1.x >= 0 && iy0 + t1.x < i32(p.src_h);
+        let ok2 = iy0 + t2.x >= 0 && iy0 + t2.x < i32(p.src_h);
+        for (var ch = 0u; ch < p.nch; ch++) {
+            let x0 = window_at(ok0, cbase + (iy0 + t0.x) * i32(p.src_w), ix0 + t0.y);
+            let x1 = window_at(ok1, cbase + (iy0 + t1.x) * i32(p.src_w), ix0 + t1.y);
+            let x2 = window_at(ok2, cbase + (iy0 + t2.x) * i32(p.src_w), ix0 + t2.y);
+            let wb = i32(ch * p.khw);
+            let step = vec3<i32>(t0.w, t1.w, t2.w);
+            tap9(&c, x0, x1, x2, wb + t0.z, wb + t1.z, wb + t2.z, step, lane);
+            cbase += plane;
+        }
+        if (!live) { return; }
+        epilogue(c, b, i, j0);
+        return;
+    }
     for (var ch = 0u; ch < p.nch; ch++) {
         for (var r = 0u; r < p.nrows; r++) {
             let tr = p.rows[r];
@@ -198,13 +251,9 @@ fn direct_main(idx0: u32, lane: u32) {
             let ix = ix0 + tr.y;
             let w = window_at(row_ok, row, ix);
             let wb = i32(ch * p.khw) + tr.z;
-            if (KR == 3u) {
-                tap3(&c, w, wb, tr.w, lane);
-            } else {
-                tap(&c, w, 0u, wb, lane);
-                if (KR > 1u) { tap(&c, w, 1u, wb + tr.w, lane); }
-                if (KR > 2u) { tap(&c, w, 2u, wb + 2 * tr.w, lane); }
-            }
+            tap(&c, w, 0u, wb, lane);
+            if (KR > 1u) { tap(&c, w, 1u, wb + tr.w, lane); }
+            if (KR > 2u) { tap(&c, w, 2u, wb + 2 * tr.w, lane); }
             if (KR > 3u) { tap(&c, w, 3u, wb + 3 * tr.w, lane); }
             if (KR > 4u) { tap(&c, w, 4u, wb + 4 * tr.w, lane); }
             if (KR > 5u) { tap(&c, w, 5u, wb + 5 * tr.w, lane); }

@@ -277,6 +277,10 @@ fn record(
             ("KR", class.kr.max(1) as f64),
             ("IS", istride as f64),
             ("PX", px as f64),
+            (
+                "R3",
+                u8::from(class.kr == 3 && class.rows.len() == 3) as f64,
+            ),
         ];
         if v4 {
             constants.push(("XA", first_column(class).rem_euclid(4) as f64));
