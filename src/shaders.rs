@@ -99,6 +99,26 @@ shader_table! {
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
+            "conv_wgrad",
+            include_str!("../shaders/conv_wgrad_block.wgsli"),
+            include_str!("../shaders/conv_wgrad_x1.wgsli"),
+            include_str!("../shaders/conv_wgrad.wgsl")
+        ),
+        (
+            "conv_wgrad_subgroup",
+            include_str!("../shaders/conv_wgrad_subgroup.wgsli"),
+            include_str!("../shaders/conv_wgrad_dyq1.wgsli"),
+            include_str!("../shaders/conv_wgrad_x1.wgsli"),
+            include_str!("../shaders/conv_wgrad.wgsl")
+        ),
+        (
+            "conv_wgrad_subgroup_v4",
+            include_str!("../shaders/conv_wgrad_subgroup.wgsli"),
+            include_str!("../shaders/conv_wgrad_dyq4.wgsli"),
+            include_str!("../shaders/conv_wgrad_x4.wgsli"),
+            include_str!("../shaders/conv_wgrad.wgsl")
+        ),
+        (
             "batchnorm_split",
             include_str!("../shaders/batchnorm_split_common.wgsli"),
             include_str!("../shaders/batchnorm_split.wgsl")

@@ -1,7 +1,8 @@
 //! The direct convolution kernels of `conv2d` (`shaders/conv_direct.wgsl`): forward and input
 //! gradient with the weights packed into 64 KiB uniform blocks, each invocation accumulating 16
-//! output channels of 4-8 pixels; the weight gradient of 3x3 kernels with dY packed into such
-//! blocks, each invocation accumulating all 9 taps of 16 output channels for one input channel.
+//! output channels of 4-8 pixels; the weight gradient of 3x3 kernels (`shaders/conv_wgrad.wgsl`)
+//! with dY packed into such blocks or streamed and shared through subgroup broadcasts, each
+//! invocation accumulating all 9 taps of 16 output channels for one input channel.
 //!
 //! Why a second kernel family: on llvmpipe every storage or workgroup-memory read is a loop over
 //! the SIMD lanes, while a uniform-buffer read is a single gather. Reading the small operand as
@@ -690,7 +691,7 @@ pub fn wgrad(
     };
     let mut out = vec![Dispatch::build(
         gpu,
-        "conv_direct",
+        "conv_wgrad",
         pack_entry,
         &[
             dy.read(),
@@ -729,7 +730,7 @@ pub fn wgrad(
             };
             out.push(Dispatch::build_with(
                 gpu,
-                shader(false, false, false),
+                "conv_wgrad",
                 "conv_wgrad3",
                 &[
                     x.read(),
@@ -805,6 +806,18 @@ pub fn streams(gpu: &Gpu, g: &ConvGeom) -> bool {
             .all(|&n| n as u32 <= lim.max_compute_workgroups_per_dimension)
 }
 
+/// Whether the streaming weight gradient may read X and dY as aligned vec4
+/// (`shaders/conv_wgrad_x4.wgsli`, `conv_wgrad_dyq4.wgsli`): rows of both a multiple of 4 values
+/// in 16-byte aligned tensors, and padding 1 (the window of a pixel quad then starts one column
+/// left of an aligned vec4 at either stride).
+fn wgrad_vec4(g: &ConvGeom, dy: &crate::tensor::Tensor, x: &crate::tensor::Tensor) -> bool {
+    g.pad == 1
+        && g.w.is_multiple_of(4)
+        && g.ow.is_multiple_of(4)
+        && x.offset().is_multiple_of(16)
+        && dy.offset().is_multiple_of(16)
+}
+
 /// The subgroup weight gradient with dY read from storage: one launch over the whole batch and
 /// every group of 16 output channels (the grid's third dimension), then the sum of the row-run
 /// partials: two launches per layer.
@@ -829,9 +842,14 @@ fn wgrad_stream(
         dcg: (WG_CO * plane) as u32,
         ..WgParams::new(g, rpi, nrg)
     };
+    let v4 = wgrad_vec4(g, dy, x);
     let mut out = vec![Dispatch::build_with(
         gpu,
-        shader(true, false, false),
+        if v4 {
+            "conv_wgrad_subgroup_v4"
+        } else {
+            "conv_wgrad_subgroup"
+        },
         "conv_wgrad3",
         &[x.read(), dy.read(), partial.write()],
         bytemuck::bytes_of(&p),
