@@ -61,6 +61,15 @@ shader_table! {
             include_str!("../shaders/conv_direct_gather.wgsli"),
             include_str!("../shaders/conv_direct_win1.wgsli"),
             include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct_rows.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_r3",
+            include_str!("../shaders/conv_direct_gather.wgsli"),
+            include_str!("../shaders/conv_direct_win1.wgsli"),
+            include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct_nine.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
@@ -68,6 +77,15 @@ shader_table! {
             include_str!("../shaders/conv_direct_gather.wgsli"),
             include_str!("../shaders/conv_direct_win4.wgsli"),
             include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct_rows.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_v4_r3",
+            include_str!("../shaders/conv_direct_gather.wgsli"),
+            include_str!("../shaders/conv_direct_win4.wgsli"),
+            include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct_nine.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
@@ -75,6 +93,15 @@ shader_table! {
             include_str!("../shaders/conv_direct_gather.wgsli"),
             include_str!("../shaders/conv_direct_win4.wgsli"),
             include_str!("../shaders/conv_direct_out4.wgsli"),
+            include_str!("../shaders/conv_direct_rows.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_v4o4_r3",
+            include_str!("../shaders/conv_direct_gather.wgsli"),
+            include_str!("../shaders/conv_direct_win4.wgsli"),
+            include_str!("../shaders/conv_direct_out4.wgsli"),
+            include_str!("../shaders/conv_direct_nine.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
@@ -82,6 +109,15 @@ shader_table! {
             include_str!("../shaders/conv_direct_subgroup.wgsli"),
             include_str!("../shaders/conv_direct_win1.wgsli"),
             include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct_rows.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_subgroup_r3",
+            include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct_win1.wgsli"),
+            include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct_nine.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
@@ -89,6 +125,15 @@ shader_table! {
             include_str!("../shaders/conv_direct_subgroup.wgsli"),
             include_str!("../shaders/conv_direct_win4.wgsli"),
             include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct_rows.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_subgroup_v4_r3",
+            include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct_win4.wgsli"),
+            include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct_nine.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
@@ -96,6 +141,15 @@ shader_table! {
             include_str!("../shaders/conv_direct_subgroup.wgsli"),
             include_str!("../shaders/conv_direct_win4.wgsli"),
             include_str!("../shaders/conv_direct_out4.wgsli"),
+            include_str!("../shaders/conv_direct_rows.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_subgroup_v4o4_r3",
+            include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct_win4.wgsli"),
+            include_str!("../shaders/conv_direct_out4.wgsli"),
+            include_str!("../shaders/conv_direct_nine.wgsli"),
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (

@@ -276,6 +276,15 @@ fn every_variant_at_resnet32_shapes_batch_128() {
 }
 
 #[test]
+fn nine_taps_body_at_odd_widths() {
+    // Launches of >= 2^26 multiply-adds take the direct kernel's nine-taps-per-accumulator body
+    // (`tap9`, conv_direct::NINE_TAPS_MIN_MACS); rows of 30 and 15 pixels take it with scalar
+    // windows and stores, and the stride-2 forward with windows of stride 2.
+    check_products(26, [40, 16, 30, 30], 16, 3, 1, 1);
+    check_products(27, [136, 16, 30, 30], 32, 3, 2, 1);
+}
+
+#[test]
 fn every_variant_at_resnet10_shapes_112px() {
     // ResNet-10 at 112 x 112 (the ImageNet-LT preset's size), batch 4.
     check_products(30, [4, 3, 112, 112], 64, 7, 2, 3); // stem

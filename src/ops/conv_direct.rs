@@ -278,10 +278,6 @@ fn record(
             ("KR", class.kr.max(1) as f64),
             ("IS", istride as f64),
             ("PX", px as f64),
-            (
-                "R3",
-                u8::from(class.kr == 3 && class.rows.len() == 3) as f64,
-            ),
         ];
         if v4 {
             constants.push(("XA", first_column(class).rem_euclid(4) as f64));
@@ -318,7 +314,7 @@ fn record(
                 let block = (group * plan.chunks + chunk) as u64 * BLOCK_BYTES;
                 out.push(Dispatch::build_with(
                     gpu,
-                    shader(grid.sg, v4, o4),
+                    shader(grid.sg, v4, o4, nine_taps(class, batch, plan.cch)),
                     "conv_direct",
                     &[
                         grid.src.read(),
@@ -406,16 +402,37 @@ pub fn subgroups_ok(gpu: &Gpu) -> bool {
     gpu.has_subgroups() && gpu.summary.subgroup_min_size >= 8
 }
 
+/// Multiply-adds of one direct launch from which the nine-taps-per-accumulator body (`tap9`,
+/// shaders `conv_direct*_r3`) is used for a 3x3 kernel's three tap rows of three. It runs ~10-20 % faster
+/// on llvmpipe (benches/NOTES.md, session 12) but compiles ~0.9 s longer per pipeline, and
+/// llvmpipe keeps no compiled pipelines between processes: at ~30 GFLOP/s a launch of 2^26
+/// multiply-adds takes ~4.5 ms, so the saving repays the compile within a few hundred steps,
+/// while small launches (tests, toy shapes) keep the loop over tap rows.
+const NINE_TAPS_MIN_MACS: usize = 1 << 26;
+
+/// Whether a launch of `class` (`batch` images, `cch` input channels per launch) takes `tap9`.
+fn nine_taps(class: &Class, batch: usize, cch: usize) -> bool {
+    let macs = batch * class.ni * class.nj * CO * cch * 9;
+    class.kr == 3 && class.rows.len() == 3 && macs >= NINE_TAPS_MIN_MACS
+}
+
 /// The shader of the plain (`sg` false) or the subgroup variant, with scalar or (`v4`) aligned
-/// vec4 reads of the input windows.
-fn shader(sg: bool, v4: bool, o4: bool) -> &'static str {
-    match (sg, v4, o4 && v4) {
-        (false, false, _) => "conv_direct",
-        (false, true, false) => "conv_direct_v4",
-        (false, true, true) => "conv_direct_v4o4",
-        (true, false, _) => "conv_direct_subgroup",
-        (true, true, false) => "conv_direct_subgroup_v4",
-        (true, true, true) => "conv_direct_subgroup_v4o4",
+/// vec4 reads of the input windows, scalar or (`o4`, only with `v4`) aligned vec4 stores, and
+/// the loop over tap rows or (`nine`) the nine-tap body.
+fn shader(sg: bool, v4: bool, o4: bool, nine: bool) -> &'static str {
+    match (sg, v4, o4 && v4, nine) {
+        (false, false, _, false) => "conv_direct",
+        (false, false, _, true) => "conv_direct_r3",
+        (false, true, false, false) => "conv_direct_v4",
+        (false, true, false, true) => "conv_direct_v4_r3",
+        (false, true, true, false) => "conv_direct_v4o4",
+        (false, true, true, true) => "conv_direct_v4o4_r3",
+        (true, false, _, false) => "conv_direct_subgroup",
+        (true, false, _, true) => "conv_direct_subgroup_r3",
+        (true, true, false, false) => "conv_direct_subgroup_v4",
+        (true, true, false, true) => "conv_direct_subgroup_v4_r3",
+        (true, true, true, false) => "conv_direct_subgroup_v4o4",
+        (true, true, true, true) => "conv_direct_subgroup_v4o4_r3",
     }
 }
 
