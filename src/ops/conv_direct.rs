@@ -403,11 +403,11 @@ pub fn subgroups_ok(gpu: &Gpu) -> bool {
 }
 
 /// Multiply-adds of one direct launch from which the nine-taps-per-accumulator body (`tap9`,
-/// shaders `conv_direct*_r3`) is used for a 3x3 kernel's three tap rows of three. It runs ~10-20 % faster
-/// on llvmpipe (benches/NOTES.md, session 12) but compiles ~0.9 s longer per pipeline, and
-/// llvmpipe keeps no compiled pipelines between processes: at ~30 GFLOP/s a launch of 2^26
-/// multiply-adds takes ~4.5 ms, so the saving repays the compile within a few hundred steps,
-/// while small launches (tests, toy shapes) keep the loop over tap rows.
+/// shaders `conv_direct*_r3`) is used for a 3x3 kernel's three tap rows of three. It runs
+/// ~10-20 % faster on llvmpipe (benches/NOTES.md, session 12) but compiles ~0.9 s longer per
+/// pipeline, and llvmpipe keeps no compiled pipelines between processes: at ~30 GFLOP/s a
+/// launch of 2^26 multiply-adds takes ~4.5 ms, so the saving repays the compile within a few
+/// hundred steps, while small launches (tests, toy shapes) keep the loop over tap rows.
 const NINE_TAPS_MIN_MACS: usize = 1 << 26;
 
 /// Whether a launch of `class` (`batch` images, `cch` input channels per launch) takes `tap9`.
