@@ -55,6 +55,8 @@ struct Win { v: array<f32, 24> }
 // The 16 weights (4 vec4) of one tap: `wblock` of the variant file (conv_direct_gather.wgsli
 // or conv_direct_subgroup.wgsli).
 struct W4 { w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32> }
+// Two taps' weights: `wblock2` of the variant file.
+struct W8 { a: W4, b: W4 }
 
 // The forward / input-gradient kernel for invocation `idx0` (`lane`: its subgroup lane, for the
 // subgroup variant). Invocations past the grid run on a clamped index and store nothing: every
