@@ -1,5 +1,6 @@
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
 
 use anyhow::{Result, bail};
 
@@ -28,12 +29,65 @@ pub struct Binding<'a> {
     pub half: bool,
 }
 
-/// A compiled kernel: pipeline plus its explicit bind group layout.
+/// A kernel: its pipeline (compiled in the background, see [`KernelCache::get`]) plus its
+/// explicit bind group layout.
 pub struct Kernel {
     pub shader: &'static str,
     pub entry: &'static str,
-    pub pipeline: wgpu::ComputePipeline,
+    pipeline: OnceLock<wgpu::ComputePipeline>,
+    /// The compilation still under way, taken by the first [`Kernel::pipeline`] call.
+    job: Mutex<Option<JoinHandle<wgpu::ComputePipeline>>>,
     pub layout: wgpu::BindGroupLayout,
+}
+
+impl Kernel {
+    /// The compiled pipeline, waiting for its compilation to finish. A panic of the compiling
+    /// thread (wgpu's handler of an invalid pipeline) is raised again here.
+    pub fn pipeline(&self) -> &wgpu::ComputePipeline {
+        self.pipeline.get_or_init(|| {
+            let job = self.job.lock().unwrap().take();
+            match job
+                .expect("a kernel has either a pipeline or a compilation")
+                .join()
+            {
+                Ok(p) => p,
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        })
+    }
+}
+
+/// At most this many pipelines compile at once: one per core (on llvmpipe a compilation is
+/// single-threaded LLVM work, ~0.1-2 s per pipeline).
+fn compile_slots() -> &'static (Mutex<usize>, Condvar) {
+    static SLOTS: OnceLock<(Mutex<usize>, Condvar)> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (Mutex::new(n), Condvar::new())
+    })
+}
+
+/// Run `f` holding one of the [`compile_slots`].
+fn in_compile_slot<T>(f: impl FnOnce() -> T) -> T {
+    let (free, cv) = compile_slots();
+    {
+        let mut n = free.lock().unwrap();
+        while *n == 0 {
+            n = cv.wait(n).unwrap();
+        }
+        *n -= 1;
+    }
+    // Released on unwind too, so a failed compilation does not shrink the pool.
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let (free, cv) = compile_slots();
+            *free.lock().unwrap() += 1;
+            cv.notify_one();
+        }
+    }
+    let _release = Release;
+    f()
 }
 
 type KernelKey = (&'static str, &'static str, Vec<Access>, String);
@@ -125,23 +179,37 @@ impl KernelCache {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&pl),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
+        // The pipeline compiles on its own thread: recording goes on (bind groups need only
+        // the layout) and the first submission waits for it. A step's first recording meets
+        // dozens of pipelines, and on a CPU adapter compiling them one after the other was
+        // most of the first step's time.
+        let device = self.device.clone();
+        let constants: Vec<(String, f64)> =
+            constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let job = std::thread::Builder::new()
+            .name(format!("compile {shader}::{entry}"))
+            .spawn(move || {
+                in_compile_slot(|| {
+                    let constants: Vec<(&str, f64)> =
+                        constants.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(entry),
+                        layout: Some(&pl),
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants: &constants,
+                            zero_initialize_workgroup_memory: false,
+                        },
+                        cache: None,
+                    })
+                })
+            })?;
         let k = Arc::new(Kernel {
             shader,
             entry,
-            pipeline,
+            pipeline: OnceLock::new(),
+            job: Mutex::new(Some(job)),
             layout,
         });
         self.kernels.lock().unwrap().insert(key, k.clone());
@@ -297,7 +365,7 @@ impl Dispatch {
 
     /// Encode this launch into a compute pass.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
-        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_pipeline(self.kernel.pipeline());
         pass.set_bind_group(0, &self.bind_group, &[]);
         let [x, y, z] = self.workgroups;
         pass.dispatch_workgroups(x, y, z);
