@@ -1,8 +1,8 @@
 // Direct convolution with the weights in a uniform buffer: the forward pass and the input gradient
 // of `conv2d` (see src/ops/conv_direct.rs for when it is used and why).
 //
-// Each invocation computes 16 output channels of PX (4 or 8) neighbouring output pixels of one
-// row (4 * PX named vec4 accumulators: llvmpipe keeps dynamically indexed arrays in memory). The
+// Each invocation computes 16 output channels of PX (4, 8 or 16) neighbouring output pixels of
+// one row (4 * PX named vec4 accumulators: llvmpipe keeps dynamically indexed arrays in memory). The
 // taps come in rows of KR taps whose input columns are consecutive; per (input channel, tap row)
 // the invocation reads one window of (PX - 1) * IS + KR input values from storage, which serves
 // all KR taps of all PX pixels, and 4 vec4 of weights per tap from the uniform block. On llvmpipe a
@@ -36,7 +36,7 @@ struct Params {
 
 override KR: u32 = 3u;   // taps per row
 override IS: u32 = 1u;   // input columns between neighbouring output pixels
-override PX: u32 = 4u;   // output pixels per invocation: 4 or 8
+override PX: u32 = 4u;   // output pixels per invocation: 4, 8 or (nine-tap body only) 16
 
 struct Acc {
     a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
@@ -47,6 +47,14 @@ struct Acc {
     a20: vec4<f32>, a21: vec4<f32>, a22: vec4<f32>, a23: vec4<f32>,
     a24: vec4<f32>, a25: vec4<f32>, a26: vec4<f32>, a27: vec4<f32>,
     a28: vec4<f32>, a29: vec4<f32>, a30: vec4<f32>, a31: vec4<f32>,
+    a32: vec4<f32>, a33: vec4<f32>, a34: vec4<f32>, a35: vec4<f32>,
+    a36: vec4<f32>, a37: vec4<f32>, a38: vec4<f32>, a39: vec4<f32>,
+    a40: vec4<f32>, a41: vec4<f32>, a42: vec4<f32>, a43: vec4<f32>,
+    a44: vec4<f32>, a45: vec4<f32>, a46: vec4<f32>, a47: vec4<f32>,
+    a48: vec4<f32>, a49: vec4<f32>, a50: vec4<f32>, a51: vec4<f32>,
+    a52: vec4<f32>, a53: vec4<f32>, a54: vec4<f32>, a55: vec4<f32>,
+    a56: vec4<f32>, a57: vec4<f32>, a58: vec4<f32>, a59: vec4<f32>,
+    a60: vec4<f32>, a61: vec4<f32>, a62: vec4<f32>, a63: vec4<f32>,
 }
 
 // Window of input values of one tap row: 3 * IS + KR <= 3 * 2 + 7 = 13 values.
@@ -75,7 +83,8 @@ fn direct_main(idx0: u32, lane: u32) {
     let cbase = i32(b * p.src_c + p.chan0) * plane;
 
     let z = vec4<f32>(0.0);
-    var c = Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
+    var c = Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z,
+                z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
     // The multiply-adds over the launch's input channels: `channels` of the taps file
     // (conv_direct_rows.wgsli: any kernel, a loop over tap rows; conv_direct_nine.wgsli: a 3x3
     // kernel's nine taps per accumulator in a row).

@@ -264,9 +264,14 @@ fn record(
         }
         let mut rows = [[0i32; 4]; MAX_ROWS];
         rows[..class.rows.len()].copy_from_slice(&class.rows);
+        let nine = nine_taps(class, batch, plan.cch);
         // 8 pixels per invocation halve the uniform reads per multiply-add (A/B on llvmpipe:
-        // see benches/NOTES.md); short rows keep 4.
-        let px = if class.nj >= 8 && 7 * istride + class.kr <= MAX_WINDOW {
+        // see benches/NOTES.md); short rows keep 4. The nine-tap body also takes 16 along
+        // rows of 16 or more at stride 1: a window of 18 values is 6 vec4 reads for 16
+        // pixels instead of 4 for 8, and a tap's weights serve twice the pixels.
+        let px = if nine && istride == 1 && class.nj >= 16 && 15 + class.kr <= MAX_WINDOW {
+            16
+        } else if class.nj >= 8 && 7 * istride + class.kr <= MAX_WINDOW {
             8
         } else {
             PX
@@ -314,7 +319,7 @@ fn record(
                 let block = (group * plan.chunks + chunk) as u64 * BLOCK_BYTES;
                 out.push(Dispatch::build_with(
                     gpu,
-                    shader(grid.sg, v4, o4, nine_taps(class, batch, plan.cch)),
+                    shader(grid.sg, v4, o4, nine),
                     "conv_direct",
                     &[
                         grid.src.read(),
