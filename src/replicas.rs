@@ -127,6 +127,13 @@ impl Replicas {
         })
     }
 
+    /// Wait for the replicas' pipelines to compile ([`crate::gpu::KernelCache::wait_all`]).
+    pub fn wait_compiled(&self) {
+        for g in &self.gpus {
+            g.kernels.wait_all();
+        }
+    }
+
     /// Copy device 0's weights and running statistics to every replica (after loading).
     pub fn copy_state_from(&self, gpu: &Gpu, model: &ResNet) -> Result<()> {
         if self.gpus.is_empty() {

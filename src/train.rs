@@ -717,6 +717,11 @@ fn train_in(
 
     // Replicas start from device 0's weights and statistics, whatever was loaded.
     replicas.copy_state_from(gpu, &model)?;
+    // The step's pipelines compile on background threads: wait for them here, so that the
+    // epoch's time (training images/s) counts training, as it did when they compiled while
+    // the step was recorded.
+    gpu.kernels.wait_all();
+    replicas.wait_compiled();
     let total_steps = cfg.max_steps.unwrap_or(usize::MAX).min(cfg.epochs * spe);
     let mut exchange_before = (0.0, 0.0);
     if cfg.sync_bn && st.exchange_stats().is_none() && root {

@@ -111,6 +111,15 @@ impl KernelCache {
         }
     }
 
+    /// Wait until every pipeline requested so far has compiled (they compile on background
+    /// threads): for timings that should count running, not compiling.
+    pub fn wait_all(&self) {
+        let all: Vec<Arc<Kernel>> = self.kernels.lock().unwrap().values().cloned().collect();
+        for k in all {
+            k.pipeline();
+        }
+    }
+
     /// The kernel `entry` of `shaders/<shader>.wgsl` with the given binding signature and
     /// override constants (e.g. tile sizes).
     pub fn get(
