@@ -251,6 +251,10 @@ fn every_variant_is_exact_on_small_integers() {
     // (padded dY blocks).
     check_exact(63, [3, 20, 13, 12], 16, 1);
     check_exact(64, [5, 6, 14, 14], 20, 1);
+    // Rows of 7 and 6 pixels: 8-pixel invocations with idle pixels (the 7x7 maps of 28x28
+    // images), and a 6x6 map's stride-2 input gradient (phase classes of 3 pixels).
+    check_exact(67, [3, 6, 7, 7], 16, 1);
+    check_exact(68, [2, 5, 6, 6], 8, 2);
     // Planes too large for the block kernel's 64 KiB blocks (16 x 36 x 36 and 16 x 37 x 36
     // floats): among the direct kernels only the streaming wgrad runs them.
     use longtail::ops::conv_direct::{self, WgradPlan};

@@ -266,12 +266,18 @@ fn record(
         rows[..class.rows.len()].copy_from_slice(&class.rows);
         let nine = nine_taps(class, batch, plan.cch);
         // 8 pixels per invocation halve the uniform reads per multiply-add (A/B on llvmpipe:
-        // see benches/NOTES.md); short rows keep 4. The nine-tap body also takes 16 along
-        // rows of 16 or more at stride 1: a window of 18 values is 6 vec4 reads for 16
+        // see benches/NOTES.md); rows of 4 or fewer keep 4. The nine-tap body also takes 16 at stride 1
+        // where that leaves no more pixels idle (rows of 9-16, 25-32, ...): a window of 18 values is 6 vec4 reads for 16
         // pixels instead of 4 for 8, and a tap's weights serve twice the pixels.
-        let px = if nine && istride == 1 && class.nj >= 16 && 15 + class.kr <= MAX_WINDOW {
+        let px = if nine
+            && istride == 1
+            && (class.nj % 16 == 0 || class.nj % 16 > 8)
+            && 15 + class.kr <= MAX_WINDOW
+        {
             16
-        } else if class.nj >= 8 && 7 * istride + class.kr <= MAX_WINDOW {
+        } else if class.nj >= 5 && 7 * istride + class.kr <= MAX_WINDOW {
+            // Rows of 5-7 pixels too: 8 pixels cover them with as many idle ones as two
+            // groups of 4, and halve the weight reads (the 7x7 maps of 28x28 images).
             8
         } else {
             PX
@@ -409,11 +415,14 @@ pub fn subgroups_ok(gpu: &Gpu) -> bool {
 
 /// Multiply-adds of one direct launch from which the nine-taps-per-accumulator body (`tap9`,
 /// shaders `conv_direct*_r3`) is used for a 3x3 kernel's three tap rows of three. It runs
-/// ~10-20 % faster on llvmpipe (benches/NOTES.md, session 12) but compiles ~0.9 s longer per
-/// pipeline, and llvmpipe keeps no compiled pipelines between processes: at ~30 GFLOP/s a
-/// launch of 2^26 multiply-adds takes ~4.5 ms, so the saving repays the compile within a few
-/// hundred steps, while small launches (tests, toy shapes) keep the loop over tap rows.
-const NINE_TAPS_MIN_MACS: usize = 1 << 26;
+/// ~10-30 % faster on llvmpipe (benches/NOTES.md, sessions 12-13) but compiles ~0.9 s longer
+/// per pipeline (1-2 s with 16 pixels; pipelines compile on a thread per core), and llvmpipe
+/// keeps no compiled pipelines between processes: at ~30 GFLOP/s a launch of 2^25
+/// multiply-adds takes ~2 ms, so the saving repays the compile within a few hundred steps,
+/// while small launches (tests, toy shapes) keep the loop over tap rows. 2^25 takes in the
+/// quick preset's 14x14 stage (batch 64), where 16-pixel invocations made the kernels
+/// 0.55-0.8x the time.
+const NINE_TAPS_MIN_MACS: usize = 1 << 25;
 
 /// Whether a launch of `class` (`batch` images, `cch` input channels per launch) takes `tap9`.
 fn nine_taps(class: &Class, batch: usize, cch: usize) -> bool {
