@@ -7,8 +7,7 @@
 // 3*s + 3 input values from storage and 16 vec4 of dY from the uniform block (the block reads,
 // one gather each on llvmpipe, are the cost: each now feeds 9 taps), for 576 multiply-adds.
 // Its sums go to part[rg, co, ci, ky, kx] (rg = its row run; the first block of a channel group
-// writes, later ones add); a reduction over rg gives dW. The subgroup variants stream dY from
-// storage instead (conv_wgrad_subgroup.wgsli) and may take 32 output channels (`WCO`).
+// writes, later ones add); a reduction over rg gives dW.
 
 struct WgParams {
     cin: u32, h: u32, w: u32, oh: u32,
@@ -33,9 +32,6 @@ struct WgParams {
 @group(0) @binding(3) var<uniform> wq: WgParams;
 
 override WSTRIDE: u32 = 1u;   // convolution stride (1 or 2)
-// Output channels per invocation: 16, or 32 (two groups of 16 sharing the input windows; the
-// subgroup variants only, where the grid's third dimension runs over groups of WCO).
-override WCO: u32 = 16u;
 
 // The 9 taps (ky, kx) of 4 output channels.
 struct Nine { k00: vec4<f32>, k01: vec4<f32>, k02: vec4<f32>, k10: vec4<f32>, k11: vec4<f32>, k12: vec4<f32>, k20: vec4<f32>, k21: vec4<f32>, k22: vec4<f32> }
@@ -115,19 +111,6 @@ fn wstore4(rg: u32, q: u32, ci: u32, ky: u32, kx: u32, v: vec4<f32>) {
     wstore(rg, co + 3u, ci, ky, kx, v.w);
 }
 
-// The 9 taps of output channels wco0 + 4q .. + 3.
-fn store_nine(rg: u32, q: u32, ci: u32, n: Nine) {
-    wstore4(rg, q, ci, 0u, 0u, n.k00);
-    wstore4(rg, q, ci, 0u, 1u, n.k01);
-    wstore4(rg, q, ci, 0u, 2u, n.k02);
-    wstore4(rg, q, ci, 1u, 0u, n.k10);
-    wstore4(rg, q, ci, 1u, 1u, n.k11);
-    wstore4(rg, q, ci, 1u, 2u, n.k12);
-    wstore4(rg, q, ci, 2u, 0u, n.k20);
-    wstore4(rg, q, ci, 2u, 1u, n.k21);
-    wstore4(rg, q, ci, 2u, 2u, n.k22);
-}
-
 // The 16 vec4 of dY for pixels ox..ox+3 of channels m < 16 (m * qs apart) of the row at
 // `base`: `dy16` of the variant file.
 struct D16 { m: array<vec4<f32>, 16> }
@@ -136,7 +119,7 @@ struct D16 { m: array<vec4<f32>, 16> }
 // grid, computes on clamped indices and stores nothing). The row run is clamped on its own:
 // in the subgroup variant it is the workgroup's, shared by live and idle lanes alike.
 fn wgrad_main(ci0: u32, rg0: u32, cg: u32, live: bool, lane: u32) {
-    wco0 = wq.co0 + WCO * cg;
+    wco0 = wq.co0 + 16u * cg;
     let ci = select(0u, ci0, live);
     let rg = min(rg0, wq.nrg - 1u);
     let z = vec4<f32>(0.0);
@@ -144,10 +127,6 @@ fn wgrad_main(ci0: u32, rg0: u32, cg: u32, live: bool, lane: u32) {
     var n1 = n0;
     var n2 = n0;
     var n3 = n0;
-    var n4 = n0;
-    var n5 = n0;
-    var n6 = n0;
-    var n7 = n0;
     let r_end = min((rg + 1u) * wq.rpi, wq.nimg * wq.oh);
     for (var r = rg * wq.rpi; r < r_end; r++) {
         let li = r / wq.oh;
@@ -173,26 +152,45 @@ fn wgrad_main(ci0: u32, rg0: u32, cg: u32, live: bool, lane: u32) {
             n1 = quad(e.m[4], e.m[5], e.m[6], e.m[7], w0, w1, w2, n1);
             n2 = quad(e.m[8], e.m[9], e.m[10], e.m[11], w0, w1, w2, n2);
             n3 = quad(e.m[12], e.m[13], e.m[14], e.m[15], w0, w1, w2, n3);
-            if (WCO == 32u) {
-                let f = dy16(dbase + 16u * wq.dch, ox, wq.dch, lane);
-                n4 = quad(f.m[0], f.m[1], f.m[2], f.m[3], w0, w1, w2, n4);
-                n5 = quad(f.m[4], f.m[5], f.m[6], f.m[7], w0, w1, w2, n5);
-                n6 = quad(f.m[8], f.m[9], f.m[10], f.m[11], w0, w1, w2, n6);
-                n7 = quad(f.m[12], f.m[13], f.m[14], f.m[15], w0, w1, w2, n7);
-            }
         }
     }
     if (!live) { return; }
-    store_nine(rg, 0u, ci, n0);
-    store_nine(rg, 1u, ci, n1);
-    store_nine(rg, 2u, ci, n2);
-    store_nine(rg, 3u, ci, n3);
-    if (WCO == 32u) {
-        store_nine(rg, 4u, ci, n4);
-        store_nine(rg, 5u, ci, n5);
-        store_nine(rg, 6u, ci, n6);
-        store_nine(rg, 7u, ci, n7);
-    }
+    wstore4(rg, 0u, ci, 0u, 0u, n0.k00);
+    wstore4(rg, 0u, ci, 0u, 1u, n0.k01);
+    wstore4(rg, 0u, ci, 0u, 2u, n0.k02);
+    wstore4(rg, 0u, ci, 1u, 0u, n0.k10);
+    wstore4(rg, 0u, ci, 1u, 1u, n0.k11);
+    wstore4(rg, 0u, ci, 1u, 2u, n0.k12);
+    wstore4(rg, 0u, ci, 2u, 0u, n0.k20);
+    wstore4(rg, 0u, ci, 2u, 1u, n0.k21);
+    wstore4(rg, 0u, ci, 2u, 2u, n0.k22);
+    wstore4(rg, 1u, ci, 0u, 0u, n1.k00);
+    wstore4(rg, 1u, ci, 0u, 1u, n1.k01);
+    wstore4(rg, 1u, ci, 0u, 2u, n1.k02);
+    wstore4(rg, 1u, ci, 1u, 0u, n1.k10);
+    wstore4(rg, 1u, ci, 1u, 1u, n1.k11);
+    wstore4(rg, 1u, ci, 1u, 2u, n1.k12);
+    wstore4(rg, 1u, ci, 2u, 0u, n1.k20);
+    wstore4(rg, 1u, ci, 2u, 1u, n1.k21);
+    wstore4(rg, 1u, ci, 2u, 2u, n1.k22);
+    wstore4(rg, 2u, ci, 0u, 0u, n2.k00);
+    wstore4(rg, 2u, ci, 0u, 1u, n2.k01);
+    wstore4(rg, 2u, ci, 0u, 2u, n2.k02);
+    wstore4(rg, 2u, ci, 1u, 0u, n2.k10);
+    wstore4(rg, 2u, ci, 1u, 1u, n2.k11);
+    wstore4(rg, 2u, ci, 1u, 2u, n2.k12);
+    wstore4(rg, 2u, ci, 2u, 0u, n2.k20);
+    wstore4(rg, 2u, ci, 2u, 1u, n2.k21);
+    wstore4(rg, 2u, ci, 2u, 2u, n2.k22);
+    wstore4(rg, 3u, ci, 0u, 0u, n3.k00);
+    wstore4(rg, 3u, ci, 0u, 1u, n3.k01);
+    wstore4(rg, 3u, ci, 0u, 2u, n3.k02);
+    wstore4(rg, 3u, ci, 1u, 0u, n3.k10);
+    wstore4(rg, 3u, ci, 1u, 1u, n3.k11);
+    wstore4(rg, 3u, ci, 1u, 2u, n3.k12);
+    wstore4(rg, 3u, ci, 2u, 0u, n3.k20);
+    wstore4(rg, 3u, ci, 2u, 1u, n3.k21);
+    wstore4(rg, 3u, ci, 2u, 2u, n3.k22);
 }
 
 // dY into uniform blocks of 4096 vec4: block (image group ig, channel group cg) holds

@@ -849,19 +849,6 @@ fn wgrad_vec4(g: &ConvGeom, dy: &crate::tensor::Tensor, x: &crate::tensor::Tenso
         && dy.offset().is_multiple_of(16)
 }
 
-/// Output channels per invocation of the streaming weight gradient: 32 (two groups of 16 sharing
-/// each input window, `WCO` in shaders/conv_wgrad.wgsl) where the layer has whole groups of 32,
-/// else 16. On llvmpipe the storage reads are the weight gradient's largest cost (a loop over
-/// the SIMD lanes each); 32 channels make it 7 reads per 1,152 multiply-adds per pixel quad
-/// instead of 5 per 576.
-fn stream_co(g: &ConvGeom) -> usize {
-    if g.cout.is_multiple_of(2 * WG_CO) {
-        2 * WG_CO
-    } else {
-        WG_CO
-    }
-}
-
 /// The subgroup weight gradient with dY read from storage: one launch over the whole batch and
 /// every group of 16 output channels (the grid's third dimension), then the sum of the row-run
 /// partials: two launches per layer.
@@ -878,13 +865,12 @@ fn wgrad_stream(
     let partial = crate::tensor::Tensor::zeros(gpu, &[nrg, dw_floats], crate::tensor::DType::F32)?;
     let wgs = g.cin.next_multiple_of(8).min(WG);
     let plane = g.oh * g.ow;
-    let wco = stream_co(g);
     // dY's own layout [batch][cout][oh][ow], in floats.
     let p = WgParams {
         dimg: (g.cout * plane) as u32,
         drow: g.ow as u32,
         dch: plane as u32,
-        dcg: (wco * plane) as u32,
+        dcg: (WG_CO * plane) as u32,
         ..WgParams::new(g, rpi, nrg)
     };
     let v4 = wgrad_vec4(g, dy, x);
@@ -901,13 +887,9 @@ fn wgrad_stream(
         [
             g.cin.div_ceil(wgs) as u32,
             nrg as u32,
-            g.cout.div_ceil(wco) as u32,
+            g.cout.div_ceil(WG_CO) as u32,
         ],
-        &[
-            ("WSTRIDE", g.stride as f64),
-            ("WGS", wgs as f64),
-            ("WCO", wco as f64),
-        ],
+        &[("WSTRIDE", g.stride as f64), ("WGS", wgs as f64)],
     )?];
     out.push(super::reduce::sum_dispatch(
         gpu,
