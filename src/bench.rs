@@ -470,14 +470,14 @@ pub fn select(gpu: &Gpu, kernel: Option<&str>, shape: Option<&str>) -> Result<Ve
 }
 
 impl Case {
-    /// Record every launch of the case into `pass`.
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Record every launch of the case.
+    pub fn encode(&self, rec: &mut crate::gpu::Recorder) {
         for d in &self.dispatches {
-            d.encode(pass);
+            d.record(rec);
         }
         if let Some(t) = &self.tape_prog {
-            t.encode_forward(pass);
-            t.encode_backward(pass);
+            t.encode_forward(rec);
+            t.encode_backward(rec);
         }
     }
 
@@ -489,14 +489,11 @@ impl Case {
     /// Submit `repeats` launch sets in one pass and wait; returns wall seconds.
     fn run_wall(&self, gpu: &Gpu, repeats: usize) -> Result<f64> {
         let t0 = Instant::now();
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for _ in 0..repeats {
-                self.encode(&mut pass);
-            }
+        let mut rec = crate::gpu::Recorder::new(gpu);
+        for _ in 0..repeats {
+            self.encode(&mut rec);
         }
-        gpu.queue.submit([enc.finish()]);
+        gpu.queue.submit([rec.finish()]);
         gpu.wait()?;
         Ok(t0.elapsed().as_secs_f64())
     }
@@ -515,20 +512,15 @@ impl Case {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("bench"),
-                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: qs,
-                    beginning_of_pass_write_index: Some(0),
-                    end_of_pass_write_index: Some(1),
-                }),
-            });
-            for _ in 0..repeats {
-                self.encode(&mut pass);
-            }
+        // Timestamps in empty passes around the launches: texture mirrors' copies sit
+        // between passes, and count.
+        let mut rec = crate::gpu::Recorder::new(gpu);
+        rec.timestamps(qs, Some(0), None);
+        for _ in 0..repeats {
+            self.encode(&mut rec);
         }
+        rec.timestamps(qs, None, Some(1));
+        let mut enc = rec.into_encoder();
         enc.resolve_query_set(qs, 0..2, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16);
         gpu.queue.submit([enc.finish()]);
@@ -963,19 +955,30 @@ fn profile(gpu: &Gpu, launches: &[(&'static str, &Dispatch)]) -> Result<Vec<Laun
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        let mut rec = crate::gpu::Recorder::new(gpu);
         for i in start..end {
             let q = 2 * (i - start);
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &qs,
-                    beginning_of_pass_write_index: Some(q),
-                    end_of_pass_write_index: Some(q + 1),
-                }),
-            });
-            launches[i as usize].1.encode(&mut pass);
+            let d = launches[i as usize].1;
+            if d.has_copies() {
+                // A launch with texture mirrors' copies: timestamps bracket copies and launch.
+                rec.timestamps(&qs, Some(q), None);
+                d.record(&mut rec);
+                rec.timestamps(&qs, None, Some(q + 1));
+            } else {
+                let mut pass = rec
+                    .encoder()
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &qs,
+                            beginning_of_pass_write_index: Some(q),
+                            end_of_pass_write_index: Some(q + 1),
+                        }),
+                    });
+                d.encode(&mut pass);
+            }
         }
+        let mut enc = rec.into_encoder();
         enc.resolve_query_set(&qs, 0..count, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
         gpu.queue.submit([enc.finish()]);

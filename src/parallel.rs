@@ -166,18 +166,16 @@ impl Lockstep {
         for k in 0..=self.sizes.len() {
             for (d, t) in tapes.iter().enumerate() {
                 let prog = &programs[d];
-                let mut enc = t.gpu().device.create_command_encoder(&Default::default());
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    while pos[d] < prog.len() {
-                        let item = &prog[pos[d]];
-                        pos[d] += 1;
-                        match item {
-                            Item::Launch(l) => l.encode(&mut pass),
-                            Item::Collective(_) => break,
-                        }
+                let mut rec = crate::gpu::Recorder::new(t.gpu());
+                while pos[d] < prog.len() {
+                    let item = &prog[pos[d]];
+                    pos[d] += 1;
+                    match item {
+                        Item::Launch(l) => l.record(&mut rec),
+                        Item::Collective(_) => break,
                     }
                 }
+                let mut enc = rec.into_encoder();
                 if k < self.sizes.len() {
                     let mut at = 0;
                     for t in &colls[d][k].tensors {

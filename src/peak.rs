@@ -163,6 +163,7 @@ pub fn cases(gpu: &Gpu) -> Result<Vec<Case>> {
             offset: 0,
             size: 65536,
             half: false,
+            tex: None,
         };
         out.push(one(
             gpu,
@@ -200,12 +201,9 @@ fn submit_us(gpu: &Gpu) -> Result<f64> {
     let mut times = Vec::new();
     for i in 0..25 {
         let t0 = Instant::now();
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            c.encode(&mut pass);
-        }
-        gpu.queue.submit([enc.finish()]);
+        let mut rec = crate::gpu::Recorder::new(gpu);
+        c.encode(&mut rec);
+        gpu.queue.submit([rec.finish()]);
         gpu.wait()?;
         if i >= 5 {
             times.push(t0.elapsed().as_secs_f64() * 1e6);

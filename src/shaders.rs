@@ -153,6 +153,38 @@ shader_table! {
             include_str!("../shaders/conv_direct.wgsl")
         ),
         (
+            "conv_direct_subgroup_t",
+            include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct_wint.wgsli"),
+            include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct_rows.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_subgroup_t_r3",
+            include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct_wint.wgsli"),
+            include_str!("../shaders/conv_direct_out1.wgsli"),
+            include_str!("../shaders/conv_direct_nine.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_subgroup_to4",
+            include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct_wint.wgsli"),
+            include_str!("../shaders/conv_direct_out4.wgsli"),
+            include_str!("../shaders/conv_direct_rows.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
+            "conv_direct_subgroup_to4_r3",
+            include_str!("../shaders/conv_direct_subgroup.wgsli"),
+            include_str!("../shaders/conv_direct_wint.wgsli"),
+            include_str!("../shaders/conv_direct_out4.wgsli"),
+            include_str!("../shaders/conv_direct_nine.wgsli"),
+            include_str!("../shaders/conv_direct.wgsl")
+        ),
+        (
             "conv_wgrad",
             include_str!("../shaders/conv_wgrad_block.wgsli"),
             include_str!("../shaders/conv_wgrad_x1.wgsli"),

@@ -42,13 +42,11 @@ impl TrainStep {
 
     /// Encode and submit one step (the caller has queued this step's inputs); do not wait.
     pub fn submit(&self) -> wgpu::SubmissionIndex {
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            self.tape.encode_forward(&mut pass);
-            self.tape.encode_backward(&mut pass);
-            self.sgd.encode(&mut pass);
-        }
+        let mut rec = crate::gpu::Recorder::new(&self.gpu);
+        self.tape.encode_forward(&mut rec);
+        self.tape.encode_backward(&mut rec);
+        self.sgd.encode(rec.pass());
+        let mut enc = rec.into_encoder();
         enc.copy_buffer_to_buffer(self.loss.buffer(), self.loss.offset(), &self.staging, 0, 4);
         self.gpu.queue.submit([enc.finish()])
     }

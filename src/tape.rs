@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use anyhow::{Result, bail};
 
-use crate::gpu::{Dispatch, Gpu};
+use crate::gpu::{Dispatch, Gpu, Recorder};
 use crate::tensor::{DType, Tensor};
 
 /// Where a backward kernel writes one input's gradient.
@@ -368,17 +368,17 @@ impl Tape {
         self.grads.get(&t.id())
     }
 
-    /// Encode the forward launches.
-    pub fn encode_forward(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Record the forward launches.
+    pub fn encode_forward(&self, rec: &mut Recorder) {
         for l in &self.forward {
-            l.dispatch.encode(pass);
+            l.dispatch.record(rec);
         }
     }
 
-    /// Encode the backward launches.
-    pub fn encode_backward(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Record the backward launches.
+    pub fn encode_backward(&self, rec: &mut Recorder) {
         for l in &self.backward {
-            l.dispatch.encode(pass);
+            l.dispatch.record(rec);
         }
     }
 
@@ -390,14 +390,11 @@ impl Tape {
     /// Encode and submit the forward (and the backward when `with_backward`) in one command
     /// buffer, without waiting.
     pub fn run(&self, with_backward: bool) -> wgpu::SubmissionIndex {
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            self.encode_forward(&mut pass);
-            if with_backward {
-                self.encode_backward(&mut pass);
-            }
+        let mut rec = Recorder::new(&self.gpu);
+        self.encode_forward(&mut rec);
+        if with_backward {
+            self.encode_backward(&mut rec);
         }
-        self.gpu.queue.submit([enc.finish()])
+        self.gpu.queue.submit([rec.finish()])
     }
 }

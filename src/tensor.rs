@@ -261,6 +261,7 @@ impl Tensor {
             offset: self.inner.offset,
             size: self.byte_len().max(4),
             half: self.inner.dtype == DType::F16,
+            tex: None,
         }
     }
 }

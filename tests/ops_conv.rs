@@ -9,10 +9,13 @@ use longtail::verify::{self, Case, Input, sum_of};
 
 /// Every variant the tuner can pick: the direct kernels (where they apply; the GEMM otherwise)
 /// and their subgroup variant (where the adapter has subgroups of >= 8 lanes; the plain direct
-/// kernels otherwise), the GEMMs, and the GEMM wgrad split for large GPUs.
-const VARIANTS: [conv2d::Algo; 4] = [
+/// kernels otherwise), the subgroup kernel reading its input through a texture mirror (forward
+/// and input gradient; its weight gradient is the subgroup kernel's), the GEMMs, and the GEMM
+/// wgrad split for large GPUs.
+const VARIANTS: [conv2d::Algo; 5] = [
     conv2d::Algo::Direct,
     conv2d::Algo::DirectSubgroup,
+    conv2d::Algo::DirectTexture,
     conv2d::Algo::Gemm,
     conv2d::Algo::GemmWide,
 ];

@@ -320,6 +320,8 @@ pub struct GpuInner {
     /// Which kernel variant each op records (see [`crate::tune`]).
     pub tuner: crate::tune::Tuner,
     pub(crate) bytes_in_use: Arc<AtomicU64>,
+    /// Texture mirrors of tensors alive on this device (see [`crate::gpu::TexMirror`]).
+    pub mirrors: super::MirrorCache,
     /// How the adapter was chosen (replicas are opened with the same backend).
     opts: GpuOptions,
 }
@@ -371,6 +373,7 @@ impl Gpu {
                 kernels,
                 tuner,
                 bytes_in_use: Arc::new(AtomicU64::new(0)),
+                mirrors: Default::default(),
                 opts: opts.clone(),
             }),
         })

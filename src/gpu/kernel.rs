@@ -4,6 +4,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{Result, bail};
 
+use super::texture::TexMirror;
 use super::{Gpu, GpuBuffer};
 use crate::shaders;
 
@@ -16,6 +17,8 @@ pub enum Access {
     ReadWrite,
     /// `var<uniform>` (kernel parameters)
     Uniform,
+    /// `texture_2d<f32>` (unfilterable float): a tensor's [`TexMirror`], read with `textureLoad`.
+    Texture,
 }
 
 /// One buffer range bound to a kernel.
@@ -27,6 +30,9 @@ pub struct Binding<'a> {
     /// The range holds f16 values: only the half-precision variants of typed shaders may bind
     /// it (a guard against an f32 kernel reading f16 bytes).
     pub half: bool,
+    /// For [`Access::Texture`]: the mirror bound (`buffer` is then the tensor's storage, the
+    /// copy's source).
+    pub tex: Option<&'a Arc<TexMirror>>,
 }
 
 /// A kernel: its pipeline (compiled in the background, see [`KernelCache::get`]) plus its
@@ -164,6 +170,11 @@ impl KernelCache {
                         has_dynamic_offset: false,
                         min_binding_size: None,
                     },
+                    Access::Texture => wgpu::BindingType::Texture {
+                        sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                        view_dimension: wgpu::TextureViewDimension::D2,
+                        multisampled: false,
+                    },
                     Access::Read | Access::ReadWrite => wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Storage {
                             read_only: *a == Access::Read,
@@ -248,6 +259,12 @@ pub struct Dispatch {
     pub params: Option<Arc<GpuBuffer>>,
     /// Every bound buffer: a recorded launch keeps its buffers (and their byte count) alive.
     _bound: Vec<Arc<GpuBuffer>>,
+    /// Texture mirrors bound, kept alive with the launch.
+    _textures: Vec<Arc<TexMirror>>,
+    /// Mirrors to refresh (copy the tensor into) right before this launch: every bound one,
+    /// unless the op clears it where an earlier launch of the same op already copied
+    /// ([`Dispatch::skip_copies`]).
+    copies: Vec<Arc<TexMirror>>,
     /// Bytes of the bound ranges (parameter block excluded): the launch's device-memory
     /// traffic if each is touched once, for the roofline of `bench --model`.
     pub bytes: f64,
@@ -282,6 +299,19 @@ impl Dispatch {
         let max_bind = gpu.limits.max_storage_buffer_binding_size;
         let mut entries = Vec::with_capacity(bindings.len() + 1);
         for (i, b) in bindings.iter().enumerate() {
+            if let Some(m) = b.tex {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: wgpu::BindingResource::TextureView(&m.view),
+                });
+                continue;
+            }
+            if b.access == Access::Texture {
+                bail!(
+                    "kernel {} binding {i}: a texture binding without its mirror",
+                    kernel.entry
+                );
+            }
             if b.access != Access::Uniform && b.size > max_bind {
                 bail!(
                     "kernel {} binding {i}: {} bytes exceed the adapter's storage binding limit \
@@ -313,6 +343,8 @@ impl Dispatch {
             workgroups,
             params,
             _bound: bindings.iter().map(|b| b.buffer.clone()).collect(),
+            _textures: bindings.iter().filter_map(|b| b.tex.cloned()).collect(),
+            copies: bindings.iter().filter_map(|b| b.tex.cloned()).collect(),
             bytes,
             flops: 0.0,
         })
@@ -353,6 +385,7 @@ impl Dispatch {
                 offset: b.offset,
                 size: b.size,
                 half: b.half,
+                tex: b.tex,
             })
             .collect();
         all.push(Binding {
@@ -361,6 +394,7 @@ impl Dispatch {
             offset: 0,
             size: pbuf.size(),
             half: false,
+            tex: None,
         });
         Self::new(gpu, kernel, &all, Some(pbuf.clone()), workgroups)
     }
@@ -372,8 +406,42 @@ impl Dispatch {
         }
     }
 
-    /// Encode this launch into a compute pass.
+    /// Whether this launch copies into texture mirrors first (it must then be recorded with
+    /// [`Dispatch::record`], not [`Dispatch::encode`]).
+    pub fn has_copies(&self) -> bool {
+        !self.copies.is_empty()
+    }
+
+    /// Drop this launch's mirror refreshes: an earlier launch of the same op, with nothing
+    /// writing the tensor in between, already copied it.
+    pub fn skip_copies(&mut self) {
+        self.copies.clear();
+    }
+
+    /// Record this launch: its mirrors' copies (between compute passes), then the launch.
+    pub fn record(&self, rec: &mut Recorder) {
+        if !self.copies.is_empty() {
+            let enc = rec.encoder();
+            for m in &self.copies {
+                m.encode_copy(enc);
+            }
+        }
+        self.encode_launch(rec.pass());
+    }
+
+    /// Encode this launch into a compute pass. Launches that refresh texture mirrors need the
+    /// encoder between passes: use [`Dispatch::record`] for them.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        assert!(
+            self.copies.is_empty(),
+            "kernel {}::{} refreshes a texture mirror: record it with Dispatch::record",
+            self.kernel.shader,
+            self.kernel.entry
+        );
+        self.encode_launch(pass);
+    }
+
+    fn encode_launch(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(self.kernel.pipeline());
         pass.set_bind_group(0, &self.bind_group, &[]);
         let [x, y, z] = self.workgroups;
@@ -381,15 +449,76 @@ impl Dispatch {
     }
 }
 
-/// Encode `dispatches` into one compute pass of a fresh command buffer and submit it, without
-/// waiting.
+/// Encode `dispatches` into a fresh command buffer and submit it, without waiting.
 pub fn submit(gpu: &Gpu, dispatches: &[&Dispatch]) -> wgpu::SubmissionIndex {
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        for d in dispatches {
-            d.encode(&mut pass);
-        }
+    let mut rec = Recorder::new(gpu);
+    for d in dispatches {
+        d.record(&mut rec);
     }
-    gpu.queue.submit([enc.finish()])
+    gpu.queue.submit([rec.finish()])
+}
+
+/// A command encoder that opens compute passes as launches need them and closes the open one
+/// where a copy must go between passes (texture mirrors' refreshes, staging copies).
+pub struct Recorder {
+    // Declared first so the open pass drops before the encoder it was begun on.
+    pass: Option<wgpu::ComputePass<'static>>,
+    enc: wgpu::CommandEncoder,
+}
+
+impl Recorder {
+    /// A recorder over a fresh command encoder.
+    pub fn new(gpu: &Gpu) -> Self {
+        Self::from_encoder(gpu.device.create_command_encoder(&Default::default()))
+    }
+
+    /// A recorder over `enc`.
+    pub fn from_encoder(enc: wgpu::CommandEncoder) -> Self {
+        Self { pass: None, enc }
+    }
+
+    /// The open compute pass (opened here if none is).
+    pub fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
+        if self.pass.is_none() {
+            // forget_lifetime: the encoder stays locked until the pass drops, which
+            // `encoder` and `finish` do first.
+            self.pass = Some(
+                self.enc
+                    .begin_compute_pass(&Default::default())
+                    .forget_lifetime(),
+            );
+        }
+        self.pass.as_mut().expect("opened above")
+    }
+
+    /// The encoder, for copies: closes the open pass.
+    pub fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        &mut self.enc
+    }
+
+    /// An empty pass that writes GPU timestamps `begin` at its start and `end` at its end
+    /// into `qs` (brackets for timing what is recorded between two such passes).
+    pub fn timestamps(&mut self, qs: &wgpu::QuerySet, begin: Option<u32>, end: Option<u32>) {
+        self.pass = None;
+        let _ = self.enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("timestamps"),
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: qs,
+                beginning_of_pass_write_index: begin,
+                end_of_pass_write_index: end,
+            }),
+        });
+    }
+
+    /// Close the open pass and hand back the encoder.
+    pub fn into_encoder(mut self) -> wgpu::CommandEncoder {
+        self.pass = None;
+        self.enc
+    }
+
+    /// Close the open pass and finish the command buffer.
+    pub fn finish(self) -> wgpu::CommandBuffer {
+        self.into_encoder().finish()
+    }
 }

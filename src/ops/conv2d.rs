@@ -292,6 +292,11 @@ pub enum Algo {
     /// from storage in one launch plus a reduction: adapters with subgroups of >= 8
     /// lanes ([`conv_direct::subgroups_ok`]).
     DirectSubgroup,
+    /// [`Algo::DirectSubgroup`] reading its input windows through a texture mirror of the
+    /// input ([`crate::gpu::TexMirror`], refreshed by a copy before the op): on llvmpipe without
+    /// AVX-512 a texel fetch costs a fraction of a storage read. Forward and input gradient;
+    /// the weight gradient runs [`Algo::DirectSubgroup`]'s.
+    DirectTexture,
     /// The workgroup-tiled implicit GEMMs (64 invocations, 8 x RM register blocks); wgrad
     /// splits K for >= [`WGRAD_MIN_WORKGROUPS`] workgroups, plus one reduction.
     Gemm,
@@ -310,6 +315,7 @@ impl Algo {
             Algo::Auto => "auto",
             Algo::Direct => "direct",
             Algo::DirectSubgroup => "direct-sg",
+            Algo::DirectTexture => "direct-tex",
             Algo::Gemm => "gemm",
             Algo::GemmWide => "gemm-wide",
         }
@@ -319,9 +325,14 @@ impl Algo {
     pub fn direct(self) -> Option<bool> {
         match self {
             Algo::Direct => Some(false),
-            Algo::DirectSubgroup => Some(true),
+            Algo::DirectSubgroup | Algo::DirectTexture => Some(true),
             _ => None,
         }
+    }
+
+    /// Whether the direct kernels read their input through a texture mirror.
+    pub fn texture(self) -> bool {
+        self == Algo::DirectTexture
     }
 
     /// The variant named `s` (as in tune caches), or an error listing the names.
@@ -329,6 +340,7 @@ impl Algo {
         Ok(match s {
             "direct" => Algo::Direct,
             "direct-sg" => Algo::DirectSubgroup,
+            "direct-tex" => Algo::DirectTexture,
             "gemm" => Algo::Gemm,
             "gemm-wide" => Algo::GemmWide,
             _ => bail!("unknown convolution variant {s:?}"),
@@ -378,6 +390,9 @@ pub fn candidates_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, dtype: DType) -> Vec<
     if g.groups == 1 && dtype == DType::F32 {
         if conv_direct::subgroups_ok(gpu) && conv_direct::applies(gpu, g, mode, true) {
             v.push(Algo::DirectSubgroup);
+            if conv_direct::texture_ok(gpu, g, mode) {
+                v.push(Algo::DirectTexture);
+            }
         }
         if conv_direct::applies(gpu, g, mode, false) {
             v.push(Algo::Direct);
@@ -445,8 +460,18 @@ pub fn resolve_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, algo: Algo, dtype: DType
     let sg_ok =
         family && conv_direct::subgroups_ok(gpu) && conv_direct::applies(gpu, g, mode, true);
     match algo {
-        // An explicit choice of a family: the plain direct kernel where its subgroup variant
-        // cannot run, the GEMM where neither can.
+        // An explicit choice of a family: the subgroup kernel where the texture reads cannot
+        // run, the plain direct kernel where its subgroup variant cannot, the GEMM where
+        // neither can.
+        Algo::DirectTexture if !(sg_ok && conv_direct::texture_ok(gpu, g, mode)) => {
+            return Ok(if sg_ok {
+                Algo::DirectSubgroup
+            } else if direct_ok {
+                Algo::Direct
+            } else {
+                Algo::Gemm
+            });
+        }
         Algo::DirectSubgroup if !sg_ok => {
             return Ok(if direct_ok { Algo::Direct } else { Algo::Gemm });
         }
@@ -480,8 +505,8 @@ pub fn forward_dispatches(
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
     let algo = resolve_for(gpu, g, Mode::Forward, algo, x.dtype())?;
-    if let Some(sg) = algo.direct() {
-        return conv_direct::forward(gpu, g, x, w, y, beta, sg)?
+    if algo.direct().is_some() {
+        return conv_direct::forward(gpu, g, x, w, y, beta, algo)?
             .ok_or_else(|| anyhow::anyhow!("conv forward {}: no direct kernel fits", g.key()));
     }
     let (_, _, k) = g.gemm(Mode::Forward);
@@ -509,8 +534,8 @@ pub fn dgrad_dispatches(
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
     let algo = resolve_for(gpu, g, Mode::Dgrad, algo, dy.dtype())?;
-    if let Some(sg) = algo.direct() {
-        return conv_direct::dgrad(gpu, g, dy, w, dx, beta, sg)?
+    if algo.direct().is_some() {
+        return conv_direct::dgrad(gpu, g, dy, w, dx, beta, algo)?
             .ok_or_else(|| anyhow::anyhow!("conv dgrad {}: no direct kernel fits", g.key()));
     }
     let (_, _, k) = g.gemm(Mode::Dgrad);

@@ -176,6 +176,7 @@ fn pack(
                 offset: 0,
                 size: buf.size(),
                 half: false,
+                tex: None,
             },
         ],
         bytemuck::bytes_of(&pp),
@@ -196,6 +197,9 @@ struct Grid<'a> {
     ostride: usize,
     /// The subgroup variant of the kernel ([`subgroups_ok`]).
     sg: bool,
+    /// Read the input windows through the input's texture mirror (`shaders/conv_direct_wint.wgsli`;
+    /// with `sg` only).
+    tex: bool,
 }
 
 /// The block plan of a launch set, or `None` when the direct kernel cannot run it.
@@ -232,6 +236,24 @@ pub fn applies(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode, sg: bool) -> 
     }
 }
 
+/// Whether the texture-window variant applies to the `mode` product of `g` (forward and input
+/// gradient; the input is mirrored whole, so it must fill whole texels and fit the adapter's
+/// texture size). Its tensor's alignment is checked when recording: a misaligned view reads
+/// from storage instead.
+pub fn texture_ok(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode) -> bool {
+    use super::conv2d::Mode;
+    let values = match mode {
+        Mode::Forward => g.batch * g.cin * g.h * g.w,
+        Mode::Dgrad => g.batch * g.cout * g.oh * g.ow,
+        Mode::Wgrad => return false,
+    };
+    let texels = values / 4;
+    values.is_multiple_of(4)
+        && texels > 0
+        && (texels as u64 + 8).div_ceil(u64::from(crate::gpu::TEX_WIDTH))
+            <= u64::from(gpu.limits.max_texture_dimension_2d)
+}
+
 /// Pack `w` (transposed for dgrad) and record the launches of every class, or `None` when the
 /// plan for the widest tap-row window does not fit.
 fn record(
@@ -256,6 +278,12 @@ fn record(
     let khw = g.kh * g.kw;
     let (weights, pack) = pack(gpu, w, &plan, g, transpose)?;
     let mut out = vec![pack];
+    let mirror = if grid.tex {
+        Some(gpu.mirrors.get(gpu, grid.src)?)
+    } else {
+        None
+    };
+    let mut copied = false;
     let (src_chw, dst_chw, istride) = (grid.src_chw, grid.dst_chw, grid.istride);
     let batch = g.batch;
     for class in classes {
@@ -283,7 +311,7 @@ fn record(
             PX
         };
         let jgroups = class.nj.div_ceil(px);
-        let v4 = vec4_windows(grid.src, src_chw[2], class);
+        let v4 = !grid.tex && vec4_windows(grid.src, src_chw[2], class);
         let o4 = vec4_stores(grid.dst, dst_chw[2], grid.ostride, class);
         let mut constants = vec![
             ("KR", class.kr.max(1) as f64),
@@ -323,25 +351,48 @@ fn record(
                     rows,
                 };
                 let block = (group * plan.chunks + chunk) as u64 * BLOCK_BYTES;
-                out.push(Dispatch::build_with(
+                let src = match &mirror {
+                    Some(m) => Binding {
+                        access: Access::Texture,
+                        buffer: grid.src.storage(),
+                        offset: grid.src.offset(),
+                        size: grid.src.byte_len(),
+                        half: false,
+                        tex: Some(m),
+                    },
+                    None => grid.src.read(),
+                };
+                let name = if grid.tex {
+                    shader_tex(o4, nine)
+                } else {
+                    shader(grid.sg, v4, o4, nine)
+                };
+                let mut d = Dispatch::build_with(
                     gpu,
-                    shader(grid.sg, v4, o4, nine),
+                    name,
                     "conv_direct",
                     &[
-                        grid.src.read(),
+                        src,
                         Binding {
                             access: Access::Uniform,
                             buffer: &weights,
                             offset: block,
                             size: BLOCK_BYTES,
                             half: false,
+                            tex: None,
                         },
                         grid.dst.write(),
                     ],
                     bytemuck::bytes_of(&p),
                     grid_1d(gpu, invocations.div_ceil(WG) as u32),
                     &constants,
-                )?);
+                )?;
+                // One refresh of the mirror per op: the launches between only write `dst`.
+                if copied {
+                    d.skip_copies();
+                }
+                copied |= d.has_copies();
+                out.push(d);
             }
         }
     }
@@ -450,6 +501,17 @@ fn shader(sg: bool, v4: bool, o4: bool, nine: bool) -> &'static str {
     }
 }
 
+/// The texture-window shader (subgroup weights), with scalar or (`o4`) aligned vec4 stores and
+/// the loop over tap rows or (`nine`) the nine-tap body.
+fn shader_tex(o4: bool, nine: bool) -> &'static str {
+    match (o4, nine) {
+        (false, false) => "conv_direct_subgroup_t",
+        (false, true) => "conv_direct_subgroup_t_r3",
+        (true, false) => "conv_direct_subgroup_to4",
+        (true, true) => "conv_direct_subgroup_to4_r3",
+    }
+}
+
 /// Whether a launch of `class` may store its output as aligned vec4 along the row
 /// (`shaders/conv_direct_out4.wgsli`): the class is the whole grid (output stride 1, column 0:
 /// no phase class of a strided input gradient), its rows and valid pixels are a multiple of 4
@@ -480,8 +542,9 @@ fn first_column(class: &Class) -> i32 {
     class.rows.first().map_or(0, |r| r[1])
 }
 
-/// Record `y (+)= conv(x, w)` with the direct kernel (`sg`: its subgroup variant, see
-/// [`subgroups_ok`]), or `None` when [`Plan`] says it does not fit.
+/// Record `y (+)= conv(x, w)` with the direct kernel `algo` (plain, subgroup: see
+/// [`subgroups_ok`], or texture windows: see [`texture_ok`]), or `None` when [`Plan`] says it
+/// does not fit.
 pub fn forward(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -489,8 +552,9 @@ pub fn forward(
     w: &crate::tensor::Tensor,
     y: &crate::tensor::Tensor,
     beta: f32,
-    sg: bool,
+    algo: super::conv2d::Algo,
 ) -> Result<Option<Vec<Dispatch>>> {
+    let (sg, tex) = (algo.direct() == Some(true), algo.texture());
     let class = forward_class(g);
     let grid = Grid {
         src: x,
@@ -499,12 +563,13 @@ pub fn forward(
         dst_chw: [g.cout, g.oh, g.ow],
         istride: g.stride,
         ostride: 1,
-        sg,
+        sg: sg || tex,
+        tex: tex && crate::gpu::can_mirror(gpu, x),
     };
     record(gpu, g, w, false, &grid, &[class], beta)
 }
 
-/// Record `dx (+)= conv_transpose(dy, w)` with the direct kernel (`sg`: its subgroup variant),
+/// Record `dx (+)= conv_transpose(dy, w)` with the direct kernel `algo` (as [`forward`]),
 /// one launch set per phase class, or `None` when [`Plan`] says it does not fit.
 pub fn dgrad(
     gpu: &Gpu,
@@ -513,8 +578,9 @@ pub fn dgrad(
     w: &crate::tensor::Tensor,
     dx: &crate::tensor::Tensor,
     beta: f32,
-    sg: bool,
+    algo: super::conv2d::Algo,
 ) -> Result<Option<Vec<Dispatch>>> {
+    let (sg, tex) = (algo.direct() == Some(true), algo.texture());
     let classes = dgrad_classes(g);
     let grid = Grid {
         src: dy,
@@ -523,7 +589,8 @@ pub fn dgrad(
         dst_chw: [g.cin, g.h, g.w],
         istride: 1,
         ostride: g.stride,
-        sg,
+        sg: sg || tex,
+        tex: tex && crate::gpu::can_mirror(gpu, dy),
     };
     record(gpu, g, w, true, &grid, &classes, beta)
 }
@@ -732,6 +799,7 @@ pub fn wgrad(
                 offset: 0,
                 size: buf.size(),
                 half: false,
+                tex: None,
             },
         ],
         bytemuck::bytes_of(&pd),
@@ -771,6 +839,7 @@ pub fn wgrad(
                         offset: (ig * plan.cgroups + cg) as u64 * BLOCK_BYTES,
                         size: BLOCK_BYTES,
                         half: false,
+                        tex: None,
                     },
                     partial.write(),
                 ],
