@@ -201,6 +201,15 @@ shader_table! {
             "conv_wgrad_subgroup_v4",
             include_str!("../shaders/conv_wgrad_subgroup.wgsli"),
             include_str!("../shaders/conv_wgrad_dyq4.wgsli"),
+            include_str!("../shaders/conv_wgrad_x4_storage.wgsli"),
+            include_str!("../shaders/conv_wgrad_x4.wgsli"),
+            include_str!("../shaders/conv_wgrad.wgsl")
+        ),
+        (
+            "conv_wgrad_subgroup_t4",
+            include_str!("../shaders/conv_wgrad_subgroup.wgsli"),
+            include_str!("../shaders/conv_wgrad_x4_texture.wgsli"),
+            include_str!("../shaders/conv_wgrad_dyq4t.wgsli"),
             include_str!("../shaders/conv_wgrad_x4.wgsli"),
             include_str!("../shaders/conv_wgrad.wgsl")
         ),

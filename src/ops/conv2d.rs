@@ -294,8 +294,8 @@ pub enum Algo {
     DirectSubgroup,
     /// [`Algo::DirectSubgroup`] reading its input windows through a texture mirror of the
     /// input ([`crate::gpu::TexMirror`], refreshed by a copy before the op): on llvmpipe without
-    /// AVX-512 a texel fetch costs a fraction of a storage read. Forward and input gradient;
-    /// the weight gradient runs [`Algo::DirectSubgroup`]'s.
+    /// AVX-512 a texel fetch costs a fraction of a storage read. Forward, input gradient, and
+    /// the streaming weight gradient where rows are a multiple of 4 values.
     DirectTexture,
     /// The workgroup-tiled implicit GEMMs (64 invocations, 8 x RM register blocks); wgrad
     /// splits K for >= [`WGRAD_MIN_WORKGROUPS`] workgroups, plus one reduction.
@@ -389,8 +389,15 @@ pub fn candidates_for(gpu: &Gpu, g: &ConvGeom, mode: Mode, dtype: DType) -> Vec<
     let mut v = Vec::new();
     if g.groups == 1 && dtype == DType::F32 {
         if conv_direct::subgroups_ok(gpu) && conv_direct::applies(gpu, g, mode, true) {
+            // Texture windows first on a CPU adapter: 0.33-0.84x the time of storage windows
+            // at every ResNet-32 and quick-preset shape on llvmpipe with AVX2 (benches/NOTES.md,
+            // session 14). On a GPU, storage reads are no loop: the tuner decides.
+            let tex = conv_direct::texture_ok(gpu, g, mode);
+            if tex && gpu.is_cpu() {
+                v.push(Algo::DirectTexture);
+            }
             v.push(Algo::DirectSubgroup);
-            if conv_direct::texture_ok(gpu, g, mode) {
+            if tex && !gpu.is_cpu() {
                 v.push(Algo::DirectTexture);
             }
         }
@@ -582,8 +589,8 @@ pub fn wgrad_dispatches(
     algo: Algo,
 ) -> Result<Vec<Dispatch>> {
     let algo = resolve_for(gpu, g, Mode::Wgrad, algo, x.dtype())?;
-    if let Some(sg) = algo.direct() {
-        return conv_direct::wgrad(gpu, g, dy, x, dw, beta, sg)?
+    if algo.direct().is_some() {
+        return conv_direct::wgrad(gpu, g, dy, x, dw, beta, algo)?
             .ok_or_else(|| anyhow::anyhow!("conv wgrad {}: no direct kernel fits", g.key()));
     }
     let (splits, chunk) = if algo == Algo::GemmWide {

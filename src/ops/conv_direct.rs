@@ -20,7 +20,7 @@ use anyhow::Result;
 use bytemuck::{Pod, Zeroable};
 
 use super::conv2d::ConvGeom;
-use crate::gpu::{Access, Binding, Dispatch, Gpu, GpuBuffer, grid_1d};
+use crate::gpu::{Access, Binding, Dispatch, Gpu, GpuBuffer, TexMirror, can_mirror, grid_1d};
 use std::sync::Arc;
 
 /// Bytes of one uniform weight block (the binding size the shader declares).
@@ -242,16 +242,26 @@ pub fn applies(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode, sg: bool) -> 
 /// from storage instead.
 pub fn texture_ok(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode) -> bool {
     use super::conv2d::Mode;
-    let values = match mode {
-        Mode::Forward => g.batch * g.cin * g.h * g.w,
-        Mode::Dgrad => g.batch * g.cout * g.oh * g.ow,
-        Mode::Wgrad => return false,
+    let fits = |values: usize| {
+        values.is_multiple_of(4)
+            && values > 0
+            && (values as u64 / 4 + 8).div_ceil(u64::from(crate::gpu::TEX_WIDTH))
+                <= u64::from(gpu.limits.max_texture_dimension_2d)
     };
-    let texels = values / 4;
-    values.is_multiple_of(4)
-        && texels > 0
-        && (texels as u64 + 8).div_ceil(u64::from(crate::gpu::TEX_WIDTH))
-            <= u64::from(gpu.limits.max_texture_dimension_2d)
+    let (x, y) = (g.batch * g.cin * g.h * g.w, g.batch * g.cout * g.oh * g.ow);
+    match mode {
+        Mode::Forward => fits(x),
+        Mode::Dgrad => fits(y),
+        // The streaming kernel's vec4 rows (conv_wgrad_x4.wgsli) through both mirrors.
+        Mode::Wgrad => {
+            streams(gpu, g)
+                && g.pad == 1
+                && g.w.is_multiple_of(4)
+                && g.ow.is_multiple_of(4)
+                && fits(x)
+                && fits(y)
+        }
+    }
 }
 
 /// Pack `w` (transposed for dgrad) and record the launches of every class, or `None` when the
@@ -352,14 +362,7 @@ fn record(
                 };
                 let block = (group * plan.chunks + chunk) as u64 * BLOCK_BYTES;
                 let src = match &mirror {
-                    Some(m) => Binding {
-                        access: Access::Texture,
-                        buffer: grid.src.storage(),
-                        offset: grid.src.offset(),
-                        size: grid.src.byte_len(),
-                        half: false,
-                        tex: Some(m),
-                    },
+                    Some(m) => texture_binding(grid.src, m),
                     None => grid.src.read(),
                 };
                 let name = if grid.tex {
@@ -501,6 +504,18 @@ fn shader(sg: bool, v4: bool, o4: bool, nine: bool) -> &'static str {
     }
 }
 
+/// `t` bound through its texture mirror `m`.
+fn texture_binding<'a>(t: &'a crate::tensor::Tensor, m: &'a Arc<TexMirror>) -> Binding<'a> {
+    Binding {
+        access: Access::Texture,
+        buffer: t.storage(),
+        offset: t.offset(),
+        size: t.byte_len(),
+        half: false,
+        tex: Some(m),
+    }
+}
+
 /// The texture-window shader (subgroup weights), with scalar or (`o4`) aligned vec4 stores and
 /// the loop over tap rows or (`nine`) the nine-tap body.
 fn shader_tex(o4: bool, nine: bool) -> &'static str {
@@ -564,7 +579,7 @@ pub fn forward(
         istride: g.stride,
         ostride: 1,
         sg: sg || tex,
-        tex: tex && crate::gpu::can_mirror(gpu, x),
+        tex: tex && can_mirror(gpu, x),
     };
     record(gpu, g, w, false, &grid, &[class], beta)
 }
@@ -590,7 +605,7 @@ pub fn dgrad(
         istride: 1,
         ostride: g.stride,
         sg: sg || tex,
-        tex: tex && crate::gpu::can_mirror(gpu, dy),
+        tex: tex && can_mirror(gpu, dy),
     };
     record(gpu, g, w, true, &grid, &classes, beta)
 }
@@ -750,13 +765,13 @@ pub fn wgrad(
     x: &crate::tensor::Tensor,
     dw: &crate::tensor::Tensor,
     beta: f32,
-    sg: bool,
+    algo: super::conv2d::Algo,
 ) -> Result<Option<Vec<Dispatch>>> {
-    if sg {
+    if algo.direct() == Some(true) {
         if !streams(gpu, g) {
             return Ok(None);
         }
-        return wgrad_stream(gpu, g, dy, x, dw, beta).map(Some);
+        return wgrad_stream(gpu, g, dy, x, dw, beta, algo.texture()).map(Some);
     }
     let Some(plan) = WgradPlan::new(gpu, g) else {
         return Ok(None);
@@ -928,6 +943,7 @@ fn wgrad_stream(
     x: &crate::tensor::Tensor,
     dw: &crate::tensor::Tensor,
     beta: f32,
+    tex: bool,
 ) -> Result<Vec<Dispatch>> {
     let dw_floats = g.cout * g.cin * 9;
     let (rpi, nrg) = stream_runs(gpu, g);
@@ -943,15 +959,32 @@ fn wgrad_stream(
         ..WgParams::new(g, rpi, nrg)
     };
     let v4 = wgrad_vec4(g, dy, x);
+    let tex = tex && v4 && can_mirror(gpu, x) && can_mirror(gpu, dy);
+    let (xm, dym) = if tex {
+        (
+            Some(gpu.mirrors.get(gpu, x)?),
+            Some(gpu.mirrors.get(gpu, dy)?),
+        )
+    } else {
+        (None, None)
+    };
+    let xb = match &xm {
+        Some(m) => texture_binding(x, m),
+        None => x.read(),
+    };
+    let dyb = match &dym {
+        Some(m) => texture_binding(dy, m),
+        None => dy.read(),
+    };
     let mut out = vec![Dispatch::build_with(
         gpu,
-        if v4 {
-            "conv_wgrad_subgroup_v4"
-        } else {
-            "conv_wgrad_subgroup"
+        match (tex, v4) {
+            (true, _) => "conv_wgrad_subgroup_t4",
+            (false, true) => "conv_wgrad_subgroup_v4",
+            (false, false) => "conv_wgrad_subgroup",
         },
         "conv_wgrad3",
-        &[x.read(), dy.read(), partial.write()],
+        &[xb, dyb, partial.write()],
         bytemuck::bytes_of(&p),
         [
             g.cin.div_ceil(wgs) as u32,
