@@ -301,13 +301,13 @@ fn apply4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
 }
 
-@group(0) @binding(0) var<storage, read> bx4: array<vec4<I>>;
-@group(0) @binding(1) var<storage, read> by4: array<vec4<I>>;
-@group(0) @binding(2) var<storage, read> bdy4: array<vec4<I>>;
+// x, y and dy of the vec4 backward kernels (`ld_x4`, `ld_y4`, `ld_dy4` at bindings 0-2) come
+// from the loader file: batchnorm_ld4_storage.wgsli, or batchnorm_ld4_texture.wgsli (texture
+// mirrors, shader `batchnorm_sg_tex`).
 
 fn masked_dy4(i: u32, relu: u32) -> vec4<f32> {
-    let g = vec4<f32>(bdy4[i]);
-    if (relu != 0u) { return select(g, vec4<f32>(0.0), vec4<f32>(by4[i]) <= vec4<f32>(0.0)); }
+    let g = ld_dy4(i);
+    if (relu != 0u) { return select(g, vec4<f32>(0.0), ld_y4(i) <= vec4<f32>(0.0)); }
     return g;
 }
 
@@ -324,7 +324,7 @@ fn backward_sums4_body(c: u32, lid: u32) {
             for (var v = l.lv; v < hw4; v += l.pv) {
                 let g = masked_dy4(base + v, bp.relu);
                 s0 += g;
-                s1 = fma(g, (vec4<f32>(bx4[base + v]) - vec4<f32>(mean)) * inv, s1);
+                s1 = fma(g, (ld_x4(base + v) - vec4<f32>(mean)) * inv, s1);
             }
         }
     }
@@ -334,16 +334,13 @@ fn backward_sums4_body(c: u32, lid: u32) {
     if (lid == 0u) { finish_sums(c); }
 }
 
-@group(0) @binding(0) var<storage, read> dx_x4: array<vec4<I>>;
-@group(0) @binding(1) var<storage, read> dx_y4: array<vec4<I>>;
-@group(0) @binding(2) var<storage, read> dx_dy4: array<vec4<I>>;
 @group(0) @binding(6) var<storage, read_write> dx4: array<vec4<O>>;
 
 // The input gradient of run element e (vec4), and the ReLU-masked upstream gradient.
 fn dx4_at(e: u32, relu: u32, mean: f32, inv: f32, k: f32, m: vec2<f32>) -> array<vec4<f32>, 2> {
-    let xhat = (vec4<f32>(dx_x4[e]) - vec4<f32>(mean)) * inv;
-    var g = vec4<f32>(dx_dy4[e]);
-    if (relu != 0u) { g = select(g, vec4<f32>(0.0), vec4<f32>(dx_y4[e]) <= vec4<f32>(0.0)); }
+    let xhat = (ld_x4(e) - vec4<f32>(mean)) * inv;
+    var g = ld_dy4(e);
+    if (relu != 0u) { g = select(g, vec4<f32>(0.0), ld_y4(e) <= vec4<f32>(0.0)); }
     return array<vec4<f32>, 2>(k * (g - vec4<f32>(m.x) - xhat * m.y), g);
 }
 

@@ -35,12 +35,14 @@ shader_table! {
         (
             "batchnorm",
             include_str!("../shaders/batchnorm_tree.wgsli"),
+            include_str!("../shaders/batchnorm_ld4_storage.wgsli"),
             include_str!("../shaders/batchnorm.wgsl")
         ),
         (
             "batchnorm_sg",
             include_str!("../shaders/batchnorm_sg_sum.wgsli"),
             include_str!("../shaders/batchnorm_tree_sg.wgsli"),
+            include_str!("../shaders/batchnorm_ld4_storage.wgsli"),
             include_str!("../shaders/batchnorm.wgsl")
         ),
         ("shortcut", include_str!("../shaders/shortcut.wgsl")),
@@ -212,6 +214,13 @@ shader_table! {
             include_str!("../shaders/conv_wgrad_dyq4t.wgsli"),
             include_str!("../shaders/conv_wgrad_x4.wgsli"),
             include_str!("../shaders/conv_wgrad.wgsl")
+        ),
+        (
+            "batchnorm_sg_tex",
+            include_str!("../shaders/batchnorm_ld4_texture.wgsli"),
+            include_str!("../shaders/batchnorm_sg_sum.wgsli"),
+            include_str!("../shaders/batchnorm_tree_sg.wgsli"),
+            include_str!("../shaders/batchnorm.wgsl")
         ),
         (
             "batchnorm_split",

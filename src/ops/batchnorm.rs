@@ -6,7 +6,9 @@
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Dispatch, Gpu, grid_1d};
+use std::sync::Arc;
+
+use crate::gpu::{Access, Binding, Dispatch, Gpu, TexMirror, can_mirror, grid_1d};
 use crate::tape::{Collective, Tape};
 use crate::tensor::{DType, Tensor};
 
@@ -87,6 +89,11 @@ pub enum BnAlgo {
     /// reductions (`batchnorm_tree_sg.wgsli`: two barriers instead of nine), where the adapter
     /// has subgroups.
     FusedSubgroup,
+    /// [`BnAlgo::FusedSubgroup`] whose vec4 backward kernels read x, y and dy through texture
+    /// mirrors ([`crate::gpu::TexMirror`], `batchnorm_ld4_texture.wgsli`): on llvmpipe without
+    /// AVX-512 a texel fetch costs a fraction of a storage read. f32 activations; the
+    /// forward is [`BnAlgo::FusedSubgroup`]'s.
+    FusedTexture,
     /// Each channel split over several workgroups so that C x S >= [`SPLIT_WORKGROUPS`], then a
     /// per-channel finish (`batchnorm_split.wgsl`): shaped for GPUs with many compute units.
     Split,
@@ -105,6 +112,7 @@ impl BnAlgo {
             BnAlgo::Auto => "auto",
             BnAlgo::Fused => "fused",
             BnAlgo::FusedSubgroup => "fused-sg",
+            BnAlgo::FusedTexture => "fused-tex",
             BnAlgo::Split => "split",
             BnAlgo::Subgroup => "subgroup",
         }
@@ -115,6 +123,7 @@ impl BnAlgo {
         Ok(match s {
             "fused" => BnAlgo::Fused,
             "fused-sg" => BnAlgo::FusedSubgroup,
+            "fused-tex" => BnAlgo::FusedTexture,
             "split" => BnAlgo::Split,
             "subgroup" => BnAlgo::Subgroup,
             _ => bail!("unknown batch-norm variant {s:?}"),
@@ -125,12 +134,20 @@ impl BnAlgo {
 /// The variants this adapter can run, heuristic favourite first.
 pub fn candidates(gpu: &Gpu) -> Vec<BnAlgo> {
     if gpu.has_subgroups() {
-        vec![
+        // Texture reads first on a CPU adapter (llvmpipe with AVX2: see BnAlgo::FusedTexture
+        // and benches/NOTES.md, session 14), last elsewhere: the tuner decides.
+        let mut v = vec![
             BnAlgo::FusedSubgroup,
             BnAlgo::Fused,
             BnAlgo::Split,
             BnAlgo::Subgroup,
-        ]
+        ];
+        if gpu.is_cpu() {
+            v.insert(0, BnAlgo::FusedTexture);
+        } else {
+            v.push(BnAlgo::FusedTexture);
+        }
+        v
     } else {
         vec![BnAlgo::Fused, BnAlgo::Split]
     }
@@ -153,7 +170,11 @@ pub fn resolve(
     hw: usize,
     algo: BnAlgo,
 ) -> Result<BnAlgo> {
-    if matches!(algo, BnAlgo::Subgroup | BnAlgo::FusedSubgroup) && !gpu.has_subgroups() {
+    if matches!(
+        algo,
+        BnAlgo::Subgroup | BnAlgo::FusedSubgroup | BnAlgo::FusedTexture
+    ) && !gpu.has_subgroups()
+    {
         bail!(
             "batch_norm: the {} variant needs an adapter with subgroups",
             algo.name()
@@ -181,6 +202,21 @@ pub fn resolve(
             Ok(Some(crate::tune::time_launches(gpu, &case, best)?))
         })?;
     BnAlgo::from_name(&v)
+}
+
+/// Tensor `t`, bound through `mirrors[k]` where the backward reads texture mirrors.
+fn xyd<'a>(mirrors: &'a Option<[Arc<TexMirror>; 3]>, k: usize, t: &'a Tensor) -> Binding<'a> {
+    match mirrors {
+        Some(m) => Binding {
+            access: Access::Texture,
+            buffer: t.storage(),
+            offset: t.offset(),
+            size: t.byte_len(),
+            half: false,
+            tex: Some(&m[k]),
+        },
+        None => t.read(),
+    }
 }
 
 /// `relu?(gamma * (x - mean) / sqrt(var + eps) + beta)` per channel.
@@ -332,13 +368,14 @@ fn bn_impl(
         // to exchange: sync-BN takes the split reductions.
         BnMode::Train => match resolve(&gpu, batch, channels, hw, algo)? {
             BnAlgo::Fused if devices > 1 => BnAlgo::Split,
-            BnAlgo::FusedSubgroup if devices > 1 => BnAlgo::Subgroup,
+            BnAlgo::FusedSubgroup | BnAlgo::FusedTexture if devices > 1 => BnAlgo::Subgroup,
             a => a,
         },
         BnMode::Eval => BnAlgo::Fused,
     };
     // The fused reductions (statistics, backward sums); apply and dx come from `bn_shader`.
-    let tree_shader = if algo == BnAlgo::FusedSubgroup {
+    let tex = algo == BnAlgo::FusedTexture;
+    let tree_shader = if matches!(algo, BnAlgo::FusedSubgroup | BnAlgo::FusedTexture) {
         crate::shaders::typed("batchnorm_sg", x.dtype(), x.dtype())?
     } else {
         bn_shader
@@ -499,6 +536,22 @@ fn bn_impl(
                 ..p
             };
             let v4 = v4 && dy.offset() % 16 == 0;
+            // x, y and dy of the vec4 backward kernels through texture mirrors, refreshed
+            // once: the sums and dx launches read the same three tensors.
+            let mirrors = if tex && v4 && [&sx, &sy, dy].iter().all(|t| can_mirror(gpu, t)) {
+                Some([
+                    gpu.mirrors.get(gpu, &sx)?,
+                    gpu.mirrors.get(gpu, &sy)?,
+                    gpu.mirrors.get(gpu, dy)?,
+                ])
+            } else {
+                None
+            };
+            let (sums_shader, dx_shader) = if mirrors.is_some() {
+                ("batchnorm_sg_tex", "batchnorm_sg_tex")
+            } else {
+                (tree_shader, bn_shader)
+            };
             let mut v: Vec<crate::tape::Recorded> = match &part {
                 Some(part) => {
                     let bsp = Params {
@@ -529,16 +582,16 @@ fn bn_impl(
                 None => vec![
                     Dispatch::build(
                         gpu,
-                        tree_shader,
+                        sums_shader,
                         if v4 {
                             "backward_sums4"
                         } else {
                             "backward_sums"
                         },
                         &[
-                            sx.read(),
-                            sy.read(),
-                            dy.read(),
+                            xyd(&mirrors, 0, &sx),
+                            xyd(&mirrors, 1, &sy),
+                            xyd(&mirrors, 2, dy),
                             stats.read(),
                             sums.write(),
                             dgamma.write(),
@@ -598,9 +651,9 @@ fn bn_impl(
                     ("backward_dx", ew_groups(false))
                 };
                 let mut bind = vec![
-                    sx.read(),
-                    sy.read(),
-                    dy.read(),
+                    xyd(&mirrors, 0, &sx),
+                    xyd(&mirrors, 1, &sy),
+                    xyd(&mirrors, 2, dy),
                     stats.read(),
                     sums.read(),
                     sg.read(),
@@ -616,17 +669,19 @@ fn bn_impl(
                     }
                     None => dp,
                 };
-                v.push(
-                    Dispatch::build(
-                        gpu,
-                        bn_shader,
-                        entry,
-                        &bind,
-                        bytemuck::bytes_of(&dp),
-                        grid_1d(gpu, groups),
-                    )?
-                    .into(),
-                );
+                let mut d = Dispatch::build(
+                    gpu,
+                    if v4 { dx_shader } else { bn_shader },
+                    entry,
+                    &bind,
+                    bytemuck::bytes_of(&dp),
+                    grid_1d(gpu, groups),
+                )?;
+                // The sums launch refreshed the mirrors; nothing wrote x, y or dy since.
+                if mirrors.is_some() && part.is_none() {
+                    d.skip_copies();
+                }
+                v.push(d.into());
             }
             Ok(v)
         }),
