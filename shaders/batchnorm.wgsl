@@ -238,7 +238,8 @@ fn lanes(lid: u32, hw4: u32, batch: u32) -> Lanes {
 
 fn hsum(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
 
-@group(0) @binding(0) var<storage, read> x4: array<vec4<I>>;
+// x of batch_stats4 and apply4 / apply_add4 (`ld_x4` at binding 0) and the residual of
+// apply_add4 (`ld_res4` at binding 5) come from the loader file too (see below).
 
 // One pass over x: sums of (x - k) and (x - k)^2 around a pivot k, a value of the channel itself
 // (its first element), so the variance does not suffer the cancellation of E[x^2] - mean^2 when
@@ -247,14 +248,14 @@ fn batch_stats4_body(c: u32, lid: u32) {
     let count = p.batch * p.hw;
     let hw4 = p.hw / 4u;
     let l = lanes(lid, hw4, p.batch);
-    let k = vec4<f32>(vec4<f32>(x4[c * hw4]).x);
+    let k = vec4<f32>(ld_x4(c * hw4).x);
     var s = vec4<f32>(0.0);
     var q = vec4<f32>(0.0);
     if (l.lb < l.ipi) {
         for (var b = l.lb; b < p.batch; b += l.ipi) {
             let base = (b * p.channels + c) * hw4;
             for (var v = l.lv; v < hw4; v += l.pv) {
-                let d = vec4<f32>(x4[base + v]) - k;
+                let d = ld_x4(base + v) - k;
                 s += d;
                 q = fma(d, d, q);
             }
@@ -270,7 +271,6 @@ fn batch_stats4_body(c: u32, lid: u32) {
     }
 }
 
-@group(0) @binding(0) var<storage, read> ax4: array<vec4<I>>;
 @group(0) @binding(4) var<storage, read_write> y4: array<vec4<O>>;
 
 // Invocation i covers vec4 (or, in the scalar kernels, elements) RUN*k .. RUN*k + RUN - 1 of
@@ -294,7 +294,7 @@ fn apply4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     for (var k = 0u; k < RUN; k++) {
         let v = r.y + k;
         if (v < hw4) {
-            var o = fma(vec4<f32>(ax4[base + v]), vec4<f32>(scale), vec4<f32>(sh));
+            var o = fma(ld_x4(base + v), vec4<f32>(scale), vec4<f32>(sh));
             if (ap.relu != 0u) { o = max(o, vec4<f32>(0.0)); }
             y4[base + v] = vec4<O>(o);
         }
@@ -427,8 +427,6 @@ fn apply_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 }
 
-@group(0) @binding(5) var<storage, read> res4: array<vec4<I>>;
-
 @compute @workgroup_size(256)
 fn apply_add4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
@@ -445,7 +443,7 @@ fn apply_add4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     for (var k = 0u; k < RUN; k++) {
         let v = v0 + k;
         if (v < hw4) {
-            let o = fma(vec4<f32>(ax4[base + v]), vec4<f32>(scale), vec4<f32>(sh)) + vec4<f32>(res4[base + v]);
+            let o = fma(ld_x4(base + v), vec4<f32>(scale), vec4<f32>(sh)) + ld_res4(base + v);
             y4[base + v] = vec4<O>(max(o, vec4<f32>(0.0)));
         }
     }

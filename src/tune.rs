@@ -122,7 +122,17 @@ fn file_name(adapter: &str, backend: &str, driver: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    s.truncate(120);
+    // Long names keep their start and a hash of the whole: two hosts whose CPU names differ
+    // only past the cut (see the CPU adapters' driver key in src/gpu/context.rs) get two files.
+    if s.len() > 120 {
+        use sha2::{Digest, Sha256};
+        let h: String = Sha256::digest(raw.as_bytes())[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        s.truncate(100);
+        s = format!("{s}_{h}");
+    }
     format!("{s}.json")
 }
 
@@ -418,4 +428,17 @@ pub fn time_launches(
         return Ok(t[1]);
     }
     Ok(crate::bench::time_case(gpu, case, 3)?.ms * 1e-3)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_cache_names_stay_distinct_and_short() {
+        let long = "x".repeat(150);
+        let a = super::file_name("llvmpipe", "vulkan", &format!("{long} avx2"));
+        let b = super::file_name("llvmpipe", "vulkan", &format!("{long} avx512"));
+        assert_ne!(a, b);
+        assert!(a.len() <= 120 + ".json".len(), "{a}");
+        assert_eq!(super::file_name("a b", "vulkan", "d"), "a_b_vulkan_d.json");
+    }
 }

@@ -303,6 +303,31 @@ fn pick_adapter(opts: &GpuOptions) -> Result<(usize, wgpu::Adapter)> {
         .expect("index in range"))
 }
 
+/// The host CPU as a CPU adapter's tune cache keys it: the model name (Linux's /proc/cpuinfo)
+/// and the vector extensions llvmpipe compiles for.
+fn host_cpu() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    #[cfg(target_arch = "x86_64")]
+    let isa = if std::arch::is_x86_feature_detected!("avx512f") {
+        "avx512"
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        "avx2"
+    } else {
+        "sse"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let isa = std::env::consts::ARCH;
+    format!("{model} {isa}")
+}
+
 /// The device everything runs on. Cheap to clone (shared handle).
 #[derive(Clone)]
 pub struct Gpu {
@@ -362,7 +387,15 @@ impl Gpu {
             );
         }
         let kernels = KernelCache::new(device.clone());
-        let tuner = crate::tune::Tuner::new(&summary.name, &summary.backend, &summary.driver_info);
+        // A CPU adapter's kernels are the host's instructions: llvmpipe's code (and so the best
+        // variant) differs between hosts with and without AVX-512 behind the same adapter name,
+        // so its tune cache is per host kind too.
+        let driver = if summary.device_type == "Cpu" {
+            format!("{} on {}", summary.driver_info, host_cpu())
+        } else {
+            summary.driver_info.clone()
+        };
+        let tuner = crate::tune::Tuner::new(&summary.name, &summary.backend, &driver);
         Ok(Self {
             inner: Arc::new(GpuInner {
                 device,

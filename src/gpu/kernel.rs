@@ -418,6 +418,13 @@ impl Dispatch {
         self.copies.clear();
     }
 
+    /// Keep only the refreshes of `mirrors` (the others were refreshed by an earlier launch of
+    /// the same op, with nothing writing their tensors in between).
+    pub fn keep_copies_of(&mut self, mirrors: &[Arc<TexMirror>]) {
+        self.copies
+            .retain(|c| mirrors.iter().any(|m| Arc::ptr_eq(c, m)));
+    }
+
     /// Record this launch: its mirrors' copies (between compute passes), then the launch.
     pub fn record(&self, rec: &mut Recorder) {
         if !self.copies.is_empty() {

@@ -207,15 +207,20 @@ pub fn resolve(
 /// Tensor `t`, bound through `mirrors[k]` where the backward reads texture mirrors.
 fn xyd<'a>(mirrors: &'a Option<[Arc<TexMirror>; 3]>, k: usize, t: &'a Tensor) -> Binding<'a> {
     match mirrors {
-        Some(m) => Binding {
-            access: Access::Texture,
-            buffer: t.storage(),
-            offset: t.offset(),
-            size: t.byte_len(),
-            half: false,
-            tex: Some(&m[k]),
-        },
+        Some(m) => mirrored(t, &m[k]),
         None => t.read(),
+    }
+}
+
+/// Tensor `t` bound through its texture mirror `m`.
+fn mirrored<'a>(t: &'a Tensor, m: &'a Arc<TexMirror>) -> Binding<'a> {
+    Binding {
+        access: Access::Texture,
+        buffer: t.storage(),
+        offset: t.offset(),
+        size: t.byte_len(),
+        half: false,
+        tex: Some(m),
     }
 }
 
@@ -380,6 +385,12 @@ fn bn_impl(
     } else {
         bn_shader
     };
+    // FusedTexture in training: the vec4 statistics and apply read x through its mirror.
+    let xm = if tex && mode == BnMode::Train && v4 && !half && can_mirror(&gpu, x) {
+        Some(gpu.mirrors.get(&gpu, x)?)
+    } else {
+        None
+    };
     let ns = splits(batch, channels);
     let sp = Params {
         splits: ns as u32,
@@ -462,14 +473,30 @@ fn bn_impl(
         }
         (BnMode::Train, None) => tape.push_forward(
             "batchnorm",
-            Dispatch::build(
-                &gpu,
-                tree_shader,
-                entry("batch_stats", "batch_stats4"),
-                &stat_bindings,
-                bytemuck::bytes_of(&p),
-                [channels as u32, 1, 1],
-            )?,
+            match &xm {
+                // x through its mirror, refreshed here for the apply launch too.
+                Some(m) => Dispatch::build(
+                    &gpu,
+                    "batchnorm_sg_tex",
+                    "batch_stats4",
+                    &[
+                        mirrored(x, m),
+                        stats.write(),
+                        state.running_mean.write(),
+                        state.running_var.write(),
+                    ],
+                    bytemuck::bytes_of(&p),
+                    [channels as u32, 1, 1],
+                )?,
+                None => Dispatch::build(
+                    &gpu,
+                    tree_shader,
+                    entry("batch_stats", "batch_stats4"),
+                    &stat_bindings,
+                    bytemuck::bytes_of(&p),
+                    [channels as u32, 1, 1],
+                )?,
+            },
         ),
         (BnMode::Eval, _) => tape.push_forward(
             "batchnorm",
@@ -487,10 +514,24 @@ fn bn_impl(
     inputs.extend(residual);
     let y = tape.output_as(x.shape(), x.dtype(), &inputs)?;
     let v4 = v4 && y.offset() % 16 == 0;
-    let mut bindings = vec![x.read(), gamma.read(), beta.read(), stats.read(), y.write()];
+    // The vec4 apply reads x (refreshed by the statistics launch) and the residual through
+    // mirrors where the statistics did.
+    let rm = match (&xm, residual) {
+        (Some(_), Some(r)) if v4 && can_mirror(&gpu, r) => Some(Some(gpu.mirrors.get(&gpu, r)?)),
+        (Some(_), None) if v4 => Some(None),
+        _ => None,
+    };
+    let mut bindings = match (&rm, &xm) {
+        (Some(_), Some(m)) => vec![mirrored(x, m)],
+        _ => vec![x.read()],
+    };
+    bindings.extend([gamma.read(), beta.read(), stats.read(), y.write()]);
     let entry = match residual {
         Some(r) => {
-            bindings.push(r.read());
+            bindings.push(match &rm {
+                Some(Some(m)) => mirrored(r, m),
+                _ => r.read(),
+            });
             if v4 && r.offset().is_multiple_of(16) {
                 "apply_add4"
             } else {
@@ -500,14 +541,22 @@ fn bn_impl(
         None if v4 => "apply4",
         None => "apply",
     };
-    let apply = Dispatch::build(
+    let mut apply = Dispatch::build(
         &gpu,
-        bn_shader,
+        if rm.is_some() {
+            "batchnorm_sg_tex"
+        } else {
+            bn_shader
+        },
         entry,
         &bindings,
         bytemuck::bytes_of(&p),
         grid_1d(&gpu, ew_groups(entry.ends_with('4'))),
     )?;
+    if rm.is_some() {
+        // x's mirror is the statistics launch's; the residual's still needs its copy.
+        apply.keep_copies_of(&rm.iter().flatten().cloned().collect::<Vec<_>>());
+    }
     let (sx, sy, sg) = (x.clone(), y.clone(), gamma.clone());
     tape.push(
         "batchnorm",
