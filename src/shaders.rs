@@ -189,6 +189,7 @@ shader_table! {
         (
             "conv_wgrad",
             include_str!("../shaders/conv_wgrad_block.wgsli"),
+            include_str!("../shaders/conv_wgrad_x1_storage.wgsli"),
             include_str!("../shaders/conv_wgrad_x1.wgsli"),
             include_str!("../shaders/conv_wgrad.wgsl")
         ),
@@ -196,6 +197,7 @@ shader_table! {
             "conv_wgrad_subgroup",
             include_str!("../shaders/conv_wgrad_subgroup.wgsli"),
             include_str!("../shaders/conv_wgrad_dyq1.wgsli"),
+            include_str!("../shaders/conv_wgrad_x1_storage.wgsli"),
             include_str!("../shaders/conv_wgrad_x1.wgsli"),
             include_str!("../shaders/conv_wgrad.wgsl")
         ),
@@ -208,8 +210,18 @@ shader_table! {
             include_str!("../shaders/conv_wgrad.wgsl")
         ),
         (
+            "conv_wgrad_subgroup_t1",
+            include_str!("../shaders/conv_wgrad_subgroup.wgsli"),
+            include_str!("../shaders/conv_wgrad_texel.wgsli"),
+            include_str!("../shaders/conv_wgrad_x1_texture.wgsli"),
+            include_str!("../shaders/conv_wgrad_dyq1t.wgsli"),
+            include_str!("../shaders/conv_wgrad_x1.wgsli"),
+            include_str!("../shaders/conv_wgrad.wgsl")
+        ),
+        (
             "conv_wgrad_subgroup_t4",
             include_str!("../shaders/conv_wgrad_subgroup.wgsli"),
+            include_str!("../shaders/conv_wgrad_texel.wgsli"),
             include_str!("../shaders/conv_wgrad_x4_texture.wgsli"),
             include_str!("../shaders/conv_wgrad_dyq4t.wgsli"),
             include_str!("../shaders/conv_wgrad_x4.wgsli"),

@@ -254,6 +254,14 @@ impl Tensor {
     pub fn write(&self) -> Binding<'_> {
         self.bind(Access::ReadWrite)
     }
+    /// Bind as a texture through `m`, this tensor's texture mirror (see
+    /// [`crate::gpu::TexMirror`]; the launch refreshes it from this tensor first).
+    pub fn mirrored<'a>(&'a self, m: &'a std::sync::Arc<crate::gpu::TexMirror>) -> Binding<'a> {
+        Binding {
+            tex: Some(m),
+            ..self.bind(Access::Texture)
+        }
+    }
     fn bind(&self, access: Access) -> Binding<'_> {
         Binding {
             access,

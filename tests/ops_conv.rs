@@ -10,7 +10,7 @@ use longtail::verify::{self, Case, Input, sum_of};
 /// Every variant the tuner can pick: the direct kernels (where they apply; the GEMM otherwise)
 /// and their subgroup variant (where the adapter has subgroups of >= 8 lanes; the plain direct
 /// kernels otherwise), the subgroup kernel reading its input (wgrad: X and dY) through texture
-/// mirrors (where rows fit; the subgroup kernel otherwise), the GEMMs, and the GEMM wgrad split
+/// mirrors (where they fit; the subgroup kernel otherwise), the GEMMs, and the GEMM wgrad split
 /// for large GPUs.
 const VARIANTS: [conv2d::Algo; 5] = [
     conv2d::Algo::Direct,

@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use std::sync::Arc;
 
-use crate::gpu::{Access, Binding, Dispatch, Gpu, TexMirror, can_mirror, grid_1d};
+use crate::gpu::{Binding, Dispatch, Gpu, TexMirror, can_mirror, grid_1d};
 use crate::tape::{Collective, Tape};
 use crate::tensor::{DType, Tensor};
 
@@ -207,20 +207,8 @@ pub fn resolve(
 /// Tensor `t`, bound through `mirrors[k]` where the backward reads texture mirrors.
 fn xyd<'a>(mirrors: &'a Option<[Arc<TexMirror>; 3]>, k: usize, t: &'a Tensor) -> Binding<'a> {
     match mirrors {
-        Some(m) => mirrored(t, &m[k]),
+        Some(m) => t.mirrored(&m[k]),
         None => t.read(),
-    }
-}
-
-/// Tensor `t` bound through its texture mirror `m`.
-fn mirrored<'a>(t: &'a Tensor, m: &'a Arc<TexMirror>) -> Binding<'a> {
-    Binding {
-        access: Access::Texture,
-        buffer: t.storage(),
-        offset: t.offset(),
-        size: t.byte_len(),
-        half: false,
-        tex: Some(m),
     }
 }
 
@@ -480,7 +468,7 @@ fn bn_impl(
                     "batchnorm_sg_tex",
                     "batch_stats4",
                     &[
-                        mirrored(x, m),
+                        x.mirrored(m),
                         stats.write(),
                         state.running_mean.write(),
                         state.running_var.write(),
@@ -522,14 +510,14 @@ fn bn_impl(
         _ => None,
     };
     let mut bindings = match (&rm, &xm) {
-        (Some(_), Some(m)) => vec![mirrored(x, m)],
+        (Some(_), Some(m)) => vec![x.mirrored(m)],
         _ => vec![x.read()],
     };
     bindings.extend([gamma.read(), beta.read(), stats.read(), y.write()]);
     let entry = match residual {
         Some(r) => {
             bindings.push(match &rm {
-                Some(Some(m)) => mirrored(r, m),
+                Some(Some(m)) => r.mirrored(m),
                 _ => r.read(),
             });
             if v4 && r.offset().is_multiple_of(16) {

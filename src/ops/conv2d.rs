@@ -294,8 +294,8 @@ pub enum Algo {
     DirectSubgroup,
     /// [`Algo::DirectSubgroup`] reading its input windows through a texture mirror of the
     /// input ([`crate::gpu::TexMirror`], refreshed by a copy before the op): on llvmpipe without
-    /// AVX-512 a texel fetch costs a fraction of a storage read. Forward, input gradient, and
-    /// the streaming weight gradient where rows are a multiple of 4 values.
+    /// AVX-512 a texel fetch costs a fraction of a storage read. Forward, input gradient and
+    /// the streaming weight gradient.
     DirectTexture,
     /// The workgroup-tiled implicit GEMMs (64 invocations, 8 x RM register blocks); wgrad
     /// splits K for >= [`WGRAD_MIN_WORKGROUPS`] workgroups, plus one reduction.

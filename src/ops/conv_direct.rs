@@ -20,7 +20,7 @@ use anyhow::Result;
 use bytemuck::{Pod, Zeroable};
 
 use super::conv2d::ConvGeom;
-use crate::gpu::{Access, Binding, Dispatch, Gpu, GpuBuffer, TexMirror, can_mirror, grid_1d};
+use crate::gpu::{Access, Binding, Dispatch, Gpu, GpuBuffer, can_mirror, grid_1d};
 use std::sync::Arc;
 
 /// Bytes of one uniform weight block (the binding size the shader declares).
@@ -252,15 +252,8 @@ pub fn texture_ok(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode) -> bool {
     match mode {
         Mode::Forward => fits(x),
         Mode::Dgrad => fits(y),
-        // The streaming kernel's vec4 rows (conv_wgrad_x4.wgsli) through both mirrors.
-        Mode::Wgrad => {
-            streams(gpu, g)
-                && g.pad == 1
-                && g.w.is_multiple_of(4)
-                && g.ow.is_multiple_of(4)
-                && fits(x)
-                && fits(y)
-        }
+        // The streaming kernel with X and dY through their mirrors.
+        Mode::Wgrad => streams(gpu, g) && fits(x) && fits(y),
     }
 }
 
@@ -362,7 +355,7 @@ fn record(
                 };
                 let block = (group * plan.chunks + chunk) as u64 * BLOCK_BYTES;
                 let src = match &mirror {
-                    Some(m) => texture_binding(grid.src, m),
+                    Some(m) => grid.src.mirrored(m),
                     None => grid.src.read(),
                 };
                 let name = if grid.tex {
@@ -501,18 +494,6 @@ fn shader(sg: bool, v4: bool, o4: bool, nine: bool) -> &'static str {
         (true, true, false, true) => "conv_direct_subgroup_v4_r3",
         (true, true, true, false) => "conv_direct_subgroup_v4o4",
         (true, true, true, true) => "conv_direct_subgroup_v4o4_r3",
-    }
-}
-
-/// `t` bound through its texture mirror `m`.
-fn texture_binding<'a>(t: &'a crate::tensor::Tensor, m: &'a Arc<TexMirror>) -> Binding<'a> {
-    Binding {
-        access: Access::Texture,
-        buffer: t.storage(),
-        offset: t.offset(),
-        size: t.byte_len(),
-        half: false,
-        tex: Some(m),
     }
 }
 
@@ -959,7 +940,7 @@ fn wgrad_stream(
         ..WgParams::new(g, rpi, nrg)
     };
     let v4 = wgrad_vec4(g, dy, x);
-    let tex = tex && v4 && can_mirror(gpu, x) && can_mirror(gpu, dy);
+    let tex = tex && can_mirror(gpu, x) && can_mirror(gpu, dy);
     let (xm, dym) = if tex {
         (
             Some(gpu.mirrors.get(gpu, x)?),
@@ -969,17 +950,18 @@ fn wgrad_stream(
         (None, None)
     };
     let xb = match &xm {
-        Some(m) => texture_binding(x, m),
+        Some(m) => x.mirrored(m),
         None => x.read(),
     };
     let dyb = match &dym {
-        Some(m) => texture_binding(dy, m),
+        Some(m) => dy.mirrored(m),
         None => dy.read(),
     };
     let mut out = vec![Dispatch::build_with(
         gpu,
         match (tex, v4) {
-            (true, _) => "conv_wgrad_subgroup_t4",
+            (true, true) => "conv_wgrad_subgroup_t4",
+            (true, false) => "conv_wgrad_subgroup_t1",
             (false, true) => "conv_wgrad_subgroup_v4",
             (false, false) => "conv_wgrad_subgroup",
         },
