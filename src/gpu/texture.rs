@@ -11,6 +11,9 @@
 //! runs at memcpy speed (~7 GB/s there), well under the reads it saves in a convolution, which
 //! reads each input value many times.
 //!
+//! Memory: a mirror is a second copy of its tensor, alive while a recorded launch binds it, and
+//! not counted in [`crate::gpu::Gpu::bytes_in_use`].
+//!
 //! The layout is flat: texel `t` holds values `4t .. 4t + 3` of the tensor, at texel coordinate
 //! (t % [`TEX_WIDTH`], t / [`TEX_WIDTH`]). A kernel that binds a mirror has the copy recorded
 //! before it ([`crate::gpu::Dispatch::record`]), so the texture always holds the tensor's values

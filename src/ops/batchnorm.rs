@@ -89,10 +89,10 @@ pub enum BnAlgo {
     /// reductions (`batchnorm_tree_sg.wgsli`: two barriers instead of nine), where the adapter
     /// has subgroups.
     FusedSubgroup,
-    /// [`BnAlgo::FusedSubgroup`] whose vec4 backward kernels read x, y and dy through texture
-    /// mirrors ([`crate::gpu::TexMirror`], `batchnorm_ld4_texture.wgsli`): on llvmpipe without
-    /// AVX-512 a texel fetch costs a fraction of a storage read. f32 activations; the
-    /// forward is [`BnAlgo::FusedSubgroup`]'s.
+    /// [`BnAlgo::FusedSubgroup`] whose vec4 kernels read x, y, dy and the residual through
+    /// texture mirrors ([`crate::gpu::TexMirror`], `batchnorm_ld4_texture.wgsli`): on llvmpipe
+    /// without AVX-512 a texel fetch costs a fraction of a storage read. f32 activations; the
+    /// mirrors hold a second copy of each tensor they read.
     FusedTexture,
     /// Each channel split over several workgroups so that C x S >= [`SPLIT_WORKGROUPS`], then a
     /// per-channel finish (`batchnorm_split.wgsl`): shaped for GPUs with many compute units.
