@@ -160,8 +160,8 @@ fn random_as(gpu: &Gpu, rng: &mut Rng64, shape: &[usize], dtype: DType) -> Resul
 }
 
 /// `kernel@variant` pins one variant of a tuned kernel (the tuner's choice otherwise):
-/// `conv_*@direct|direct-sg|direct-tex|gemm|gemm-wide`, `matmul@b8|t16|sg`, `batchnorm*@fused|split|subgroup`.
-pub const VARIANTS_HELP: &str = "conv_fwd|conv_dgrad|conv_wgrad@direct|direct-sg|direct-tex|gemm|gemm-wide, conv_*_f16@gemm|gemm-wide, matmul@b8|t16|sg, batchnorm|batchnorm_relu@fused|split|subgroup";
+/// `conv_*@direct|direct-sg|direct-tex|gemm|gemm-wide`, `matmul@b8|t16|sg`, `batchnorm*@fused|fused-sg|fused-tex|split|subgroup`.
+pub const VARIANTS_HELP: &str = "conv_fwd|conv_dgrad|conv_wgrad@direct|direct-sg|direct-tex|gemm|gemm-wide, conv_*_f16@gemm|gemm-wide, matmul@b8|t16|sg, batchnorm|batchnorm_relu@fused|fused-sg|fused-tex|split|subgroup";
 
 /// Build the case `kernel` (optionally `kernel@variant`) at `shape`.
 pub fn case(gpu: &Gpu, kernel: &str, shape: &str) -> Result<Case> {

@@ -476,12 +476,10 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder over a fresh command encoder.
     pub fn new(gpu: &Gpu) -> Self {
-        Self::from_encoder(gpu.device.create_command_encoder(&Default::default()))
-    }
-
-    /// A recorder over `enc`.
-    pub fn from_encoder(enc: wgpu::CommandEncoder) -> Self {
-        Self { pass: None, enc }
+        Self {
+            pass: None,
+            enc: gpu.device.create_command_encoder(&Default::default()),
+        }
     }
 
     /// The open compute pass (opened here if none is).

@@ -12,4 +12,4 @@ pub use context::{
     llvmpipe_threads, oversubscribe_llvmpipe,
 };
 pub use kernel::{Access, Binding, Dispatch, Kernel, KernelCache, Recorder, grid_1d, submit};
-pub use texture::{MirrorCache, TEX_SHIFT, TEX_WIDTH, TexMirror, can_mirror};
+pub use texture::{MirrorCache, TEX_WIDTH, TexMirror, can_mirror, mirror_fits};

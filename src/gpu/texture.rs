@@ -26,11 +26,9 @@ use anyhow::{Result, bail};
 
 use super::{Gpu, GpuBuffer};
 
-/// Texels per texture row: a power of two (shaders split a texel index with a mask and a
-/// shift, `TEX_SHIFT`) within WebGPU's minimum 2D texture size of 8192.
+/// Texels per texture row: a power of two (the shaders split a texel index with `& 4095u` and
+/// `>> 12u`) within WebGPU's minimum 2D texture size of 8192.
 pub const TEX_WIDTH: u32 = 4096;
-/// log2 of [`TEX_WIDTH`].
-pub const TEX_SHIFT: u32 = 12;
 /// Texels past the tensor's last one that a kernel may fetch (and then mask): a window read
 /// starting at the last value runs up to 6 texels on (`shaders/conv_direct_wint.wgsli`).
 const SLACK_TEXELS: u32 = 8;
@@ -87,11 +85,6 @@ impl TexMirror {
             );
         }
     }
-
-    /// Texels holding tensor values.
-    pub fn texels(&self) -> u32 {
-        self.texels
-    }
 }
 
 /// Texture rows a mirror of `texels` texels needs, or `None` past the adapter's limit.
@@ -101,15 +94,18 @@ fn rows_for(gpu: &Gpu, texels: u64) -> Option<u32> {
     (u64::from(TEX_WIDTH) <= max && rows <= max).then_some(rows as u32)
 }
 
-/// Whether `t` can have a mirror on this adapter: f32 values, a whole number of texels, a
-/// 16-byte aligned offset (a texel copy's source alignment) and a texture that fits the
-/// adapter's 2D size limit.
+/// Whether a tensor of `values` f32 values fits a mirror on this adapter: a whole number of
+/// texels, in a texture within the adapter's 2D size limit.
+pub fn mirror_fits(gpu: &Gpu, values: usize) -> bool {
+    values > 0 && values.is_multiple_of(4) && rows_for(gpu, values as u64 / 4).is_some()
+}
+
+/// Whether `t` can have a mirror on this adapter: f32 values that [`mirror_fits`], at a
+/// 16-byte aligned offset (a texel copy's source alignment).
 pub fn can_mirror(gpu: &Gpu, t: &crate::tensor::Tensor) -> bool {
     t.dtype() == crate::tensor::DType::F32
-        && t.numel().is_multiple_of(4)
-        && t.numel() > 0
         && t.offset().is_multiple_of(16)
-        && rows_for(gpu, t.numel() as u64 / 4).is_some()
+        && mirror_fits(gpu, t.numel())
 }
 
 /// Mirrors alive on one device, by (buffer, offset, bytes): the launches of one op (several

@@ -504,22 +504,23 @@ fn bn_impl(
     let v4 = v4 && y.offset() % 16 == 0;
     // The vec4 apply reads x (refreshed by the statistics launch) and the residual through
     // mirrors where the statistics did.
-    let rm = match (&xm, residual) {
-        (Some(_), Some(r)) if v4 && can_mirror(&gpu, r) => Some(Some(gpu.mirrors.get(&gpu, r)?)),
-        (Some(_), None) if v4 => Some(None),
+    let apply_xm = xm
+        .as_ref()
+        .filter(|_| v4 && residual.is_none_or(|r| can_mirror(&gpu, r)));
+    let rm = match residual {
+        Some(r) if apply_xm.is_some() => Some(gpu.mirrors.get(&gpu, r)?),
         _ => None,
     };
-    let mut bindings = match (&rm, &xm) {
-        (Some(_), Some(m)) => vec![x.mirrored(m)],
-        _ => vec![x.read()],
-    };
-    bindings.extend([gamma.read(), beta.read(), stats.read(), y.write()]);
+    let mut bindings = vec![
+        apply_xm.map_or_else(|| x.read(), |m| x.mirrored(m)),
+        gamma.read(),
+        beta.read(),
+        stats.read(),
+        y.write(),
+    ];
     let entry = match residual {
         Some(r) => {
-            bindings.push(match &rm {
-                Some(Some(m)) => r.mirrored(m),
-                _ => r.read(),
-            });
+            bindings.push(rm.as_ref().map_or_else(|| r.read(), |m| r.mirrored(m)));
             if v4 && r.offset().is_multiple_of(16) {
                 "apply_add4"
             } else {
@@ -531,7 +532,7 @@ fn bn_impl(
     };
     let mut apply = Dispatch::build(
         &gpu,
-        if rm.is_some() {
+        if apply_xm.is_some() {
             "batchnorm_sg_tex"
         } else {
             bn_shader
@@ -541,10 +542,8 @@ fn bn_impl(
         bytemuck::bytes_of(&p),
         grid_1d(&gpu, ew_groups(entry.ends_with('4'))),
     )?;
-    if rm.is_some() {
-        // x's mirror is the statistics launch's; the residual's still needs its copy.
-        apply.keep_copies_of(&rm.iter().flatten().cloned().collect::<Vec<_>>());
-    }
+    // x's mirror is the statistics launch's; the residual's still needs its copy.
+    apply.keep_copies_of(rm.as_slice());
     let (sx, sy, sg) = (x.clone(), y.clone(), gamma.clone());
     tape.push(
         "batchnorm",
@@ -584,11 +583,6 @@ fn bn_impl(
             } else {
                 None
             };
-            let (sums_shader, dx_shader) = if mirrors.is_some() {
-                ("batchnorm_sg_tex", "batchnorm_sg_tex")
-            } else {
-                (tree_shader, bn_shader)
-            };
             let mut v: Vec<crate::tape::Recorded> = match &part {
                 Some(part) => {
                     let bsp = Params {
@@ -619,7 +613,11 @@ fn bn_impl(
                 None => vec![
                     Dispatch::build(
                         gpu,
-                        sums_shader,
+                        if mirrors.is_some() {
+                            "batchnorm_sg_tex"
+                        } else {
+                            tree_shader
+                        },
                         if v4 {
                             "backward_sums4"
                         } else {
@@ -687,10 +685,13 @@ fn bn_impl(
                 } else {
                     ("backward_dx", ew_groups(false))
                 };
+                // The mirrors serve the vec4 kernels only (a misaligned dx takes the scalar one).
+                let none = None;
+                let dm = if v4 { &mirrors } else { &none };
                 let mut bind = vec![
-                    xyd(&mirrors, 0, &sx),
-                    xyd(&mirrors, 1, &sy),
-                    xyd(&mirrors, 2, dy),
+                    xyd(dm, 0, &sx),
+                    xyd(dm, 1, &sy),
+                    xyd(dm, 2, dy),
                     stats.read(),
                     sums.read(),
                     sg.read(),
@@ -708,14 +709,18 @@ fn bn_impl(
                 };
                 let mut d = Dispatch::build(
                     gpu,
-                    if v4 { dx_shader } else { bn_shader },
+                    if dm.is_some() {
+                        "batchnorm_sg_tex"
+                    } else {
+                        bn_shader
+                    },
                     entry,
                     &bind,
                     bytemuck::bytes_of(&dp),
                     grid_1d(gpu, groups),
                 )?;
                 // The sums launch refreshed the mirrors; nothing wrote x, y or dy since.
-                if mirrors.is_some() && part.is_none() {
+                if dm.is_some() && part.is_none() {
                     d.skip_copies();
                 }
                 v.push(d.into());

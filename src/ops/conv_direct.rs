@@ -242,12 +242,7 @@ pub fn applies(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode, sg: bool) -> 
 /// from storage instead.
 pub fn texture_ok(gpu: &Gpu, g: &ConvGeom, mode: super::conv2d::Mode) -> bool {
     use super::conv2d::Mode;
-    let fits = |values: usize| {
-        values.is_multiple_of(4)
-            && values > 0
-            && (values as u64 / 4 + 8).div_ceil(u64::from(crate::gpu::TEX_WIDTH))
-                <= u64::from(gpu.limits.max_texture_dimension_2d)
-    };
+    let fits = |values| crate::gpu::mirror_fits(gpu, values);
     let (x, y) = (g.batch * g.cin * g.h * g.w, g.batch * g.cout * g.oh * g.ow);
     match mode {
         Mode::Forward => fits(x),
