@@ -73,6 +73,13 @@ fn compile_slots() -> &'static (Mutex<usize>, Condvar) {
     })
 }
 
+/// `LONGTAIL_COMPILE_LOG=1` prints every pipeline compilation and its time to stderr (where a
+/// first step's seconds go).
+fn compile_log() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("LONGTAIL_COMPILE_LOG").is_some_and(|v| v != "0"))
+}
+
 /// Run `f` holding one of the [`compile_slots`].
 fn in_compile_slot<T>(f: impl FnOnce() -> T) -> T {
     let (free, cv) = compile_slots();
@@ -206,13 +213,15 @@ impl KernelCache {
         let device = self.device.clone();
         let constants: Vec<(String, f64)> =
             constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let log = compile_log().then(|| format!("{shader}::{entry} [{}]", key.3));
         let job = std::thread::Builder::new()
             .name(format!("compile {shader}::{entry}"))
             .spawn(move || {
                 in_compile_slot(|| {
                     let constants: Vec<(&str, f64)> =
                         constants.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-                    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    let t0 = std::time::Instant::now();
+                    let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                         label: Some(entry),
                         layout: Some(&pl),
                         module: &module,
@@ -222,7 +231,14 @@ impl KernelCache {
                             zero_initialize_workgroup_memory: false,
                         },
                         cache: None,
-                    })
+                    });
+                    if let Some(what) = log {
+                        eprintln!(
+                            "compiled {what} in {:.0} ms",
+                            t0.elapsed().as_secs_f64() * 1e3
+                        );
+                    }
+                    p
                 })
             })?;
         let k = Arc::new(Kernel {
