@@ -57,11 +57,9 @@ struct Acc {
     a60: vec4<f32>, a61: vec4<f32>, a62: vec4<f32>, a63: vec4<f32>,
 }
 
-// Window of input values of one tap row: (PX - 1) * IS + KR <= 16 * 1 + 2 = 18 values (nine-tap
-// body) or 7 * 2 + 7 = 21 (any kernel, PX 8). Sized for the largest *constant* index the
-// nine-tap body names, 15 * 2 + 2 = 32 in its PX = 16 branch under IS = 2: naga rejects an
-// out-of-bounds constant index even in a branch that PX removes.
-struct Win { v: array<f32, 33> }
+// Window of input values of one tap row: (PX - 1) * IS + KR <= 15 * 1 + 3 = 18 (nine-tap body)
+// or 7 * 2 + 7 = 21 values (any kernel, PX 8).
+struct Win { v: array<f32, 24> }
 
 // The 16 weights (4 vec4) of one tap: `wblock` of the variant file (conv_direct_gather.wgsli
 // or conv_direct_subgroup.wgsli).
