@@ -18,8 +18,8 @@ THREADS=${THREADS:-$(nproc)}
 SAMPLES=${SAMPLES:-3}
 BATCH=${BATCH:-128}
 LONGTAIL=${LONGTAIL:-target/release/longtail}
-if ! python3 -c "import torch" 2>/dev/null; then
-    echo "error: PyTorch is not importable by python3: pip install torch safetensors" >&2
+if ! python3 -c "import torch, safetensors" 2>/dev/null; then
+    echo "error: PyTorch or safetensors is not importable by python3: pip install torch safetensors" >&2
     exit 1
 fi
 [ -x "$LONGTAIL" ] || cargo build --release --quiet
