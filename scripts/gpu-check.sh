@@ -4,7 +4,8 @@
 # torch with CUDA is importable. The device machine has no Rust toolchain, so the binaries are
 # built here and carried:
 #
-#   here:  scripts/gpu-check.sh prepare      # release build, packs .gpucheck/ (~40 MB, ignored)
+#   here:  scripts/gpu-check.sh prepare      # release build, packs .gpucheck/ (~25 MB, ignored)
+#                                            # and Debian's Vulkan loader into .gl/ (ignored)
 #   there: scripts/gpu-check.sh run          # device tool: carry [".gpucheck", ".gl"]
 #
 # `run` writes JSON lines and logs into ${OUT:-gpu-check-out}/ and a summary gpu-check.json; it is
@@ -38,7 +39,14 @@ prepare)
   tar -C "$stage" -cJf .gpucheck/bin.tar.xz . || exit 1
   rm -rf "$stage"
   grep -qx '/.gpucheck/' .git/info/exclude 2>/dev/null || echo '/.gpucheck/' >> .git/info/exclude
-  du -sh .gpucheck
+  # The device machine may have no Vulkan loader: carry Debian's (amd64, whatever this host is).
+  if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
+    mkdir -p .gl /tmp/amd64/partial
+    o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
+    apt-get "${o[@]}" update -qq && (cd .gl && apt-get "${o[@]}" download libvulkan1) ||
+      echo "warning: could not download libvulkan1 into .gl/; the device may lack a loader" >&2
+  fi
+  du -sh .gpucheck .gl
   ;;
 run)
   out="${OUT:-gpu-check-out}"
